@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every benchmark and rewrites BENCHMARKS.md from their output.
+# Each benchmark prints its rows as `| name | value | unit | floor | ratio | command |`
+# lines on stdout; nothing in BENCHMARKS.md is written by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rows=$(mktemp)
+trap 'rm -f "$rows"' EXIT
+
+run() {
+  echo "== bench: $*" >&2
+  "$@" | grep '^| ' | grep -v '^| name ' >>"$rows"
+}
+
+# One line per benchmark; each is also the `command` column of its rows.
+BENCHES=(
+)
+
+for b in "${BENCHES[@]}"; do
+  run bash -c "$b"
+done
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB," \
+       "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), by \`bash scripts/bench.sh\`."
+  echo "Ratios compare each figure with a floor measured in the same run."
+  echo
+  echo "| name | value | unit | floor | ratio | command |"
+  echo "|---|---|---|---|---|---|"
+  cat "$rows"
+} >BENCHMARKS.md
+echo "BENCHMARKS.md written" >&2

@@ -1,0 +1,5 @@
+//! The pure-Rust storage engine of pageserver_ext.
+//!
+//! Nothing in this crate calls PostgreSQL: it decodes WAL, maps records onto
+//! the key space and keeps page versions in layers. It is tested with plain
+//! `cargo test`.
