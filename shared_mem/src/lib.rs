@@ -1,0 +1,82 @@
+//! Shared-memory layout of pageserver_ext.
+//!
+//! The host PostgreSQL gives the extension one fixed-size segment at start-up
+//! (`RequestAddinShmemSpace` + `ShmemInitStruct`). This crate owns what lives
+//! in it and how processes use it; it never calls PostgreSQL. Everything is
+//! `#[repr(C)]`, made of atomics, position-independent (no pointers), and
+//! tested here on plain memory.
+//!
+//! Today the segment holds the worker status table ([`workers`]).
+
+pub mod workers;
+
+pub use workers::{WorkerKind, WorkerSlot, WorkerState, WorkerStatus, WorkerTable, MAX_WORKERS};
+
+/// The whole segment. Its address differs per process; only offsets matter.
+#[repr(C)]
+pub struct SharedState {
+    /// Layout check: a process that maps a segment of another layout refuses it.
+    magic: u64,
+    pub workers: WorkerTable,
+}
+
+const MAGIC: u64 = 0x7061_6765_7376_0001; // "pagesv" + layout version 1
+
+impl SharedState {
+    /// Bytes to request from the host.
+    pub const fn size() -> usize {
+        std::mem::size_of::<SharedState>()
+    }
+
+    /// Initialises a fresh segment in place.
+    ///
+    /// # Safety
+    /// `ptr` must point to at least [`SharedState::size`] writable bytes,
+    /// aligned for `SharedState`, that no other process uses yet.
+    pub unsafe fn init_in_place(ptr: *mut SharedState) -> &'static SharedState {
+        // SAFETY: the caller guarantees the memory is ours, big and aligned;
+        // an all-zero bit pattern is a valid SharedState (atomics and integers).
+        unsafe {
+            std::ptr::write_bytes(ptr as *mut u8, 0, Self::size());
+            (*ptr).magic = MAGIC;
+            &*ptr
+        }
+    }
+
+    /// Attaches to a segment initialised by [`SharedState::init_in_place`].
+    ///
+    /// # Safety
+    /// `ptr` must point to a segment initialised by `init_in_place` that stays
+    /// mapped for the life of the process.
+    pub unsafe fn attach(ptr: *const SharedState) -> Result<&'static SharedState, String> {
+        // SAFETY: the caller guarantees the pointer refers to a live segment.
+        let state = unsafe { &*ptr };
+        if state.magic != MAGIC {
+            return Err(format!(
+                "pageserver_ext shared memory has layout {:#x}, expected {:#x}: \
+                 restart the host after upgrading the extension",
+                state.magic, MAGIC
+            ));
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_refuses_foreign_layout() {
+        let mut mem = Box::new(std::mem::MaybeUninit::<SharedState>::uninit());
+        let ptr = mem.as_mut_ptr();
+        // SAFETY: the box is ours, big and aligned.
+        unsafe { std::ptr::write_bytes(ptr as *mut u8, 0xAB, SharedState::size()) };
+        // SAFETY: the box stays alive for the test.
+        assert!(unsafe { SharedState::attach(ptr) }.is_err());
+        // SAFETY: as above.
+        unsafe { SharedState::init_in_place(ptr) };
+        // SAFETY: initialised just above.
+        assert!(unsafe { SharedState::attach(ptr) }.is_ok());
+    }
+}

@@ -1,0 +1,106 @@
+//! pageserver_ext: a page server in the style of Neon's, as a PostgreSQL 15
+//! extension. This crate is the thin PostgreSQL glue: `_PG_init`, settings,
+//! shared-memory hooks, background-worker entry points and the SQL functions
+//! of schema `pageserver`. The engine lives in the pure crates.
+
+use pgrx::prelude::*;
+
+mod guc;
+pub mod page_service;
+mod shmem;
+mod sql;
+mod workers;
+
+::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+#[allow(non_snake_case)]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a plain global that PostgreSQL sets while loading preload libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        error!(
+            "pageserver_ext must be loaded at server start: add pageserver_ext to \
+             shared_preload_libraries in postgresql.conf and restart PostgreSQL"
+        );
+    }
+    guc::define();
+    shmem::install_hooks();
+    workers::register_all();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use std::time::Duration;
+
+    fn status_rows() -> Vec<(String, i32, String, i64)> {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT kind, number, state, extract(epoch from last_heartbeat)::float8 * 1e6 \
+                     FROM pageserver.status() ORDER BY kind, number",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|row| {
+                    (
+                        row.get::<String>(1).unwrap().unwrap(),
+                        row.get::<i32>(2).unwrap().unwrap(),
+                        row.get::<String>(3).unwrap().unwrap(),
+                        row.get::<f64>(4).unwrap().unwrap() as i64,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Waits until every worker reports "running" (they start with the host).
+    fn wait_all_running() -> Vec<(String, i32, String, i64)> {
+        for _ in 0..100 {
+            let rows = status_rows();
+            if rows.iter().all(|r| r.2 == "running") {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("workers not running after 10s: {:?}", status_rows());
+    }
+
+    #[pg_test]
+    fn status_lists_every_worker_running_with_advancing_heartbeats() {
+        let before = wait_all_running();
+        let kinds: Vec<(&str, i32)> = before.iter().map(|r| (r.0.as_str(), r.1)).collect();
+        assert_eq!(kinds, vec![("backup", 0), ("layers", 0), ("main", 0), ("redo", 0), ("redo", 1)]);
+        std::thread::sleep(Duration::from_millis(2500));
+        let after = wait_all_running();
+        for (b, a) in before.iter().zip(&after) {
+            assert!(a.3 > b.3, "heartbeat of {} {} did not advance: {} -> {}", a.0, a.1, b.3, a.3);
+        }
+    }
+
+    #[pg_test(error = "parameter \"pageserver.redo_workers\" cannot be changed without restarting the server")]
+    fn redo_workers_cannot_be_set_without_restart() {
+        Spi::run("SET pageserver.redo_workers = 3").unwrap();
+    }
+
+    #[pg_test]
+    fn settings_have_their_documented_defaults() {
+        let get = |name: &str| Spi::get_one::<String>(&format!("SELECT current_setting('{name}')")).unwrap().unwrap();
+        assert_eq!(get("pageserver.redo_workers"), "2");
+        assert_eq!(get("pageserver.remote_storage"), "");
+    }
+}
+
+/// Required by `cargo pgrx test`: the managed host preloads the library.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // Port 0: the managed test host must not collide with anything on 6400.
+        vec!["shared_preload_libraries = 'pageserver_ext'", "pageserver.listen_addr = '127.0.0.1:0'"]
+    }
+}

@@ -1,0 +1,290 @@
+//! The page service: a libpq-protocol listener on `pageserver.listen_addr`,
+//! run on the main worker's tokio runtime.
+//!
+//! It owns connection handling: startup, trust authentication, and simple
+//! queries dispatched to page-service commands. Nothing here calls
+//! PostgreSQL (tokio threads must never); messages for the server log go
+//! through [`LogSink`] to the worker's main thread.
+
+pub mod pq;
+
+use bytes::BytesMut;
+use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, Startup};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a client may take to finish the startup phase.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait before binding again when the address is taken.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Log lines from tokio threads, written to the server log by the main thread.
+#[derive(Clone)]
+pub struct LogSink(mpsc::Sender<LogLine>);
+
+#[derive(Debug)]
+pub enum LogLine {
+    Log(String),
+    Warning(String),
+}
+
+impl LogSink {
+    pub fn new() -> (LogSink, mpsc::Receiver<LogLine>) {
+        let (tx, rx) = mpsc::channel();
+        (LogSink(tx), rx)
+    }
+    pub fn log(&self, msg: String) {
+        let _ = self.0.send(LogLine::Log(msg));
+    }
+    pub fn warning(&self, msg: String) {
+        let _ = self.0.send(LogLine::Warning(msg));
+    }
+}
+
+/// Binds `listen_addr`, retrying while it is taken, then serves forever.
+pub async fn run(listen_addr: String, log: LogSink) {
+    let listener = loop {
+        match TcpListener::bind(&listen_addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                log.warning(format!(
+                    "page service cannot listen on \"{listen_addr}\" (pageserver.listen_addr): {e}; retrying in {}s",
+                    BIND_RETRY.as_secs()
+                ));
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => log.log(format!("page service listening on {addr}")),
+        Err(e) => log.warning(format!("page service listening, local address unknown: {e}")),
+    }
+    serve(listener, log).await
+}
+
+/// Accepts connections and serves each on its own task.
+pub async fn serve(listener: TcpListener, log: LogSink) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_connection(stream).await {
+                        log.log(format!("page service connection from {peer} ended: {e}"));
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                log.warning(format!("page service accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn send(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    buf.clear();
+    stream.flush().await
+}
+
+/// Serves one client until it leaves or breaks the protocol.
+async fn handle_connection(mut stream: TcpStream) -> Result<(), ProtocolError> {
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::with_capacity(8192);
+    let startup = match tokio::time::timeout(STARTUP_TIMEOUT, pq::read_startup(&mut stream)).await {
+        Err(_) => {
+            BackendWriter(&mut out).fatal(sqlstate::PROTOCOL_VIOLATION, "startup packet not received in time");
+            let _ = send(&mut stream, &mut out).await;
+            return Ok(());
+        }
+        Ok(Err(ProtocolError::Closed)) => return Ok(()),
+        Ok(Err(e)) => {
+            BackendWriter(&mut out).fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string());
+            let _ = send(&mut stream, &mut out).await;
+            return Err(e);
+        }
+        Ok(Ok(s)) => s,
+    };
+    let Startup::Session(_params) = startup else {
+        return Ok(()); // cancel request: nothing runs long enough to cancel
+    };
+
+    // Trust authentication for now; JWT comes with the authentication issue.
+    let mut w = BackendWriter(&mut out);
+    w.authentication_ok();
+    for (name, value) in [
+        ("server_version", "15.0 (pageserver_ext)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        w.parameter_status(name, value);
+    }
+    w.ready_for_query();
+    send(&mut stream, &mut out).await?;
+
+    // After an error in an extended-protocol batch, skip to its Sync, as PostgreSQL does.
+    let mut skipping_until_sync = false;
+    loop {
+        let msg = match pq::read_message(&mut stream).await {
+            Ok(m) => m,
+            Err(ProtocolError::Closed) => return Ok(()),
+            Err(e) => {
+                BackendWriter(&mut out).fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string());
+                let _ = send(&mut stream, &mut out).await;
+                return Err(e);
+            }
+        };
+        let mut w = BackendWriter(&mut out);
+        match msg {
+            FrontendMessage::Terminate => return Ok(()),
+            FrontendMessage::Sync => {
+                skipping_until_sync = false;
+                w.ready_for_query();
+            }
+            FrontendMessage::Query(query) => {
+                skipping_until_sync = false;
+                run_simple_query(&mut w, &query);
+                w.ready_for_query();
+            }
+            FrontendMessage::Other { .. } if skipping_until_sync => continue,
+            FrontendMessage::Other { tag, .. } => {
+                w.error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    &format!(
+                        "message type '{}' is not supported: the page service speaks only the simple query protocol",
+                        tag.escape_ascii()
+                    ),
+                    None,
+                );
+                skipping_until_sync = true;
+            }
+        }
+        send(&mut stream, &mut out).await?;
+    }
+}
+
+/// The commands the page service knows, for error hints.
+const KNOWN_COMMANDS: &str = "none yet: pagestream_v2, pagestream_v3, basebackup and fullbackup come with the page-service issue";
+
+/// Runs one simple query; writes its responses (not ReadyForQuery).
+fn run_simple_query(w: &mut BackendWriter<'_>, query: &str) {
+    let query = query.trim().trim_end_matches(';').trim();
+    if query.is_empty() {
+        w.empty_query_response();
+        return;
+    }
+    let command = query.split_whitespace().next().unwrap_or_default();
+    let shown: String = command.chars().take(64).collect();
+    w.error(
+        sqlstate::SYNTAX_ERROR,
+        &format!("pageserver_ext: unknown page service command \"{shown}\""),
+        Some(&format!(
+            "This port is the page service, not a SQL database (connect to the host PostgreSQL for SQL). Commands: {KNOWN_COMMANDS}."
+        )),
+    );
+}
+
+/// The address the page service would listen on, checked at start-up so a
+/// typo in `pageserver.listen_addr` is reported clearly.
+pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|e| {
+        format!("invalid pageserver.listen_addr \"{value}\": {e} (expected host:port, e.g. 127.0.0.1:6400)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn start_server() -> (SocketAddr, mpsc::Receiver<LogLine>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (log, rx) = LogSink::new();
+        tokio::spawn(serve(listener, log));
+        (addr, rx)
+    }
+
+    async fn startup(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+        let body = b"user\0u\0database\0d\0\0";
+        let mut p = Vec::new();
+        p.extend(((body.len() + 8) as u32).to_be_bytes());
+        p.extend((3u32 << 16).to_be_bytes());
+        p.extend(body);
+        stream.write_all(&p).await.unwrap();
+        read_until_ready(stream).await
+    }
+
+    /// Backend messages (tag, body) up to and including ReadyForQuery.
+    async fn read_until_ready(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+        let mut all = Vec::new();
+        loop {
+            let tag = stream.read_u8().await.unwrap();
+            let len = stream.read_u32().await.unwrap();
+            let mut body = vec![0; len as usize - 4];
+            stream.read_exact(&mut body).await.unwrap();
+            all.push((tag, body));
+            if tag == b'Z' {
+                return all;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_command_gets_an_error_and_the_session_goes_on() {
+        let (addr, _log) = start_server().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let hello = startup(&mut s).await;
+        assert_eq!(hello[0].0, b'R');
+        for _ in 0..2 {
+            s.write_all(b"Q\0\0\0\x0bselect\0").await.unwrap();
+            let reply = read_until_ready(&mut s).await;
+            assert_eq!(reply[0].0, b'E');
+            let text = String::from_utf8_lossy(&reply[0].1);
+            assert!(text.contains("unknown page service command \"select\""), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_startup_gets_a_fatal_error_and_the_listener_keeps_serving() {
+        let (addr, _log) = start_server().await;
+        let mut bad = TcpStream::connect(addr).await.unwrap();
+        // Only the length: the server rejects it before reading more, and
+        // unread bytes would turn its close into a reset that hides the error.
+        bad.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        bad.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply[0], b'E');
+        assert!(String::from_utf8_lossy(&reply).contains("invalid startup packet length"));
+
+        let mut good = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(startup(&mut good).await[0].0, b'R');
+    }
+
+    #[tokio::test]
+    async fn extended_protocol_is_refused_once_per_batch() {
+        let (addr, _log) = start_server().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        startup(&mut s).await;
+        // Parse, Bind, Sync: one error, then ReadyForQuery.
+        s.write_all(b"P\0\0\0\x08\0\0\0\0B\0\0\0\x04S\0\0\0\x04").await.unwrap();
+        let reply = read_until_ready(&mut s).await;
+        let tags: Vec<u8> = reply.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, b"EZ", "{reply:?}");
+    }
+
+    #[test]
+    fn listen_addr_errors_name_the_setting() {
+        assert!(parse_listen_addr("127.0.0.1:6400").is_ok());
+        let err = parse_listen_addr("localhost").unwrap_err();
+        assert!(err.contains("pageserver.listen_addr"), "{err}");
+    }
+}

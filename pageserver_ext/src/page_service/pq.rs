@@ -1,0 +1,294 @@
+//! The server side of the PostgreSQL frontend/backend protocol (v3), as far
+//! as the page service needs it: the startup phase (SSL/GSS negotiation
+//! refused with 'N', cancel requests, the startup packet), simple queries,
+//! and the backend messages we send. Pure Rust on tokio; no PostgreSQL code.
+//!
+//! Every length read from the wire is checked before anything is allocated:
+//! a garbage or hostile client gets a [`ProtocolError`] and is disconnected.
+
+use bytes::{BufMut, BytesMut};
+use std::collections::HashMap;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// PostgreSQL's own limit on a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_PACKET_LEN: u32 = 10_000;
+/// Largest message accepted after startup. Page-service requests are tiny;
+/// a query string longer than this is not one of ours.
+pub const MAX_MESSAGE_LEN: u32 = 1 << 20;
+
+const PROTOCOL_V3: u32 = 3 << 16;
+const SSL_REQUEST_CODE: u32 = (1234 << 16) | 5679;
+const GSSENC_REQUEST_CODE: u32 = (1234 << 16) | 5680;
+const CANCEL_REQUEST_CODE: u32 = (1234 << 16) | 5678;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid startup packet length {0}")]
+    BadStartupLength(u32),
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0")]
+    UnsupportedProtocol { major: u32, minor: u32 },
+    #[error("invalid startup packet layout: {0}")]
+    BadStartupPacket(&'static str),
+    #[error("invalid message length {len} for message type '{tag}'")]
+    BadMessageLength { tag: char, len: u32 },
+    #[error("connection closed by the client")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ProtocolError {
+    fn from_read(e: std::io::Error) -> ProtocolError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::Closed
+        } else {
+            ProtocolError::Io(e)
+        }
+    }
+}
+
+/// What the client asked for at startup.
+#[derive(Debug)]
+pub enum Startup {
+    /// A normal session with its parameters (`user`, `database`, `options`, ...).
+    Session(HashMap<String, String>),
+    /// A cancel request; we have nothing to cancel, the connection just closes.
+    Cancel,
+}
+
+/// Reads the startup phase: answers SSL and GSS encryption requests with 'N'
+/// (not supported) and returns the startup packet.
+pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Startup, ProtocolError> {
+    loop {
+        let len = stream.read_u32().await.map_err(ProtocolError::from_read)?;
+        if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
+            return Err(ProtocolError::BadStartupLength(len));
+        }
+        let code = stream.read_u32().await.map_err(ProtocolError::from_read)?;
+        let mut body = vec![0u8; len as usize - 8];
+        stream.read_exact(&mut body).await.map_err(ProtocolError::from_read)?;
+        match code {
+            SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
+                if !body.is_empty() {
+                    return Err(ProtocolError::BadStartupPacket("encryption request with a body"));
+                }
+                stream.write_all(b"N").await?;
+                stream.flush().await?;
+            }
+            CANCEL_REQUEST_CODE => return Ok(Startup::Cancel),
+            PROTOCOL_V3 => return parse_startup_params(&body).map(Startup::Session),
+            other => {
+                return Err(ProtocolError::UnsupportedProtocol { major: other >> 16, minor: other & 0xFFFF })
+            }
+        }
+    }
+}
+
+fn parse_startup_params(body: &[u8]) -> Result<HashMap<String, String>, ProtocolError> {
+    // name\0value\0 ... \0
+    let Some((&0, pairs)) = body.split_last() else {
+        return Err(ProtocolError::BadStartupPacket("missing terminator"));
+    };
+    let mut params = HashMap::new();
+    if pairs.is_empty() {
+        return Ok(params);
+    }
+    let Some((&0, pairs)) = pairs.split_last() else {
+        return Err(ProtocolError::BadStartupPacket("missing terminator after last value"));
+    };
+    let mut fields = pairs.split(|b| *b == 0);
+    while let Some(name) = fields.next() {
+        let value = fields.next().ok_or(ProtocolError::BadStartupPacket("name without value"))?;
+        let name = std::str::from_utf8(name).map_err(|_| ProtocolError::BadStartupPacket("name is not UTF-8"))?;
+        let value = std::str::from_utf8(value).map_err(|_| ProtocolError::BadStartupPacket("value is not UTF-8"))?;
+        params.insert(name.to_string(), value.to_string());
+    }
+    Ok(params)
+}
+
+/// A message from the client after startup.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrontendMessage {
+    /// 'Q': a simple query.
+    Query(String),
+    /// 'X': the client is leaving.
+    Terminate,
+    /// 'S': end of an extended-protocol batch.
+    Sync,
+    /// Any other message type, with its body; answered with an error.
+    Other { tag: u8, body: Vec<u8> },
+}
+
+/// Reads one message after startup.
+pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<FrontendMessage, ProtocolError> {
+    let tag = stream.read_u8().await.map_err(ProtocolError::from_read)?;
+    let len = stream.read_u32().await.map_err(ProtocolError::from_read)?;
+    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+        return Err(ProtocolError::BadMessageLength { tag: tag as char, len });
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await.map_err(ProtocolError::from_read)?;
+    Ok(match tag {
+        b'Q' => {
+            let text = body.strip_suffix(&[0]).unwrap_or(&body);
+            FrontendMessage::Query(String::from_utf8_lossy(text).into_owned())
+        }
+        b'X' => FrontendMessage::Terminate,
+        b'S' => FrontendMessage::Sync,
+        _ => FrontendMessage::Other { tag, body },
+    })
+}
+
+/// Backend messages, appended to an output buffer.
+pub struct BackendWriter<'a>(pub &'a mut BytesMut);
+
+impl BackendWriter<'_> {
+    fn message(&mut self, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+        self.0.put_u8(tag);
+        let len_at = self.0.len();
+        self.0.put_u32(0);
+        body(self.0);
+        let len = (self.0.len() - len_at) as u32;
+        self.0[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn authentication_ok(&mut self) {
+        self.message(b'R', |b| b.put_u32(0));
+    }
+
+    pub fn parameter_status(&mut self, name: &str, value: &str) {
+        self.message(b'S', |b| {
+            put_cstr(b, name);
+            put_cstr(b, value);
+        });
+    }
+
+    pub fn ready_for_query(&mut self) {
+        self.message(b'Z', |b| b.put_u8(b'I'));
+    }
+
+    pub fn empty_query_response(&mut self) {
+        self.message(b'I', |_| {});
+    }
+
+    /// An ErrorResponse with severity ERROR (the session goes on).
+    pub fn error(&mut self, sqlstate: &str, message: &str, hint: Option<&str>) {
+        self.notice_or_error(b'E', "ERROR", sqlstate, message, hint);
+    }
+
+    /// An ErrorResponse with severity FATAL (the server closes the connection).
+    pub fn fatal(&mut self, sqlstate: &str, message: &str) {
+        self.notice_or_error(b'E', "FATAL", sqlstate, message, None);
+    }
+
+    fn notice_or_error(&mut self, tag: u8, severity: &str, sqlstate: &str, message: &str, hint: Option<&str>) {
+        self.message(tag, |b| {
+            for (field, value) in [(b'S', severity), (b'V', severity), (b'C', sqlstate), (b'M', message)] {
+                b.put_u8(field);
+                put_cstr(b, value);
+            }
+            if let Some(hint) = hint {
+                b.put_u8(b'H');
+                put_cstr(b, hint);
+            }
+            b.put_u8(0);
+        });
+    }
+}
+
+fn put_cstr(b: &mut BytesMut, s: &str) {
+    // A NUL inside would end the field early; drop it rather than corrupt the frame.
+    b.extend(s.bytes().filter(|c| *c != 0));
+    b.put_u8(0);
+}
+
+/// SQLSTATEs we use.
+pub mod sqlstate {
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup_packet(code: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(((body.len() + 8) as u32).to_be_bytes());
+        v.extend(code.to_be_bytes());
+        v.extend(body);
+        v
+    }
+
+    #[tokio::test]
+    async fn ssl_request_is_refused_then_startup_is_read() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut input = startup_packet(SSL_REQUEST_CODE, &[]);
+        input.extend(startup_packet(PROTOCOL_V3, b"user\0alice\0database\0db\0\0"));
+        client.write_all(&input).await.unwrap();
+        let startup = read_startup(&mut server).await.unwrap();
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N");
+        match startup {
+            Startup::Session(p) => {
+                assert_eq!(p["user"], "alice");
+                assert_eq!(p["database"], "db");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn huge_or_tiny_startup_lengths_are_rejected_without_allocating() {
+        for len in [0u32, 7, MAX_STARTUP_PACKET_LEN + 1, 1 << 30, u32::MAX] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            client.write_all(&len.to_be_bytes()).await.unwrap();
+            client.write_all(&PROTOCOL_V3.to_be_bytes()).await.unwrap();
+            let err = read_startup(&mut server).await.unwrap_err();
+            assert!(matches!(err, ProtocolError::BadStartupLength(l) if l == len), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_parameters_are_rejected() {
+        for body in [&b"user\0alice"[..], b"user\0\0", b"\xff\0x\0\0", b""] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            client.write_all(&startup_packet(PROTOCOL_V3, body)).await.unwrap();
+            assert!(read_startup(&mut server).await.is_err(), "accepted {body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_protocol_versions_are_named_in_the_error() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(&startup_packet(2 << 16, b"\0")).await.unwrap();
+        let err = read_startup(&mut server).await.unwrap_err().to_string();
+        assert!(err.contains("2.0"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn messages_are_framed_and_bounded() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(b"Q\0\0\0\x0dhello!!!\0").await.unwrap();
+        assert_eq!(read_message(&mut server).await.unwrap(), FrontendMessage::Query("hello!!!".into()));
+        client.write_all(b"Q\x40\0\0\0").await.unwrap();
+        assert!(matches!(
+            read_message(&mut server).await.unwrap_err(),
+            ProtocolError::BadMessageLength { tag: 'Q', .. }
+        ));
+    }
+
+    #[test]
+    fn error_response_layout() {
+        let mut buf = BytesMut::new();
+        BackendWriter(&mut buf).error("42601", "bad", Some("try again"));
+        assert_eq!(buf[0], b'E');
+        let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len + 1, buf.len());
+        assert_eq!(&buf[5..], b"SERROR\0VERROR\0C42601\0Mbad\0Htry again\0\0");
+    }
+}

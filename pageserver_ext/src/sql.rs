@@ -1,0 +1,55 @@
+//! SQL functions of schema `pageserver` (management and inspection).
+
+use pgrx::prelude::*;
+use shared_mem::WorkerState;
+
+/// One row per background worker of the page server: its kind (`main`,
+/// `redo`, `layers`, `backup`), its number among workers of that kind, pid,
+/// state, last heartbeat and how often it was restarted (crash restarts of
+/// the host included). A worker whose process is gone without saying so is
+/// shown as `dead`.
+#[pg_extern(parallel_safe)]
+fn status() -> TableIterator<
+    'static,
+    (
+        name!(kind, String),
+        name!(number, i32),
+        name!(pid, Option<i32>),
+        name!(state, String),
+        name!(last_heartbeat, Option<TimestampWithTimeZone>),
+        name!(restarts, i64),
+    ),
+> {
+    let rows: Vec<_> = crate::shmem::state()
+        .workers
+        .statuses()
+        .into_iter()
+        .map(|w| {
+            let alive = w.pid > 0 && process_exists(w.pid);
+            let state = match w.state {
+                WorkerState::Starting | WorkerState::Running | WorkerState::Stopping if !alive => "dead",
+                s => s.name(),
+            };
+            (
+                w.kind.name().to_string(),
+                w.number as i32,
+                (w.pid > 0).then_some(w.pid),
+                state.to_string(),
+                (w.heartbeat_us > 0).then(|| unix_us_to_timestamptz(w.heartbeat_us)),
+                w.restarts as i64,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn unix_us_to_timestamptz(us: i64) -> TimestampWithTimeZone {
+    // PostgreSQL counts from 2000-01-01; Unix from 1970-01-01.
+    const PG_EPOCH_OFFSET_US: i64 = 946_684_800 * 1_000_000;
+    TimestampWithTimeZone::try_from(us - PG_EPOCH_OFFSET_US).expect("a heartbeat is a valid timestamp")
+}

@@ -1,0 +1,130 @@
+//! Background workers: registration with the postmaster and the loop every
+//! worker shares (signals, latch, heartbeat, state in shared memory).
+//!
+//! Kinds: one main worker (tokio runtimes: page service, later WAL receivers
+//! and flush), `pageserver.redo_workers` redo workers, one layers worker
+//! (compaction, image layers, GC) and one backup worker (object storage).
+//! Each entry point below is an `extern "C"` symbol the postmaster calls in a
+//! new process; its argument is the worker's slot in the status table.
+
+mod main_worker;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use shared_mem::{WorkerKind, WorkerSlot, WorkerState};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How often an idle worker wakes to publish its heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon the postmaster restarts a worker that exited with an error.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Registers every worker; called from `_PG_init` in the postmaster.
+pub fn register_all() {
+    let redo = crate::guc::REDO_WORKERS.get().max(0) as usize;
+    for (slot, (kind, number)) in crate::shmem::slot_layout(redo).into_iter().enumerate() {
+        let (name, function) = match kind {
+            WorkerKind::Main => ("pageserver main".to_string(), "pageserver_main_worker"),
+            WorkerKind::Layers => ("pageserver layers".to_string(), "pageserver_layers_worker"),
+            WorkerKind::Backup => ("pageserver backup".to_string(), "pageserver_backup_worker"),
+            WorkerKind::Redo => (format!("pageserver redo {number}"), "pageserver_redo_worker"),
+            WorkerKind::Unused => unreachable!("slot_layout assigns no unused slots"),
+        };
+        BackgroundWorkerBuilder::new(&name)
+            .set_type(&format!("pageserver {}", kind.name()))
+            .set_library("pageserver_ext")
+            .set_function(function)
+            .set_argument(Some(pg_sys::Datum::from(slot)))
+            .enable_shmem_access(None)
+            .set_start_time(pgrx::bgworkers::BgWorkerStartTime::ConsistentState)
+            .set_restart_time(Some(RESTART_DELAY))
+            .load();
+    }
+}
+
+pub fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// A running worker's view of itself.
+pub struct WorkerContext {
+    pub slot: &'static WorkerSlot,
+    pub kind: WorkerKind,
+}
+
+impl WorkerContext {
+    /// Sets up signals and announces the worker in its slot.
+    fn start(arg: pg_sys::Datum, expected: WorkerKind) -> WorkerContext {
+        BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+        let slot_no = arg.value();
+        let state = crate::shmem::state();
+        let slot = state
+            .workers
+            .slot(slot_no)
+            .unwrap_or_else(|| error!("pageserver worker started with slot {slot_no} out of range"));
+        if slot.kind() != expected {
+            error!("pageserver worker slot {slot_no} is {:?}, expected {:?}", slot.kind(), expected);
+        }
+        // SAFETY: MyProcPid is set for every backend before its main function runs.
+        let pid = unsafe { pg_sys::MyProcPid };
+        slot.on_start(pid, now_us());
+        WorkerContext { slot, kind: expected }
+    }
+
+    /// Waits on the latch for at most `timeout`; publishes a heartbeat and
+    /// applies a reload on SIGHUP. Returns false when the worker must exit.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let keep_going = BackgroundWorker::wait_latch(Some(timeout));
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the worker's main thread, outside any critical section:
+            // the documented way to apply a reload in a background worker.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        self.slot.heartbeat(now_us());
+        keep_going
+    }
+
+    fn finish(self) {
+        self.slot.on_clean_exit();
+        log!("pageserver {} worker exiting", self.kind.name());
+    }
+}
+
+/// The loop of a worker that so far only keeps its heartbeat; `tick` runs
+/// after every wake-up.
+fn idle_worker(arg: pg_sys::Datum, kind: WorkerKind, mut tick: impl FnMut()) {
+    let ctx = WorkerContext::start(arg, kind);
+    ctx.slot.set_state(WorkerState::Running);
+    while ctx.wait(HEARTBEAT_INTERVAL) {
+        tick();
+    }
+    ctx.slot.set_state(WorkerState::Stopping);
+    ctx.finish();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pageserver_main_worker(arg: pg_sys::Datum) {
+    let ctx = WorkerContext::start(arg, WorkerKind::Main);
+    main_worker::run(&ctx);
+    ctx.finish();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pageserver_redo_worker(arg: pg_sys::Datum) {
+    // Requests arrive with the redo issue; until then the worker only lives.
+    idle_worker(arg, WorkerKind::Redo, || {});
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pageserver_layers_worker(arg: pg_sys::Datum) {
+    idle_worker(arg, WorkerKind::Layers, || {});
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pageserver_backup_worker(arg: pg_sys::Datum) {
+    idle_worker(arg, WorkerKind::Backup, || {});
+}
