@@ -171,8 +171,10 @@ async fn handle_connection(mut stream: TcpStream) -> Result<(), ProtocolError> {
     }
 }
 
-/// The commands the page service knows, for error hints.
-const KNOWN_COMMANDS: &str = "none yet: pagestream_v2, pagestream_v3, basebackup and fullbackup come with the page-service issue";
+/// What the error hint says about the commands this version serves.
+const COMMANDS_HINT: &str = "This port speaks the page service protocol, not SQL: connect to the host PostgreSQL \
+     for SQL. The page service commands (pagestream_v2, pagestream_v3, basebackup, fullbackup) \
+     are not served by this version yet.";
 
 /// Runs one simple query; writes its responses (not ReadyForQuery).
 fn run_simple_query(w: &mut BackendWriter<'_>, query: &str) {
@@ -186,9 +188,7 @@ fn run_simple_query(w: &mut BackendWriter<'_>, query: &str) {
     w.error(
         sqlstate::SYNTAX_ERROR,
         &format!("pageserver_ext: unknown page service command \"{shown}\""),
-        Some(&format!(
-            "This port is the page service, not a SQL database (connect to the host PostgreSQL for SQL). Commands: {KNOWN_COMMANDS}."
-        )),
+        Some(COMMANDS_HINT),
     );
 }
 

@@ -84,9 +84,15 @@ impl WorkerContext {
         keep_going
     }
 
-    fn finish(self) {
+    /// Leaves the slot saying "stopped" and exits with status 1, so the
+    /// postmaster starts the worker again after [`RESTART_DELAY`] unless the
+    /// host is shutting down (status 0 would unregister it for good).
+    fn finish(self) -> ! {
         self.slot.on_clean_exit();
         log!("pageserver {} worker exiting", self.kind.name());
+        // SAFETY: the worker's main thread, all its work done; proc_exit runs
+        // PostgreSQL's exit callbacks and never returns.
+        unsafe { pg_sys::proc_exit(1) }
     }
 }
 
