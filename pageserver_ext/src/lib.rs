@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod guc;
+mod redo_sql;
 pub mod page_service;
 mod shmem;
 mod sql;
