@@ -11,6 +11,7 @@ use std::ffi::CString;
 pub static LISTEN_ADDR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:6400"));
 pub static DATA_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static REDO_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static REDO_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static REMOTE_STORAGE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
 /// Most redo workers: the worker table holds main, layers, backup and these.
@@ -42,6 +43,16 @@ pub fn define() {
         MAX_REDO_WORKERS,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pageserver.redo_timeout",
+        c"How long a redo request may wait for a redo worker, in milliseconds.",
+        c"Includes waiting for a free queue slot. Superusers may change it per session.",
+        &REDO_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_string_guc(
         c"pageserver.remote_storage",

@@ -1,20 +1,11 @@
 //! SQL access to WAL redo, for tests and debugging: apply records to a page
-//! and mask pages as PostgreSQL's consistency check does.
-//!
-//! Today the calling backend runs the redo engine itself, on scratch
-//! relations of its own (slot 64 + its backend id); with the shared-memory
-//! queue the same functions hand the request to a redo worker.
+//! (the request goes through the shared-memory queue to a redo worker) and
+//! mask pages as PostgreSQL's consistency check does.
 
 use pgrx::prelude::*;
-use redo_bgworker::{BlockTag, Record, RedoEngine, BLCKSZ};
-use std::cell::RefCell;
-
-/// Scratch slots 0..64 belong to redo workers; backends use 64 + backend id.
-const BACKEND_SCRATCH_SLOT_BASE: u32 = 64;
-
-thread_local! {
-    static BACKEND_ENGINE: RefCell<Option<RedoEngine>> = const { RefCell::new(None) };
-}
+use redo_bgworker::BLCKSZ;
+use shared_mem::redo_queue::{wire::FLAG_MASK_RESULT, RedoCallError, RedoRecord, RedoRequest, RelBlock};
+use std::time::Duration;
 
 fn page_arg(name: &str, bytes: &[u8]) -> [u8; BLCKSZ] {
     bytes
@@ -52,10 +43,41 @@ fn redo_apply(
     end_lsns: Vec<i64>,
     mask: default!(bool, false),
 ) -> Vec<u8> {
-    let records: Vec<&[u8]> = records
-        .iter()
-        .map(|r| r.unwrap_or_else(|| error!("records must not contain NULL")))
-        .collect();
+    let records: Vec<&[u8]> = records.iter().map(|r| r.unwrap_or_else(|| error!("records must not contain NULL"))).collect();
+    let request = build_request(spcnode, dbnode, relnode, fork, blkno, base, &records, &start_lsns, &end_lsns, mask);
+    let timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
+    let queue = &crate::shmem::state().redo;
+    // The wait polls InterruptPending (a plain flag) so a query cancel ends
+    // it; the interrupt itself is handled after the call, on this thread.
+    // SAFETY: reading a sig_atomic_t flag that signal handlers set.
+    let result = queue.call_cancellable(&request, timeout, &mut || unsafe { pg_sys::InterruptPending != 0 });
+    match result {
+        Ok(page) => page.to_vec(),
+        Err(RedoCallError::Cancelled) => {
+            pg_sys::check_for_interrupts!();
+            error!("redo request cancelled")
+        }
+        Err(RedoCallError::Redo { lsn, rmgr, message }) => {
+            error!("{}", redo_bgworker::RedoFailure { lsn, rmgr, message })
+        }
+        Err(e) => error!("{e}"),
+    }
+}
+
+/// Checks `redo_apply`'s arguments and builds the queue request.
+#[allow(clippy::too_many_arguments)]
+fn build_request<'r>(
+    spcnode: pg_sys::Oid,
+    dbnode: pg_sys::Oid,
+    relnode: pg_sys::Oid,
+    fork: i32,
+    blkno: i64,
+    base: Option<&[u8]>,
+    records: &[&'r [u8]],
+    start_lsns: &[i64],
+    end_lsns: &[i64],
+    mask: bool,
+) -> RedoRequest<&'r [u8]> {
     if records.len() != start_lsns.len() || records.len() != end_lsns.len() {
         error!(
             "records, start_lsns and end_lsns must have the same length ({}, {}, {})",
@@ -68,24 +90,15 @@ fn redo_apply(
         error!("fork must be 0 (main), 1 (fsm), 2 (vm) or 3 (init), got {fork}");
     }
     let blkno = u32::try_from(blkno).ok().filter(|b| *b != u32::MAX).unwrap_or_else(|| error!("invalid block number {blkno}"));
-    let target = BlockTag { spc: spcnode.into(), db: dbnode.into(), rel: relnode.into(), fork: fork as u8, blkno };
-    let base = base.map(|b| page_arg("base", b));
-    let recs: Vec<Record<'_>> = records
-        .iter()
-        .zip(start_lsns.iter().zip(&end_lsns))
-        .map(|(raw, (s, e))| Record { start_lsn: lsn_arg("start_lsn", *s), end_lsn: lsn_arg("end_lsn", *e), raw })
-        .collect();
-    let result = BACKEND_ENGINE.with(|cell| {
-        let mut engine = cell.borrow_mut();
-        let engine = engine.get_or_insert_with(|| {
-            // SAFETY: a backend's main thread; one engine per backend process.
-            unsafe { RedoEngine::new(BACKEND_SCRATCH_SLOT_BASE + pg_sys::MyBackendId as u32) }
-        });
-        engine.apply(target, base.as_ref(), &recs, mask)
-    });
-    match result {
-        Ok(page) => page.to_vec(),
-        Err(e) => error!("{e}"),
+    RedoRequest {
+        target: RelBlock { spc_node: spcnode.into(), db_node: dbnode.into(), rel_node: relnode.into(), fork: fork as u8, blkno },
+        base_image: base.map(|b| Box::new(page_arg("base", b))),
+        records: records
+            .iter()
+            .zip(start_lsns.iter().zip(end_lsns))
+            .map(|(raw, (s, e))| RedoRecord { start_lsn: lsn_arg("start_lsn", *s), end_lsn: lsn_arg("end_lsn", *e), raw: *raw })
+            .collect(),
+        flags: if mask { FLAG_MASK_RESULT } else { 0 },
     }
 }
 
@@ -99,4 +112,58 @@ fn mask_page(rmgr: i32, page: &[u8], blkno: i64) -> Vec<u8> {
     // SAFETY: a backend's main thread.
     unsafe { redo_bgworker::mask_page(rmgr, &mut page, blkno) };
     page.to_vec()
+}
+
+/// Measures redo through the queue: sends `requests` copies of the request
+/// (built like [`redo_apply`]'s) from `threads` threads of this backend and
+/// returns the mean latency per request (µs) and the throughput
+/// (requests/s). The threads call only the queue, never PostgreSQL. For
+/// benchmarks (`tools/src/bin/redo_bench.rs`).
+#[pg_extern]
+#[allow(clippy::too_many_arguments)]
+fn redo_bench(
+    spcnode: pg_sys::Oid,
+    dbnode: pg_sys::Oid,
+    relnode: pg_sys::Oid,
+    fork: i32,
+    blkno: i64,
+    base: Option<&[u8]>,
+    records: Array<'_, &[u8]>,
+    start_lsns: Vec<i64>,
+    end_lsns: Vec<i64>,
+    requests: i32,
+    threads: i32,
+) -> TableIterator<'static, (name!(latency_us, f64), name!(requests_per_s, f64))> {
+    if requests < 1 || !(1..=64).contains(&threads) {
+        error!("requests must be positive and threads between 1 and 64");
+    }
+    let records: Vec<&[u8]> = records.iter().map(|r| r.unwrap_or_else(|| error!("records must not contain NULL"))).collect();
+    let request = build_request(spcnode, dbnode, relnode, fork, blkno, base, &records, &start_lsns, &end_lsns, false);
+    let queue = &crate::shmem::state().redo;
+    let timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
+    // Warm up every worker's buffers and caches.
+    for _ in 0..(threads * 4) {
+        queue.call(&request, timeout).unwrap_or_else(|e| error!("{e}"));
+    }
+    let per_thread = (requests as usize).div_ceil(threads as usize);
+    let started = std::time::Instant::now();
+    let outcome: Result<Vec<Duration>, RedoCallError> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..per_thread {
+                        queue.call(&request, timeout)?;
+                    }
+                    Ok(t0.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("bench thread panicked")).collect()
+    });
+    let wall = started.elapsed();
+    let busy = outcome.unwrap_or_else(|e| error!("{e}"));
+    let total = per_thread * threads as usize;
+    let latency_us = busy.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e6 / total as f64;
+    TableIterator::once((latency_us, total as f64 / wall.as_secs_f64()))
 }

@@ -70,6 +70,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 state.workers.assign(slot, kind, number);
             }
             state.workers.carry_over_start_counts(&*(&raw const SAVED_START_COUNTS));
+            state.redo.set_worker_count(redo);
         }
         SHARED.store(ptr, Ordering::Release);
         pg_sys::LWLockRelease(lock);

@@ -1,13 +1,14 @@
 //! SQL functions of schema `pageserver` (management and inspection).
 
 use pgrx::prelude::*;
-use shared_mem::WorkerState;
+use shared_mem::{WorkerKind, WorkerState};
 
 /// One row per background worker of the page server: its kind (`main`,
 /// `redo`, `layers`, `backup`), its number among workers of that kind, pid,
-/// state, last heartbeat and how often it was restarted (crash restarts of
-/// the host included). A worker whose process is gone without saying so is
-/// shown as `dead`.
+/// state, last heartbeat, how often it was restarted (crash restarts of
+/// the host included) and, for redo workers, how many redo requests it has
+/// served since the host started. A worker whose process is gone without
+/// saying so is shown as `dead`.
 #[pg_extern(parallel_safe)]
 fn status() -> TableIterator<
     'static,
@@ -18,15 +19,17 @@ fn status() -> TableIterator<
         name!(state, String),
         name!(last_heartbeat, Option<TimestampWithTimeZone>),
         name!(restarts, i64),
+        name!(requests, Option<i64>),
     ),
 > {
-    let rows: Vec<_> = crate::shmem::state()
+    let state = crate::shmem::state();
+    let rows: Vec<_> = state
         .workers
         .statuses()
         .into_iter()
         .map(|w| {
             let alive = w.pid > 0 && process_exists(w.pid);
-            let state = match w.state {
+            let shown_state = match w.state {
                 WorkerState::Starting | WorkerState::Running | WorkerState::Stopping if !alive => "dead",
                 s => s.name(),
             };
@@ -34,9 +37,10 @@ fn status() -> TableIterator<
                 w.kind.name().to_string(),
                 w.number as i32,
                 (w.pid > 0).then_some(w.pid),
-                state.to_string(),
+                shown_state.to_string(),
                 (w.heartbeat_us > 0).then(|| unix_us_to_timestamptz(w.heartbeat_us)),
                 w.restarts as i64,
+                (w.kind == WorkerKind::Redo).then(|| state.redo.served_by(w.number as usize) as i64),
             )
         })
         .collect();

@@ -6,10 +6,13 @@
 //! `#[repr(C)]`, made of atomics, position-independent (no pointers), and
 //! tested here on plain memory.
 //!
-//! Today the segment holds the worker status table ([`workers`]).
+//! Today the segment holds the worker status table ([`workers`]) and the
+//! redo request queue ([`redo_queue`], 8 MiB: 32 slots of 256 KiB).
 
+pub mod redo_queue;
 pub mod workers;
 
+pub use redo_queue::RedoQueue;
 pub use workers::{WorkerKind, WorkerSlot, WorkerState, WorkerStatus, WorkerTable, MAX_WORKERS};
 
 /// The whole segment. Its address differs per process; only offsets matter.
@@ -18,9 +21,12 @@ pub struct SharedState {
     /// Layout check: a process that maps a segment of another layout refuses it.
     magic: u64,
     pub workers: WorkerTable,
+    /// Redo requests from callers to redo workers. The startup hook sets its
+    /// worker count ([`RedoQueue::set_worker_count`]) after `init_in_place`.
+    pub redo: RedoQueue,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0001; // "pagesv" + layout version 1
+const MAGIC: u64 = 0x7061_6765_7376_0002; // "pagesv" + layout version 2
 
 impl SharedState {
     /// Bytes to request from the host.
@@ -68,7 +74,8 @@ mod tests {
 
     #[test]
     fn attach_refuses_foreign_layout() {
-        let mut mem = Box::new(std::mem::MaybeUninit::<SharedState>::uninit());
+        // Built on the heap directly: the segment is megabytes, too big for a test thread's stack.
+        let mut mem = Box::<SharedState>::new_uninit();
         let ptr = mem.as_mut_ptr();
         // SAFETY: the box is ours, big and aligned.
         unsafe { std::ptr::write_bytes(ptr as *mut u8, 0xAB, SharedState::size()) };
@@ -78,5 +85,10 @@ mod tests {
         unsafe { SharedState::init_in_place(ptr) };
         // SAFETY: initialised just above.
         assert!(unsafe { SharedState::attach(ptr) }.is_ok());
+    }
+
+    #[test]
+    fn segment_size_stays_reasonable() {
+        assert!(SharedState::size() < 9 * 1024 * 1024, "{} bytes", SharedState::size());
     }
 }

@@ -200,7 +200,8 @@ mod tests {
     use crate::SharedState;
 
     fn fresh() -> Box<SharedState> {
-        let mut mem = Box::new(std::mem::MaybeUninit::<SharedState>::uninit());
+        // On the heap directly: the segment is megabytes, too big for a test thread's stack.
+        let mut mem = Box::<SharedState>::new_uninit();
         // SAFETY: the box is ours, big and aligned.
         unsafe { SharedState::init_in_place(mem.as_mut_ptr()) };
         // SAFETY: fully initialised by init_in_place.

@@ -8,6 +8,7 @@
 //! new process; its argument is the worker's slot in the status table.
 
 mod main_worker;
+mod redo_worker;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -119,8 +120,9 @@ pub extern "C-unwind" fn pageserver_main_worker(arg: pg_sys::Datum) {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pageserver_redo_worker(arg: pg_sys::Datum) {
-    // Requests arrive with the redo issue; until then the worker only lives.
-    idle_worker(arg, WorkerKind::Redo, || {});
+    let ctx = WorkerContext::start(arg, WorkerKind::Redo);
+    redo_worker::run(&ctx);
+    ctx.finish();
 }
 
 #[pg_guard]

@@ -1,0 +1,55 @@
+//! The redo worker's loop: takes requests from the shared-memory queue,
+//! applies them with the redo engine and replies. Between requests (at least
+//! every [`SERVE_SLICE`]) it looks at its latch: signals, postmaster death,
+//! heartbeat.
+
+use super::WorkerContext;
+use redo_bgworker::{BlockTag, Record, RedoEngine, BLCKSZ};
+use shared_mem::redo_queue::{wire::FLAG_MASK_RESULT, Job};
+use shared_mem::WorkerState;
+use std::time::{Duration, Instant};
+
+/// How long the worker serves requests before it checks its latch again.
+const SERVE_SLICE: Duration = Duration::from_millis(100);
+
+pub fn run(ctx: &WorkerContext) {
+    let number = ctx.slot.number() as usize;
+    let queue = &crate::shmem::state().redo;
+    // SAFETY: the worker's main thread, once per process.
+    let mut engine = unsafe { RedoEngine::new(number as u32) };
+    // Fails whatever an earlier incarnation of this worker left in flight.
+    let port = queue.attach_worker(number);
+    ctx.slot.set_state(WorkerState::Running);
+    while ctx.wait(Duration::ZERO) {
+        let slice_end = Instant::now() + SERVE_SLICE;
+        while let Some(job) = port.next(slice_end.saturating_duration_since(Instant::now())) {
+            serve(&mut engine, job);
+            if Instant::now() >= slice_end {
+                break;
+            }
+        }
+    }
+    ctx.slot.set_state(WorkerState::Stopping);
+}
+
+fn serve(engine: &mut RedoEngine, job: Job<'_>) {
+    let reply = match job.request() {
+        Err(e) => Err((0, 0, format!("malformed redo request: {e}"))),
+        Ok(request) => {
+            let t = request.target;
+            let target = BlockTag { spc: t.spc_node, db: t.db_node, rel: t.rel_node, fork: t.fork, blkno: t.blkno };
+            let recs: Vec<Record<'_>> = request
+                .records()
+                .map(|r| Record { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw })
+                .collect();
+            let base: Option<&[u8; BLCKSZ]> = request.base_image;
+            let mask = request.flags & FLAG_MASK_RESULT != 0;
+            engine.apply(target, base, &recs, mask).map_err(|f| (f.lsn, f.rmgr, f.message))
+        }
+    };
+    // A stale job (the caller gave up) just drops the reply.
+    let _ = match reply {
+        Ok(page) => job.reply_ok(&page),
+        Err((lsn, rmgr, message)) => job.reply_err(lsn, rmgr, &message),
+    };
+}
