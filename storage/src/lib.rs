@@ -3,3 +3,9 @@
 //! Nothing in this crate calls PostgreSQL: it decodes WAL, maps records onto
 //! the key space and keeps page versions in layers. It is tested with plain
 //! `cargo test`.
+
+pub mod key;
+pub mod lsn;
+pub mod value;
+pub mod wal;
+pub mod repo;

@@ -1,0 +1,214 @@
+//! Compaction: L0 → L1 deltas, and image layers.
+//!
+//! **L0 → L1.** Once `compaction_threshold` L0 delta layers exist, all of them
+//! (contiguous in LSN, each covering every key changed in its LSN range) are
+//! merged in (key, LSN) order, streaming a block at a time, into L1 delta
+//! layers that cover the union of their LSN ranges and partition the key space:
+//! a new file is started at a key boundary once the current one reaches
+//! `target_file_size`. Entries are copied as stored (no recompression).
+//!
+//! **Image layers.** The keys existing at `disk_consistent_lsn` are cut into
+//! partitions of about `target_file_size` of pages, the partitions together
+//! covering the whole key space. A partition whose delta depth (delta layers
+//! with versions above its newest image) reaches `image_creation_threshold`
+//! gets an image layer at `disk_consistent_lsn` holding the materialized value
+//! of each of its keys.
+//!
+//! Both write their new files first, then swap them into the layer map and the
+//! index in one step; replaced files are unlinked once no reader holds them.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use super::layer_file::{LayerIter, LayerKind, LayerName, LayerReader, LayerWriter, LsnRange, RawEntry};
+use super::layer_map::PersistentLayer;
+use super::timeline::Timeline;
+use super::Result;
+use crate::key::{Key, KeyRange};
+use crate::value::Value;
+
+/// What one compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// L0 files merged and bytes read from them.
+    pub l0_merged: usize,
+    pub l0_bytes: u64,
+    /// L1 files written.
+    pub l1_written: usize,
+    /// Image layers written.
+    pub images_written: usize,
+}
+
+/// Approximate size of one page, for partitioning.
+const PAGE_SIZE: u64 = 8192;
+
+impl Timeline {
+    /// L0 → L1 compaction (if enough L0s exist), then image layer creation.
+    pub fn compact(&self) -> Result<CompactionStats> {
+        let mut stats = self.compact_level0()?;
+        stats.images_written = self.create_image_layers()?;
+        Ok(stats)
+    }
+
+    /// Merges all L0 delta layers into L1 delta layers once there are at least
+    /// `compaction_threshold` of them.
+    pub fn compact_level0(&self) -> Result<CompactionStats> {
+        let _compaction = self.compaction_lock.lock();
+        let map = self.layers.read().clone();
+        let mut level0: Vec<Arc<PersistentLayer>> =
+            map.historic.iter().filter(|l| l.name.kind == LayerKind::Delta && l.name.level == 0).cloned().collect();
+        if level0.len() < self.shared.conf.compaction_threshold.max(1) {
+            return Ok(CompactionStats::default());
+        }
+        level0.sort_by_key(|l| l.name.lsn_range.start);
+        let lsn_range: LsnRange = (level0[0].name.lsn_range.start..level0.iter().map(|l| l.name.lsn_range.end).max().unwrap()).into();
+        let readers = level0.iter().map(|l| l.reader()).collect::<Result<Vec<Arc<LayerReader>>>>()?;
+
+        let mut iters: Vec<LayerIter> = readers.iter().map(|r| r.iter()).collect();
+        let mut heads: Vec<Option<RawEntry>> = Vec::with_capacity(iters.len());
+        let mut heap = BinaryHeap::new();
+        for (i, iter) in iters.iter_mut().enumerate() {
+            let head = iter.next_entry()?;
+            if let Some(entry) = &head {
+                heap.push(Reverse((entry.key, entry.lsn, i)));
+            }
+            heads.push(head);
+        }
+
+        let conf = &self.shared.conf;
+        let mut written = Vec::new();
+        let mut writer: Option<LayerWriter> = None;
+        while let Some(Reverse((key, _, i))) = heap.pop() {
+            let entry = heads[i].take().expect("heap entries have heads");
+            heads[i] = iters[i].next_entry()?;
+            if let Some(next) = &heads[i] {
+                heap.push(Reverse((next.key, next.lsn, i)));
+            }
+            let new_key = writer.as_ref().is_some_and(|w| w.last_key() != Some(key));
+            if new_key && writer.as_ref().is_some_and(|w| w.size() >= conf.target_file_size) {
+                written.push(self.finish_l1(writer.take().unwrap())?);
+            }
+            if writer.is_none() {
+                let name = LayerName {
+                    kind: LayerKind::Delta,
+                    level: 1,
+                    key_range: KeyRange::new(key, Key::MAX),
+                    lsn_range,
+                    seq: self.next_seq(),
+                };
+                writer = Some(LayerWriter::new(self.dir(), name, conf.fsync)?);
+            }
+            writer.as_mut().unwrap().put_raw(entry.key, entry.lsn, entry.flags, &entry.bytes)?;
+        }
+        if let Some(writer) = writer {
+            written.push(self.finish_l1(writer)?);
+        }
+        self.shared.crash.hit("compaction: L1 layers written")?;
+
+        let stats = CompactionStats {
+            l0_merged: level0.len(),
+            l0_bytes: level0.iter().map(|l| l.file_size).sum(),
+            l1_written: written.len(),
+            images_written: 0,
+        };
+        self.replace_layers(
+            |map| {
+                map.historic.retain(|h| !level0.iter().any(|old| Arc::ptr_eq(h, old)));
+                for new in &written {
+                    if !map.historic.iter().any(|h| Arc::ptr_eq(h, new)) {
+                        map.historic.push(new.clone());
+                    }
+                }
+            },
+            None,
+            None,
+        )?;
+        Ok(stats)
+    }
+
+    fn finish_l1(&self, mut writer: LayerWriter) -> Result<Arc<PersistentLayer>> {
+        let last = writer.last_key().expect("an L1 writer has entries");
+        writer.set_key_end(last.next())?;
+        let (name, size) = writer.finish(&self.shared.crash)?;
+        Ok(Arc::new(PersistentLayer::new(name, self.dir().join(name.file_name()), size, self.shared.crash.clone())))
+    }
+
+    /// Writes image layers at `disk_consistent_lsn` for the key partitions
+    /// whose delta depth reaches `image_creation_threshold`; returns how many.
+    pub fn create_image_layers(&self) -> Result<usize> {
+        let _compaction = self.compaction_lock.lock();
+        let lsn = self.disk_consistent_lsn();
+        // Reads at disk_consistent_lsn are intact even if it is below the GC
+        // cutoff: no image layer is newer than it, and GC removes a layer only
+        // when images at or above the layer's end cover it.
+        if !lsn.is_valid() {
+            return Ok(0);
+        }
+        let map = self.layers.read().clone();
+        let keys = self.collect_keys(&KeyRange::ALL, lsn)?;
+        let conf = &self.shared.conf;
+        let keys_per_partition = (conf.target_file_size / PAGE_SIZE).max(1) as usize;
+        let keys: Vec<Key> = keys.into_iter().collect();
+        let mut written = Vec::new();
+        for (i, chunk) in keys.chunks(keys_per_partition).enumerate() {
+            let start = if i == 0 { Key::MIN } else { chunk[0] };
+            let end = keys.get((i + 1) * keys_per_partition).copied().unwrap_or(Key::MAX);
+            let partition = KeyRange::new(start, end);
+            let newest_image = map
+                .historic
+                .iter()
+                .filter(|l| l.name.is_image() && l.name.image_lsn() <= lsn && l.name.key_range.covers(&partition))
+                .map(|l| l.name.image_lsn())
+                .max();
+            if newest_image == Some(lsn) {
+                continue;
+            }
+            let depth = map
+                .historic
+                .iter()
+                .filter(|l| {
+                    l.name.kind == LayerKind::Delta
+                        && l.name.key_range.overlaps(&partition)
+                        && l.name.lsn_range.start <= lsn
+                        && newest_image.is_none_or(|image| l.name.lsn_range.end > image + 1)
+                })
+                .count();
+            if depth < conf.image_creation_threshold.max(1) {
+                continue;
+            }
+            let name = LayerName {
+                kind: LayerKind::Image,
+                level: 0,
+                key_range: partition,
+                lsn_range: (lsn..lsn + 1).into(),
+                seq: self.next_seq(),
+            };
+            let mut writer = LayerWriter::new(self.dir(), name, conf.fsync)?;
+            for key in chunk {
+                if let Some(page) = self.get_unchecked_ahead(*key, lsn, false)? {
+                    writer.put_value(*key, lsn, &Value::Image(page))?;
+                }
+            }
+            let (name, size) = writer.finish(&self.shared.crash)?;
+            written.push(Arc::new(PersistentLayer::new(name, self.dir().join(name.file_name()), size, self.shared.crash.clone())));
+        }
+        if written.is_empty() {
+            return Ok(0);
+        }
+        self.shared.crash.hit("image creation: layers written")?;
+        self.replace_layers(
+            |map| {
+                for new in &written {
+                    if !map.historic.iter().any(|h| Arc::ptr_eq(h, new)) {
+                        map.historic.push(new.clone());
+                    }
+                }
+            },
+            None,
+            None,
+        )?;
+        Ok(written.len())
+    }
+}
+

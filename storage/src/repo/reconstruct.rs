@@ -1,0 +1,136 @@
+//! Reconstruction: from the versions a read gathered to one value.
+//!
+//! A read walks the layers downward from its LSN and hands each version to a
+//! [`Collector`] (newest first) until a page image or a will-init record ends
+//! the walk. The records above that base are then applied in increasing LSN
+//! order by a [`Redo`] implementation: the redo workers for PostgreSQL
+//! records, Rust code for project records (implemented outside this module;
+//! tests use a Rust-only one).
+
+use bytes::Bytes;
+
+use crate::key::Key;
+use crate::lsn::Lsn;
+use crate::value::{Value, WalRecordValue};
+
+/// Applies WAL records to a base value.
+pub trait Redo: Send + Sync {
+    /// Applies `records` (increasing LSN) to `base` (`None` when the first
+    /// record is will-init, or when no older version exists) and returns the
+    /// value of `key` after the last record.
+    fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String>;
+}
+
+/// The versions gathered by one read.
+#[derive(Default, Debug)]
+pub(crate) struct Collector {
+    /// Newest first.
+    pub records: Vec<(Lsn, WalRecordValue)>,
+    pub base: Option<(Lsn, Bytes)>,
+    pub done: bool,
+    /// A cached value at this LSN: versions at or below it are not needed.
+    pub floor: Option<(Lsn, Bytes)>,
+}
+
+impl Collector {
+    /// Takes the versions of one layer, given in increasing LSN order; returns
+    /// true once the walk can stop.
+    pub fn add_ascending(&mut self, versions: Vec<(Lsn, Value)>) -> bool {
+        for (lsn, value) in versions.into_iter().rev() {
+            if self.done {
+                break;
+            }
+            if self.floor.as_ref().is_some_and(|(floor, _)| lsn <= *floor) {
+                self.stop_at_floor();
+                break;
+            }
+            match value {
+                Value::Image(page) => {
+                    self.base = Some((lsn, page));
+                    self.done = true;
+                }
+                Value::WalRecord(record) => {
+                    self.done = record.will_init;
+                    self.records.push((lsn, record));
+                }
+            }
+        }
+        self.done
+    }
+
+    /// True once the walk has nothing left above the floor below `cont` (exclusive).
+    pub fn reached_floor(&mut self, cont: Lsn) -> bool {
+        if !self.done && self.floor.as_ref().is_some_and(|(floor, _)| cont <= *floor + 1) {
+            self.stop_at_floor();
+        }
+        self.done
+    }
+
+    fn stop_at_floor(&mut self) {
+        debug_assert!(!self.done);
+        if let Some(floor) = self.floor.take() {
+            self.base = Some(floor);
+            self.done = true;
+        }
+    }
+
+    /// The walk ran out of layers: a floor not yet reached is the base (no
+    /// version lies between it and the records gathered).
+    pub fn end_of_walk(&mut self) {
+        if !self.done {
+            self.stop_at_floor();
+        }
+    }
+
+    /// Runs redo; `None` if the key has no version.
+    pub fn reconstruct(mut self, key: Key, redo: &dyn Redo) -> Result<Option<Bytes>, (Lsn, String)> {
+        if self.records.is_empty() {
+            return Ok(self.base.map(|(_, page)| page));
+        }
+        self.records.reverse();
+        let last_lsn = self.records.last().map(|(lsn, _)| *lsn).unwrap_or_default();
+        redo.apply(key, self.base.map(|(_, page)| page), &self.records).map(Some).map_err(|msg| (last_lsn, msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::RecordPayload;
+
+    fn record(will_init: bool) -> Value {
+        Value::WalRecord(WalRecordValue { will_init, rec: RecordPayload::Postgres { target_block_id: 0, raw: Bytes::new() } })
+    }
+
+    #[test]
+    fn stops_at_image_will_init_or_floor() {
+        let mut c = Collector::default();
+        assert!(!c.add_ascending(vec![(Lsn(1), record(false)), (Lsn(2), record(false))]));
+        assert!(c.add_ascending(vec![(Lsn(0), Value::Image(Bytes::from_static(b"base")))]));
+        assert_eq!(c.records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![Lsn(2), Lsn(1)]);
+
+        let mut c = Collector::default();
+        assert!(c.add_ascending(vec![(Lsn(1), record(false)), (Lsn(2), record(true)), (Lsn(3), record(false))]));
+        assert_eq!(c.records.len(), 2);
+        assert!(c.base.is_none());
+
+        // Versions at or below the floor are not taken; the floor becomes the base.
+        let mut c = Collector { floor: Some((Lsn(5), Bytes::from_static(b"cached"))), ..Collector::default() };
+        assert!(c.add_ascending(vec![(Lsn(4), Value::Image(Bytes::from_static(b"old"))), (Lsn(6), record(false))]));
+        assert_eq!(c.base, Some((Lsn(5), Bytes::from_static(b"cached"))));
+        assert_eq!(c.records.len(), 1);
+
+        // An image above the floor wins, also when the walk then passes the floor.
+        let mut c = Collector { floor: Some((Lsn(5), Bytes::from_static(b"cached"))), ..Collector::default() };
+        assert!(c.add_ascending(vec![(Lsn(7), Value::Image(Bytes::from_static(b"new")))]));
+        assert!(c.reached_floor(Lsn(3)));
+        assert_eq!(c.base, Some((Lsn(7), Bytes::from_static(b"new"))));
+
+        // Out of layers before the floor: the floor is the base.
+        let mut c = Collector { floor: Some((Lsn(5), Bytes::from_static(b"cached"))), ..Collector::default() };
+        assert!(!c.add_ascending(vec![(Lsn(9), record(false))]));
+        assert!(!c.reached_floor(Lsn(9)));
+        c.end_of_walk();
+        assert_eq!(c.base.map(|b| b.0), Some(Lsn(5)));
+    }
+}
