@@ -15,6 +15,9 @@ run() {
 
 # One line per benchmark; each is also the `command` column of its rows.
 BENCHES=(
+  "cargo run --release -p tools --bin repo_bench"
+  "cargo run --release -p tools --bin wal_bench"
+  "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin redo_bench"
 )
 
 for b in "${BENCHES[@]}"; do

@@ -3,7 +3,8 @@
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_CONFIG=$PG_BIN/pg_config
 
-log() { printf '\n== %s\n' "$*"; }
+# Section headers carry the seconds since the script started.
+log() { printf '\n== [%4ds] %s\n' "$SECONDS" "$*"; }
 
 # Runs a command as the postgres OS user (PostgreSQL refuses root).
 as_postgres() {

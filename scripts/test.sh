@@ -27,3 +27,4 @@ if pgrep -f 'pageserver-demo\.' >/dev/null; then
   exit 1
 fi
 echo "demo: passed, nothing left running"
+log "all tests passed"

@@ -13,30 +13,10 @@ const SIZE_OF_XLOG_RECORD: usize = 24;
 const SIZE_OF_PAGE_HEADER: u16 = 24;
 const PAGE_SIZE_VERSION: u16 = (BLCKSZ as u16) | 4;
 
-/// Resource managers of PostgreSQL 15 (`rmgrlist.h`) that the worker runs.
-pub mod rmgr {
-    pub const XLOG: u8 = 0;
-    pub const HEAP2: u8 = 9;
-    pub const HEAP: u8 = 10;
-    pub const BTREE: u8 = 11;
-    pub const HASH: u8 = 12;
-    pub const GIN: u8 = 13;
-    pub const GIST: u8 = 14;
-    pub const SEQUENCE: u8 = 15;
-    pub const SPGIST: u8 = 16;
-    pub const BRIN: u8 = 17;
-    pub const GENERIC: u8 = 20;
-
-    /// Name as `pg_waldump` prints it, for messages.
-    pub fn name(rmid: u8) -> &'static str {
-        const NAMES: [&str; 22] = [
-            "XLOG", "Transaction", "Storage", "CLOG", "Database", "Tablespace", "MultiXact", "RelMap",
-            "Standby", "Heap2", "Heap", "Btree", "Hash", "Gin", "Gist", "Sequence", "SPGist", "BRIN",
-            "CommitTs", "ReplicationOrigin", "Generic", "LogicalMessage",
-        ];
-        NAMES.get(rmid as usize).copied().unwrap_or("unknown")
-    }
-}
+/// Resource manager ids and names (`rmgrlist.h`), shared with the decoder.
+pub use storage::wal::rmgr;
+/// LSNs print as PostgreSQL prints them (`16/B374D848`).
+pub use storage::lsn::Lsn;
 
 const XLR_INFO_MASK: u8 = 0x0F;
 const XLOG_FPI_FOR_HINT: u8 = 0xA0;
@@ -69,15 +49,6 @@ pub enum Invalid {
     WrongPageKind { expected: &'static str, found: String },
 }
 
-/// Formats an LSN as PostgreSQL prints it (`16/B374D848`).
-pub struct Lsn(pub u64);
-
-impl std::fmt::Display for Lsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 as u32)
-    }
-}
-
 /// The fixed header of a WAL record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -97,8 +68,7 @@ pub fn check_record(rec: &[u8]) -> Result<RecordHeader, Invalid> {
     if header.tot_len as usize != rec.len() {
         return Err(Invalid::LengthMismatch { tot_len: header.tot_len, len: rec.len() });
     }
-    // PostgreSQL's record CRC covers the payload first, then the header up to xl_crc.
-    let computed = crc32c::crc32c_append(crc32c::crc32c(&rec[SIZE_OF_XLOG_RECORD..]), &rec[..20]);
+    let computed = storage::wal::record::record_crc(rec);
     let stored = u32_at(20);
     if computed != stored {
         return Err(Invalid::BadCrc { computed, stored });
@@ -114,7 +84,7 @@ pub fn check_rmgr(header: &RecordHeader) -> Result<(), Invalid> {
             XLOG_FPI | XLOG_FPI_FOR_HINT => Ok(()),
             info => Err(Invalid::XlogNotFpi { info }),
         },
-        HEAP2 | HEAP | BTREE | HASH | GIN | GIST | SEQUENCE | SPGIST | BRIN | GENERIC => Ok(()),
+        HEAP2 | HEAP | BTREE | HASH | GIN | GIST | SEQ | SPGIST | BRIN | GENERIC => Ok(()),
         rmid => Err(Invalid::NotPageLevel { rmid, name: rmgr::name(rmid) }),
     }
 }
@@ -148,7 +118,7 @@ fn expected_special(rmid: u8) -> Option<(&'static str, u16, Option<&'static [u16
         HASH => Some(("hash", 16, Some(&[0xFF80]))),
         GIN => Some(("GIN", 8, None)),
         GIST => Some(("GiST", 16, Some(&[0xFF81]))),
-        SEQUENCE => Some(("sequence", 8, None)),
+        SEQ => Some(("sequence", 8, None)),
         SPGIST => Some(("SP-GiST", 8, Some(&[0xFF82]))),
         BRIN => Some(("BRIN", 8, Some(&[0xF091, 0xF092, 0xF093]))),
         _ => None, // generic WAL and FPIs may touch any page
@@ -195,7 +165,7 @@ pub fn check_base_page(page: &[u8; BLCKSZ], rmid: u8, fork: u8, end_lsn: u64) ->
             return Err(Invalid::WrongPageKind { expected: name, found: format!("page type id {id:#06x}") });
         }
     }
-    if rmid == rmgr::SEQUENCE && u32::from_le_bytes(page[special as usize..special as usize + 4].try_into().expect("4")) != 0x1717 {
+    if rmid == rmgr::SEQ && u32::from_le_bytes(page[special as usize..special as usize + 4].try_into().expect("4")) != 0x1717 {
         return Err(Invalid::WrongPageKind { expected: name, found: "no sequence magic".into() });
     }
     Ok(())
@@ -214,7 +184,7 @@ mod tests {
         r[4..8].copy_from_slice(&777u32.to_le_bytes());
         r[16] = info;
         r[17] = rmid;
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&r[SIZE_OF_XLOG_RECORD..]), &r[..20]);
+        let crc = storage::wal::record::record_crc(&r);
         r[20..24].copy_from_slice(&crc.to_le_bytes());
         r
     }

@@ -97,14 +97,12 @@ impl WorkerContext {
     }
 }
 
-/// The loop of a worker that so far only keeps its heartbeat; `tick` runs
-/// after every wake-up.
-fn idle_worker(arg: pg_sys::Datum, kind: WorkerKind, mut tick: impl FnMut()) {
+/// The loop of a worker that so far only keeps its heartbeat (the layers
+/// and backup workers, until compaction and object storage arrive).
+fn idle_worker(arg: pg_sys::Datum, kind: WorkerKind) {
     let ctx = WorkerContext::start(arg, kind);
     ctx.slot.set_state(WorkerState::Running);
-    while ctx.wait(HEARTBEAT_INTERVAL) {
-        tick();
-    }
+    while ctx.wait(HEARTBEAT_INTERVAL) {}
     ctx.slot.set_state(WorkerState::Stopping);
     ctx.finish();
 }
@@ -128,11 +126,11 @@ pub extern "C-unwind" fn pageserver_redo_worker(arg: pg_sys::Datum) {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pageserver_layers_worker(arg: pg_sys::Datum) {
-    idle_worker(arg, WorkerKind::Layers, || {});
+    idle_worker(arg, WorkerKind::Layers);
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pageserver_backup_worker(arg: pg_sys::Datum) {
-    idle_worker(arg, WorkerKind::Backup, || {});
+    idle_worker(arg, WorkerKind::Backup);
 }
