@@ -90,13 +90,18 @@ pub struct RedoEngine {
     reader: *mut pg_sys::XLogReaderState,
     /// Which range of scratch relfilenodes this engine owns.
     scratch_slot: u32,
-    /// `smgrsetowner` targets: keep each scratch SMgrRelation open for good.
+    /// `smgrsetowner` targets: each scratch SMgrRelation, once opened, stays
+    /// open for good and is found here without a hash lookup (null = not yet).
     smgr_owners: Box<[pg_sys::SMgrRelation; N_SCRATCH]>,
     /// Forks already created per scratch relation (bit per fork).
     created_forks: [u8; N_SCRATCH],
     resource_owner: pg_sys::ResourceOwner,
     request_context: pg_sys::MemoryContext,
     placed: Vec<Placed>,
+    /// The record being decoded, copied to MAXALIGNed memory reused across records.
+    raw_buf: Vec<u64>,
+    /// Where DecodeXLogRecord puts its result; reused across records.
+    decoded_buf: Vec<u64>,
 }
 
 impl RedoEngine {
@@ -138,6 +143,8 @@ impl RedoEngine {
                 resource_owner,
                 request_context,
                 placed: Vec::with_capacity(16),
+                raw_buf: Vec::new(),
+                decoded_buf: Vec::new(),
             }
         }
     }
@@ -318,21 +325,26 @@ impl RedoEngine {
         }
     }
 
-    /// Decodes a raw record into the reader.
+    /// Decodes a raw record into the reader, in buffers reused across records.
     unsafe fn decode(&mut self, rec: &Record<'_>) -> Result<*mut pg_sys::XLogReaderState, String> {
-        // SAFETY: called from apply_in_postgres; allocations go to the request context.
+        // SAFETY: both buffers are 8-byte aligned (MAXALIGN) and sized as
+        // DecodeXLogRecord requires; the reader and the decoded record are
+        // used only until the next decode.
         unsafe {
             let len = rec.raw.len();
-            let raw = pg_sys::palloc(len) as *mut u8;
-            std::ptr::copy_nonoverlapping(rec.raw.as_ptr(), raw, len);
-            let decoded = pg_sys::palloc0(pg_sys::DecodeXLogRecordRequiredSpace(len)) as *mut pg_sys::DecodedXLogRecord;
+            grow(&mut self.raw_buf, len);
+            std::ptr::copy_nonoverlapping(rec.raw.as_ptr(), self.raw_buf.as_mut_ptr() as *mut u8, len);
+            grow(&mut self.decoded_buf, pg_sys::DecodeXLogRecordRequiredSpace(len));
+            let decoded = self.decoded_buf.as_mut_ptr() as *mut pg_sys::DecodedXLogRecord;
+            (*decoded).oversized = false;
             let r = self.reader;
             (*r).ReadRecPtr = rec.start_lsn;
             (*r).EndRecPtr = rec.end_lsn;
             (*r).DecodeRecPtr = rec.start_lsn;
             (*r).NextRecPtr = rec.end_lsn;
             let mut err: *mut std::ffi::c_char = null_mut();
-            if !pg_sys::DecodeXLogRecord(r, decoded, raw as *mut pg_sys::XLogRecord, rec.start_lsn, &mut err) {
+            let raw = self.raw_buf.as_mut_ptr() as *mut pg_sys::XLogRecord;
+            if !pg_sys::DecodeXLogRecord(r, decoded, raw, rec.start_lsn, &mut err) {
                 let msg = if err.is_null() { "unknown".into() } else { CStr::from_ptr(err).to_string_lossy().into_owned() };
                 return Err(format!("cannot decode record: {msg}"));
             }
@@ -347,6 +359,10 @@ impl RedoEngine {
         // SAFETY: smgr calls on the main thread; owner slots live in a Box
         // that the engine keeps for the life of the process.
         unsafe {
+            let owned = self.smgr_owners[scratch];
+            if !owned.is_null() && self.created_forks[scratch] == 0b111 {
+                return owned;
+            }
             let smgr = pg_sys::smgropen(self.scratch_node(scratch), pg_sys::InvalidBackendId);
             let owner = &raw mut self.smgr_owners[scratch];
             if (*smgr).smgr_owner != owner {
@@ -428,13 +444,15 @@ impl RedoEngine {
     unsafe fn drop_placed(&mut self) {
         // SAFETY: no pins are held on scratch buffers here.
         unsafe {
-            for p in std::mem::take(&mut self.placed) {
-                let smgr = pg_sys::smgropen(self.scratch_node(p.scratch), pg_sys::InvalidBackendId);
+            let mut placed = std::mem::take(&mut self.placed);
+            for p in placed.drain(..) {
+                let smgr = self.open_scratch(p.scratch);
                 (*smgr).smgr_cached_nblocks[p.fork as usize] = p.blkno + 1;
                 let mut fork = p.fork;
                 let mut first = p.blkno;
                 pg_sys::DropRelFileNodeBuffers(smgr, &mut fork, 1, &mut first);
             }
+            self.placed = placed; // keeps its capacity for the next request
         }
     }
 
@@ -458,6 +476,14 @@ impl RedoEngine {
                 (0..N_SCRATCH).map(|s| pg_sys::smgropen(self.scratch_node(s), pg_sys::InvalidBackendId)).collect();
             pg_sys::DropRelFileNodesAllBuffers(rels.as_mut_ptr(), rels.len() as i32);
         }
+    }
+}
+
+/// Makes `buf` hold at least `bytes` bytes.
+fn grow(buf: &mut Vec<u64>, bytes: usize) {
+    let words = bytes.div_ceil(8);
+    if buf.len() < words {
+        buf.resize(words, 0);
     }
 }
 
