@@ -103,6 +103,8 @@ pub fn owner_ids() -> anyhow::Result<(libc::uid_t, libc::gid_t)> {
         return Ok(unsafe { (libc::geteuid(), libc::getegid()) });
     }
     let name = CString::new(POSTGRES_USER).expect("no NUL");
+    // SAFETY: passwd is plain C data (integers and pointers); all-zero is a
+    // valid value, and getpwnam_r fills it before we read it.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
