@@ -180,8 +180,8 @@ impl RedoEngine {
         for r in records {
             let fail = |rmid: u8, e: validate::Invalid| RedoFailure { lsn: r.start_lsn, rmgr: rmid, message: e.to_string() };
             let h = validate::check_record(r.raw).map_err(|e| fail(r.raw.get(17).copied().unwrap_or(0), e))?;
-            validate::check_rmgr(&h).map_err(|e| fail(h.rmid, e))?;
-            validate::check_lsns(r.start_lsn, r.end_lsn).map_err(|e| fail(h.rmid, e))?;
+            validate::check_rmgr(&h).map_err(|e| fail(h.xl_rmid, e))?;
+            validate::check_lsns(r.start_lsn, r.end_lsn).map_err(|e| fail(h.xl_rmid, e))?;
             headers.push(h);
         }
         for pair in records.windows(2) {
@@ -194,8 +194,8 @@ impl RedoEngine {
             }
         }
         if let Some(page) = base {
-            validate::check_base_page(page, headers[0].rmid, target.fork, first.end_lsn)
-                .map_err(|e| RedoFailure { lsn: first.start_lsn, rmgr: headers[0].rmid, message: e.to_string() })?;
+            validate::check_base_page(page, headers[0].xl_rmid, target.fork, first.end_lsn)
+                .map_err(|e| RedoFailure { lsn: first.start_lsn, rmgr: headers[0].xl_rmid, message: e.to_string() })?;
         }
 
         let current = Cell::new(0usize);
@@ -217,7 +217,7 @@ impl RedoEngine {
                 Err(message) => {
                     self.recover_after_error();
                     let r = &records[current.get().min(records.len() - 1)];
-                    Err(RedoFailure { lsn: r.start_lsn, rmgr: headers[current.get().min(headers.len() - 1)].rmid, message })
+                    Err(RedoFailure { lsn: r.start_lsn, rmgr: headers[current.get().min(headers.len() - 1)].xl_rmid, message })
                 }
             };
             pg_sys::InRecovery = saved_in_recovery;
@@ -239,7 +239,7 @@ impl RedoEngine {
             let last = records.last().expect("non-empty");
             return Err(RedoFailure {
                 lsn: last.start_lsn,
-                rmgr: headers.last().expect("non-empty").rmid,
+                rmgr: headers.last().expect("non-empty").xl_rmid,
                 message: format!(
                     "after redo the page LSN is {}: neither the base page's nor the end of a record applied",
                     validate::Lsn(lsn)
@@ -247,7 +247,7 @@ impl RedoEngine {
             });
         }
         if mask {
-            let last_rmid = headers.last().expect("non-empty").rmid;
+            let last_rmid = headers.last().expect("non-empty").xl_rmid;
             // SAFETY: rm_mask only reads and writes the 8 KiB page it is given.
             unsafe { mask_page(last_rmid, &mut page, target.blkno) };
         }

@@ -49,29 +49,21 @@ pub enum Invalid {
     WrongPageKind { expected: &'static str, found: String },
 }
 
-/// The fixed header of a WAL record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordHeader {
-    pub tot_len: u32,
-    pub xid: u32,
-    pub info: u8,
-    pub rmid: u8,
-}
+/// The fixed header of a WAL record, parsed by the decoder's own code.
+pub use storage::wal::record::RecordHeader;
 
 /// Checks framing and CRC; returns the header.
 pub fn check_record(rec: &[u8]) -> Result<RecordHeader, Invalid> {
     if rec.len() < SIZE_OF_XLOG_RECORD {
         return Err(Invalid::TooShort { len: rec.len() });
     }
-    let u32_at = |o: usize| u32::from_le_bytes(rec[o..o + 4].try_into().expect("4 bytes"));
-    let header = RecordHeader { tot_len: u32_at(0), xid: u32_at(4), info: rec[16], rmid: rec[17] };
-    if header.tot_len as usize != rec.len() {
-        return Err(Invalid::LengthMismatch { tot_len: header.tot_len, len: rec.len() });
+    let header = RecordHeader::parse(rec);
+    if header.xl_tot_len as usize != rec.len() {
+        return Err(Invalid::LengthMismatch { tot_len: header.xl_tot_len, len: rec.len() });
     }
     let computed = storage::wal::record::record_crc(rec);
-    let stored = u32_at(20);
-    if computed != stored {
-        return Err(Invalid::BadCrc { computed, stored });
+    if computed != header.xl_crc {
+        return Err(Invalid::BadCrc { computed, stored: header.xl_crc });
     }
     Ok(header)
 }
@@ -79,8 +71,8 @@ pub fn check_record(rec: &[u8]) -> Result<RecordHeader, Invalid> {
 /// Only page-level resource managers, and XLOG only for full-page images.
 pub fn check_rmgr(header: &RecordHeader) -> Result<(), Invalid> {
     use rmgr::*;
-    match header.rmid {
-        XLOG => match header.info & !XLR_INFO_MASK {
+    match header.xl_rmid {
+        XLOG => match header.xl_info & !XLR_INFO_MASK {
             XLOG_FPI | XLOG_FPI_FOR_HINT => Ok(()),
             info => Err(Invalid::XlogNotFpi { info }),
         },
@@ -189,6 +181,14 @@ mod tests {
         r
     }
 
+    /// A header with only the resource manager and info set.
+    fn header(rmid: u8, info: u8) -> RecordHeader {
+        let mut b = [0u8; SIZE_OF_XLOG_RECORD];
+        b[16] = info;
+        b[17] = rmid;
+        RecordHeader::parse(&b)
+    }
+
     fn page(special_size: u16, id: Option<u16>, lsn: u64) -> [u8; BLCKSZ] {
         let mut p = [0u8; BLCKSZ];
         p[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
@@ -208,7 +208,7 @@ mod tests {
     fn a_good_record_passes_and_any_flipped_byte_fails() {
         let rec = record(rmgr::HEAP, 0, b"some heap insert payload");
         let h = check_record(&rec).unwrap();
-        assert_eq!((h.rmid, h.xid, h.tot_len as usize), (rmgr::HEAP, 777, rec.len()));
+        assert_eq!((h.xl_rmid, h.xl_xid, h.xl_tot_len as usize), (rmgr::HEAP, 777, rec.len()));
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
@@ -221,16 +221,16 @@ mod tests {
     #[test]
     fn only_page_level_rmgrs_and_xlog_fpis_are_run() {
         for rmid in [9, 10, 11, 12, 13, 14, 15, 16, 17, 20] {
-            assert!(check_rmgr(&RecordHeader { tot_len: 0, xid: 0, info: 0, rmid }).is_ok(), "{rmid}");
+            assert!(check_rmgr(&header(rmid, 0)).is_ok(), "{rmid}");
         }
         for rmid in [1, 2, 3, 4, 5, 6, 7, 8, 18, 19, 21, 200] {
-            let err = check_rmgr(&RecordHeader { tot_len: 0, xid: 0, info: 0, rmid }).unwrap_err();
+            let err = check_rmgr(&header(rmid, 0)).unwrap_err();
             assert!(err.to_string().contains("not page-level"), "{err}");
         }
-        assert!(check_rmgr(&RecordHeader { tot_len: 0, xid: 0, info: XLOG_FPI, rmid: 0 }).is_ok());
-        assert!(check_rmgr(&RecordHeader { tot_len: 0, xid: 0, info: XLOG_FPI_FOR_HINT | 1, rmid: 0 }).is_ok());
+        assert!(check_rmgr(&header(0, XLOG_FPI)).is_ok());
+        assert!(check_rmgr(&header(0, XLOG_FPI_FOR_HINT | 1)).is_ok());
         // XLOG_CHECKPOINT_SHUTDOWN = 0x00 would change the host itself.
-        assert!(matches!(check_rmgr(&RecordHeader { tot_len: 0, xid: 0, info: 0, rmid: 0 }), Err(Invalid::XlogNotFpi { .. })));
+        assert!(matches!(check_rmgr(&header(0, 0)), Err(Invalid::XlogNotFpi { .. })));
     }
 
     #[test]

@@ -115,11 +115,7 @@ impl Timeline {
         self.replace_layers(
             |map| {
                 map.historic.retain(|h| !level0.iter().any(|old| Arc::ptr_eq(h, old)));
-                for new in &written {
-                    if !map.historic.iter().any(|h| Arc::ptr_eq(h, new)) {
-                        map.historic.push(new.clone());
-                    }
-                }
+                add_new_layers(&mut map.historic, &written);
             },
             None,
             None,
@@ -198,13 +194,7 @@ impl Timeline {
         }
         self.shared.crash.hit("image creation: layers written")?;
         self.replace_layers(
-            |map| {
-                for new in &written {
-                    if !map.historic.iter().any(|h| Arc::ptr_eq(h, new)) {
-                        map.historic.push(new.clone());
-                    }
-                }
-            },
+            |map| add_new_layers(&mut map.historic, &written),
             None,
             None,
         )?;
@@ -212,3 +202,13 @@ impl Timeline {
     }
 }
 
+
+/// Adds the layers a compaction or image creation wrote to the layer map's
+/// historic list, once each (a retried swap may offer them again).
+fn add_new_layers(historic: &mut Vec<Arc<PersistentLayer>>, written: &[Arc<PersistentLayer>]) {
+    for new in written {
+        if !historic.iter().any(|h| Arc::ptr_eq(h, new)) {
+            historic.push(new.clone());
+        }
+    }
+}
