@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Sets up this machine (as root, idempotent; skip with --no-setup) and runs
-# the demo: installs the extension, starts a host PostgreSQL 15 with
-# shared_preload_libraries = 'pageserver_ext' in a temporary directory,
-# shows pageserver.status() and a psql session against the page service's
-# listener, then stops everything and removes the directory.
+# the demo, all in a temporary directory: installs the extension, starts a
+# host PostgreSQL 15 with shared_preload_libraries = 'pageserver_ext' and a
+# stock primary, creates a tenant and a timeline fed by the primary, runs
+# pgbench while showing the page server's lag fall to zero, branches the
+# timeline at an LSN before pgbench, starts a stock PostgreSQL from the
+# branch's fullbackup and shows that it sees the data as of that LSN, then
+# stops everything and removes the directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -18,9 +21,11 @@ chown postgres: "$demo"
 chmod 0755 "$demo"
 
 stop_host() {
-  if [ -f "$demo/host/postmaster.pid" ]; then
-    as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" stop -m fast -w >/dev/null 2>&1 || true
-  fi
+  for dir in branch primary host; do
+    if [ -f "$demo/$dir/postmaster.pid" ]; then
+      as_postgres "$PG_BIN/pg_ctl" -D "$demo/$dir" stop -m immediate -w >/dev/null 2>&1 || true
+    fi
+  done
   rm -rf "$demo"
 }
 trap stop_host EXIT
@@ -56,7 +61,77 @@ if [ $status -eq 0 ]; then
   exit 1
 fi
 
-log "stopping the host"
-as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" stop -m fast -w
-grep -E 'pageserver (main|layers|backup|redo)' "$demo/host.log" | tail -n 3 || true
+PRIMARY_PORT=${DEMO_PRIMARY_PORT:-5498}
+BRANCH_PORT=${DEMO_BRANCH_PORT:-5497}
+SCALE=${DEMO_SCALE:-5}
+SECONDS_OF_PGBENCH=${DEMO_PGBENCH_SECONDS:-15}
+
+log "starting a stock primary PostgreSQL 15 on port $PRIMARY_PORT"
+as_postgres "$PG_BIN/initdb" -D "$demo/primary" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+cat >>"$demo/primary/postgresql.conf" <<CONF
+port = $PRIMARY_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$demo'
+wal_level = replica
+max_wal_senders = 4
+max_replication_slots = 4
+autovacuum = off
+CONF
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/primary" -l "$demo/primary.log" -w start >/dev/null
+primary_psql() { "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+as_postgres "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -i -s "$SCALE" -q postgres 2>&1 | tail -n 1
+
+log "creating a tenant and a timeline fed by the primary (base backup, then streaming)"
+tenant=$(host_psql -tA -c "SELECT pageserver.create_tenant()")
+timeline=$(host_psql -tA -c "SELECT pageserver.create_timeline('$tenant', 'host=127.0.0.1 port=$PRIMARY_PORT user=postgres')")
+echo "tenant $tenant, timeline $timeline"
+before_lsn=$(primary_psql -tA -c "SELECT pg_current_wal_lsn()")
+before_sum=$(primary_psql -tA -c "SELECT sum(abalance) FROM pgbench_accounts")
+echo "at LSN $before_lsn the primary's sum(abalance) is $before_sum"
+
+log "running pgbench on the primary for ${SECONDS_OF_PGBENCH}s; the page server follows"
+as_postgres "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c 4 -j 2 -T "$SECONDS_OF_PGBENCH" postgres >"$demo/pgbench.out" 2>&1 &
+pgbench_pid=$!
+lag_sql="SELECT last_record_lsn, disk_consistent_lsn, primary_lsn, lag_bytes FROM pageserver.timelines() WHERE timeline_id = '$timeline'"
+while kill -0 "$pgbench_pid" 2>/dev/null; do
+  host_psql -tA -F ' ' -c "$lag_sql" | awk '{printf "  ingested %s, durable %s, primary at %s, lag %s bytes\n", $1, $2, $3, $4}'
+  sleep 3
+done
+wait "$pgbench_pid"
+grep -E '^(tps|number of transactions actually processed)' "$demo/pgbench.out" || true
+target=$(primary_psql -tA -c "SELECT pg_current_wal_lsn()")
+for _ in $(seq 600); do
+  caught_up=$(host_psql -tA -c "SELECT last_record_lsn::pg_lsn >= '$target'::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '$timeline'")
+  [ "$caught_up" = t ] && break
+  sleep 0.1
+done
+[ "$caught_up" = t ] || { echo "the page server did not catch up with $target" >&2; exit 1; }
+host_psql -tA -F ' ' -c "$lag_sql" | awk '{printf "  caught up: ingested %s, primary at %s, lag %s bytes\n", $1, $3, $4}'
+
+log "branching the timeline at $before_lsn (before pgbench) and starting a stock PostgreSQL from its fullbackup"
+branch=$(host_psql -tA -c "SELECT timeline_id FROM pageserver.branch_timeline('$tenant', '$timeline', '$before_lsn')")
+echo "branch $branch at $before_lsn"
+mkdir "$demo/branch"
+"$PG_BIN/psql" -X -w -d "host=${LISTEN_ADDR%:*} port=${LISTEN_ADDR##*:} user=compute" -c "fullbackup $tenant $branch" \
+  | tar -x -C "$demo/branch"
+chown -R postgres: "$demo/branch"
+chmod 0700 "$demo/branch"
+cat >>"$demo/branch/postgresql.conf" <<CONF
+port = $BRANCH_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$demo'
+CONF
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" -l "$demo/branch.log" -w start >/dev/null
+branch_sum=$("$PG_BIN/psql" -X -h 127.0.0.1 -p "$BRANCH_PORT" -U postgres -d postgres -tA -c "SELECT sum(abalance) FROM pgbench_accounts")
+now_sum=$(primary_psql -tA -c "SELECT sum(abalance) FROM pgbench_accounts")
+echo "SELECT sum(abalance) FROM pgbench_accounts:"
+echo "  primary now:                        $now_sum"
+echo "  stock PostgreSQL on the branch:     $branch_sum  (the primary had $before_sum at $before_lsn)"
+[ "$branch_sum" = "$before_sum" ] || { echo "the branch does not show the data as of $before_lsn" >&2; exit 1; }
+[ "$branch_sum" != "$now_sum" ] || { echo "pgbench changed nothing?" >&2; exit 1; }
+
+log "stopping everything"
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" stop -m fast -w >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" stop -m fast -w >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/primary" stop -m fast -w >/dev/null
 echo "demo finished; nothing left running"

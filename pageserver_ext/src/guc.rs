@@ -1,8 +1,9 @@
 //! The extension's settings (GUCs), all in the `pageserver.` namespace.
 //!
-//! Every setting here is read by the postmaster or by workers at start, so
-//! all are `PGC_POSTMASTER`: changing one needs a restart of the host
-//! (`SET` and a reload refuse it). Values are read only on PostgreSQL's own
+//! Settings read by the postmaster or by workers at start are
+//! `PGC_POSTMASTER`: changing one needs a restart of the host (`SET` and a
+//! reload refuse it). `wait_lsn_timeout` takes effect on reload and
+//! `redo_timeout` per session. Values are read only on PostgreSQL's own
 //! threads; tokio tasks receive copies.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -13,6 +14,15 @@ pub static DATA_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static REDO_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static REDO_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static REMOTE_STORAGE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
+pub static WAIT_LSN_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static CHECKPOINT_DISTANCE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub static CHECKPOINT_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static COMPACTION_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static IMAGE_CREATION_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static GC_HORIZON_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static PITR_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub static PAGE_CACHE_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
 
 /// Most redo workers: the worker table holds main, layers, backup and these.
 pub const MAX_REDO_WORKERS: i32 = shared_mem::MAX_WORKERS as i32 - 3;
@@ -54,6 +64,75 @@ pub fn define() {
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"pageserver.wait_lsn_timeout",
+        c"How long a page request at an LSN not yet ingested waits, in milliseconds.",
+        c"Applies to pagestream requests and basebackup/fullbackup at an LSN. Takes effect on reload.",
+        &WAIT_LSN_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    let repo_int = |name: &'static std::ffi::CStr, short: &'static std::ffi::CStr, setting: &'static GucSetting<i32>, min: i32, max: i32, unit: GucFlags| {
+        GucRegistry::define_int_guc(name, short, c"Needs a restart.", setting, min, max, GucContext::Postmaster, unit);
+    };
+    repo_int(
+        c"pageserver.checkpoint_distance",
+        c"WAL after which a timeline's in-memory layer is frozen and written as an L0 delta layer.",
+        &CHECKPOINT_DISTANCE_MB,
+        1,
+        16 * 1024,
+        GucFlags::UNIT_MB,
+    );
+    repo_int(
+        c"pageserver.checkpoint_timeout",
+        c"Age after which a timeline's in-memory layer is frozen even if small.",
+        &CHECKPOINT_TIMEOUT_S,
+        1,
+        24 * 3600,
+        GucFlags::UNIT_S,
+    );
+    repo_int(
+        c"pageserver.compaction_threshold",
+        c"Number of L0 delta layers that triggers compaction into L1 layers.",
+        &COMPACTION_THRESHOLD,
+        2,
+        1000,
+        GucFlags::default(),
+    );
+    repo_int(
+        c"pageserver.image_creation_threshold",
+        c"Delta layers above a key range's latest image that trigger a new image layer.",
+        &IMAGE_CREATION_THRESHOLD,
+        1,
+        1000,
+        GucFlags::default(),
+    );
+    repo_int(
+        c"pageserver.gc_horizon",
+        c"WAL kept readable behind each timeline's last record LSN.",
+        &GC_HORIZON_MB,
+        0,
+        1024 * 1024,
+        GucFlags::UNIT_MB,
+    );
+    repo_int(
+        c"pageserver.pitr_interval",
+        c"Time kept readable behind now (GC keeps the older of this and gc_horizon).",
+        &PITR_INTERVAL_S,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_S,
+    );
+    repo_int(
+        c"pageserver.page_cache_size",
+        c"Memory for pages rebuilt by redo, kept for later reads.",
+        &PAGE_CACHE_SIZE_MB,
+        0,
+        1024 * 1024,
+        GucFlags::UNIT_MB,
+    );
     GucRegistry::define_string_guc(
         c"pageserver.remote_storage",
         c"Object storage for layer backups; empty means none.",
@@ -62,6 +141,22 @@ pub fn define() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+/// The repository settings from the GUCs above.
+pub fn repo_config() -> storage::repo::RepoConfig {
+    let mb = |v: i32| v.max(0) as u64 * 1024 * 1024;
+    let secs = |v: i32| std::time::Duration::from_secs(v.max(0) as u64);
+    storage::repo::RepoConfig {
+        checkpoint_distance: mb(CHECKPOINT_DISTANCE_MB.get()),
+        checkpoint_timeout: secs(CHECKPOINT_TIMEOUT_S.get()),
+        compaction_threshold: COMPACTION_THRESHOLD.get() as usize,
+        image_creation_threshold: IMAGE_CREATION_THRESHOLD.get() as usize,
+        gc_horizon: mb(GC_HORIZON_MB.get()),
+        pitr_interval: secs(PITR_INTERVAL_S.get()),
+        page_cache_bytes: mb(PAGE_CACHE_SIZE_MB.get()),
+        ..Default::default()
+    }
 }
 
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {

@@ -6,10 +6,15 @@
 use pgrx::prelude::*;
 
 mod guc;
-mod redo_sql;
+mod mgmt;
+mod mgmt_sql;
 pub mod page_service;
+mod redo_client;
+mod redo_sql;
 mod shmem;
 mod sql;
+mod tenants;
+mod walreceiver;
 mod workers;
 
 ::pgrx::pg_module_magic!(name, version);

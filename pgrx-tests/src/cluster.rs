@@ -258,6 +258,22 @@ fn new_root_dir() -> anyhow::Result<PathBuf> {
     bail!("could not create a fresh cluster directory under /tmp")
 }
 
+/// [`as_postgres::chown_to_postgres`] on `dir` and everything below it
+/// (symbolic links are left alone).
+fn chown_tree_to_postgres(dir: &Path) -> anyhow::Result<()> {
+    as_postgres::chown_to_postgres(dir)?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            chown_tree_to_postgres(&entry.path())?;
+        } else if !kind.is_symlink() {
+            as_postgres::chown_to_postgres(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn quote_conninfo(v: &str) -> String {
     if !v.is_empty() && !v.contains([' ', '\'', '\\', '\t', '\n']) {
         v.to_string()
@@ -302,6 +318,51 @@ impl PgCluster {
     /// -t 60`), retrying with another port if the chosen one is taken.
     pub fn start(config: ClusterConfig) -> anyhow::Result<PgCluster> {
         PgCluster::start_impl(config, None)
+    }
+
+    /// Starts a cluster on a data directory that `fill` writes instead of
+    /// initdb (a restored backup, a prepared copy of another cluster).
+    ///
+    /// `fill` gets the empty `data/` directory (mode 0700). Afterwards the
+    /// harness makes everything under it owned by the cluster owner, sets
+    /// `data/` back to 0700, appends its settings (`config.settings`, then
+    /// listen address, port and socket directory) to the `postgresql.conf`
+    /// found there (created if missing; `pg_hba.conf` is used as filled) and
+    /// starts the server like [`PgCluster::start`]. `config.initdb_args`
+    /// are not used. A failed start-up returns an error with the log tail;
+    /// the directory is removed on drop as for any cluster.
+    pub fn start_on_data_dir(
+        config: ClusterConfig,
+        fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PgCluster> {
+        if config.preload_pageserver {
+            check_pageserver_installed()?;
+        }
+        let root = new_root_dir()?;
+        let mut cluster = PgCluster {
+            data: root.join("data"),
+            log_path: root.join("server.log"),
+            root,
+            port: free_port(),
+            settings: config.resolved_settings(),
+            base_conf: String::new(),
+        };
+        let data = cluster.data.clone();
+        std::fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+        fill(&data).with_context(|| format!("filling data directory {}", data.display()))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+        chown_tree_to_postgres(&data)?;
+        let conf = data.join("postgresql.conf");
+        cluster.base_conf = match std::fs::read_to_string(&conf) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(anyhow!(e).context(format!("reading {}", conf.display()))),
+        };
+        cluster.write_conf()?;
+        as_postgres::chown_to_postgres(&conf)?;
+        cluster.start_server()?;
+        Ok(cluster)
     }
 
     fn start_impl(config: ClusterConfig, first_port: Option<u16>) -> anyhow::Result<PgCluster> {

@@ -6,12 +6,16 @@
 //! `#[repr(C)]`, made of atomics, position-independent (no pointers), and
 //! tested here on plain memory.
 //!
-//! Today the segment holds the worker status table ([`workers`]) and the
-//! redo request queue ([`redo_queue`], 8 MiB: 32 slots of 256 KiB).
+//! The segment holds the worker status table ([`workers`]), the redo request
+//! queue ([`redo_queue`], 8 MiB: 32 slots of 256 KiB) and the command queue
+//! from SQL functions to the main worker ([`command_queue`], 8 slots of 64 KiB).
 
+pub mod command_queue;
+pub(crate) mod futex;
 pub mod redo_queue;
 pub mod workers;
 
+pub use command_queue::CommandQueue;
 pub use redo_queue::RedoQueue;
 pub use workers::{WorkerKind, WorkerSlot, WorkerState, WorkerStatus, WorkerTable, MAX_WORKERS};
 
@@ -24,9 +28,11 @@ pub struct SharedState {
     /// Redo requests from callers to redo workers. The startup hook sets its
     /// worker count ([`RedoQueue::set_worker_count`]) after `init_in_place`.
     pub redo: RedoQueue,
+    /// Management commands from SQL functions to the main worker.
+    pub commands: CommandQueue,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0002; // "pagesv" + layout version 2
+const MAGIC: u64 = 0x7061_6765_7376_0003; // "pagesv" + layout version 3
 
 impl SharedState {
     /// Bytes to request from the host.

@@ -107,7 +107,7 @@
 //! [`RedoQueue::call`] blocks its thread (spin, then futex): from async code
 //! run it in `spawn_blocking` or `block_in_place`.
 
-mod futex;
+
 pub mod wire;
 
 #[cfg(test)]
@@ -118,9 +118,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futex::Spinner;
+use crate::futex::{self, Spinner};
 
-pub use futex::{POLLS_PER_YIELD, SPIN_POLLS};
+pub use crate::futex::{POLLS_PER_YIELD, SPIN_POLLS};
 pub use wire::{
     decode_reply, decode_request, encode_reply_err, encode_reply_ok, encode_request, encode_request_into,
     encoded_request_len, DecodeError, RedoRecord, RedoRecordView, RedoReply, RedoRequest, RedoRequestView, RelBlock,

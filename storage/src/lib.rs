@@ -4,8 +4,13 @@
 //! the key space and keeps page versions in layers. It is tested with plain
 //! `cargo test`.
 
+pub mod import;
 pub mod key;
 pub mod lsn;
+pub mod pagestream;
+pub mod project_redo;
 pub mod value;
 pub mod wal;
+pub mod walingest;
 pub mod repo;
+pub mod backup;

@@ -6,7 +6,10 @@
 //! PostgreSQL (tokio threads must never); messages for the server log go
 //! through [`LogSink`] to the worker's main thread.
 
+pub mod commands;
 pub mod pq;
+
+use commands::ServiceContext;
 
 use bytes::BytesMut;
 use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, Startup};
@@ -45,7 +48,7 @@ impl LogSink {
 }
 
 /// Binds `listen_addr`, retrying while it is taken, then serves forever.
-pub async fn run(listen_addr: String, log: LogSink) {
+pub async fn run(listen_addr: String, log: LogSink, ctx: Option<ServiceContext>) {
     let listener = loop {
         match TcpListener::bind(&listen_addr).await {
             Ok(l) => break l,
@@ -62,17 +65,18 @@ pub async fn run(listen_addr: String, log: LogSink) {
         Ok(addr) => log.log(format!("page service listening on {addr}")),
         Err(e) => log.warning(format!("page service listening, local address unknown: {e}")),
     }
-    serve(listener, log).await
+    serve(listener, log, ctx).await
 }
 
 /// Accepts connections and serves each on its own task.
-pub async fn serve(listener: TcpListener, log: LogSink) {
+pub async fn serve(listener: TcpListener, log: LogSink, ctx: Option<ServiceContext>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let log = log.clone();
+                let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_connection(stream).await {
+                    if let Err(e) = handle_connection(stream, ctx).await {
                         log.log(format!("page service connection from {peer} ended: {e}"));
                     }
                 });
@@ -93,7 +97,7 @@ async fn send(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<()>
 }
 
 /// Serves one client until it leaves or breaks the protocol.
-async fn handle_connection(mut stream: TcpStream) -> Result<(), ProtocolError> {
+async fn handle_connection(mut stream: TcpStream, ctx: Option<ServiceContext>) -> Result<(), ProtocolError> {
     stream.set_nodelay(true)?;
     let mut out = BytesMut::with_capacity(8192);
     let startup = match tokio::time::timeout(STARTUP_TIMEOUT, pq::read_startup(&mut stream)).await {
@@ -151,8 +155,17 @@ async fn handle_connection(mut stream: TcpStream) -> Result<(), ProtocolError> {
             }
             FrontendMessage::Query(query) => {
                 skipping_until_sync = false;
-                run_simple_query(&mut w, &query);
-                w.ready_for_query();
+                match commands::parse_command(&query) {
+                    Ok(Some(command)) => match &ctx {
+                        Some(ctx) => {
+                            commands::run(&mut stream, &mut out, ctx, command).await?;
+                        }
+                        None => w.error(sqlstate::FEATURE_NOT_SUPPORTED, "the page server's repository is not running", None),
+                    },
+                    Ok(None) => run_simple_query(&mut w, &query),
+                    Err(message) => w.error(sqlstate::SYNTAX_ERROR, &message, None),
+                }
+                BackendWriter(&mut out).ready_for_query();
             }
             FrontendMessage::Other { .. } if skipping_until_sync => continue,
             FrontendMessage::Other { tag, .. } => {
@@ -171,10 +184,10 @@ async fn handle_connection(mut stream: TcpStream) -> Result<(), ProtocolError> {
     }
 }
 
-/// What the error hint says about the commands this version serves.
+/// What the error hint says about the commands this port serves.
 const COMMANDS_HINT: &str = "This port speaks the page service protocol, not SQL: connect to the host PostgreSQL \
-     for SQL. The page service commands (pagestream_v2, pagestream_v3, basebackup, fullbackup) \
-     are not served by this version yet.";
+     for SQL. Commands: pagestream_v2|pagestream_v3 <tenant> <timeline>, \
+     basebackup|fullbackup <tenant> <timeline> [lsn].";
 
 /// Runs one simple query; writes its responses (not ReadyForQuery).
 fn run_simple_query(w: &mut BackendWriter<'_>, query: &str) {
@@ -209,7 +222,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (log, rx) = LogSink::new();
-        tokio::spawn(serve(listener, log));
+        tokio::spawn(serve(listener, log, None));
         (addr, rx)
     }
 

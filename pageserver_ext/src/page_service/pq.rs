@@ -169,6 +169,40 @@ impl BackendWriter<'_> {
         self.message(b'Z', |b| b.put_u8(b'I'));
     }
 
+    /// CopyBothResponse (binary, no columns): the pagestream sub-protocol starts.
+    pub fn copy_both_response(&mut self) {
+        self.message(b'W', |b| {
+            b.put_u8(1);
+            b.put_u16(0);
+        });
+    }
+
+    /// CopyOutResponse (binary, no columns): a tar stream follows.
+    pub fn copy_out_response(&mut self) {
+        self.message(b'H', |b| {
+            b.put_u8(1);
+            b.put_u16(0);
+        });
+    }
+
+    /// CopyData with `data` as its body.
+    pub fn copy_data(&mut self, data: &[u8]) {
+        self.message(b'd', |b| b.extend_from_slice(data));
+    }
+
+    /// CopyData whose body `body` writes in place (no intermediate copy).
+    pub fn copy_data_with(&mut self, body: impl FnOnce(&mut BytesMut)) {
+        self.message(b'd', body);
+    }
+
+    pub fn copy_done(&mut self) {
+        self.message(b'c', |_| {});
+    }
+
+    pub fn command_complete(&mut self, tag: &str) {
+        self.message(b'C', |b| put_cstr(b, tag));
+    }
+
     pub fn empty_query_response(&mut self) {
         self.message(b'I', |_| {});
     }
@@ -209,6 +243,9 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const INVALID_PARAMETER: &str = "22023";
+    pub const INTERNAL_ERROR: &str = "XX000";
 }
 
 #[cfg(test)]

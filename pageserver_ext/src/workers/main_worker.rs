@@ -1,12 +1,18 @@
-//! The main worker: owns the tokio runtime (page service today; WAL
-//! receivers and layer flushes later). Its PostgreSQL main thread stays in
-//! the latch loop, writes log lines that tokio tasks hand it, and is the only
-//! thread of this process that calls PostgreSQL.
+//! The main worker: owns the tenants ([`crate::tenants::Manager`]: the
+//! repositories, WAL receivers, layer flushes, compaction and GC), the
+//! tokio runtime of the page service, and the thread that serves
+//! management commands from SQL functions. Its PostgreSQL main thread stays
+//! in the latch loop, writes log lines that other threads hand it, keeps
+//! reloadable settings current for them, and is the only thread of this
+//! process that calls PostgreSQL.
 
 use super::WorkerContext;
-use crate::page_service::{self, LogLine, LogSink};
+use crate::page_service::{self, commands::ServiceContext, LogLine, LogSink};
+use crate::tenants::{HostSettings, Manager};
 use pgrx::prelude::*;
 use shared_mem::WorkerState;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The main thread wakes this often to flush log lines from tokio threads.
@@ -34,12 +40,30 @@ pub fn run(ctx: &WorkerContext) {
     })
     .unwrap_or_else(|e| error!("cannot start the tokio runtime: {e}"));
     let (log, log_lines) = LogSink::new();
+    let shared = crate::shmem::state();
+    let redo_timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
+    let redo = Arc::new(crate::redo_client::QueueRedo::new(&shared.redo, redo_timeout));
+    let host = HostSettings { data_checksums: setting("data_checksums"), wal_log_hints: setting("wal_log_hints") };
+    let conf = crate::guc::repo_config();
+    // Threads the manager starts must not receive PostgreSQL's signals.
+    let manager = with_signals_blocked(|| Manager::start(&data_dir, conf, redo, host, runtime.handle().clone(), log.clone()))
+        .unwrap_or_else(|e| error!("cannot open the tenants in \"{}\": {e}", data_dir.display()));
+    let wait_lsn_timeout_ms = Arc::new(AtomicU64::new(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64));
+    let service = ServiceContext { manager: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
     if page_service::parse_listen_addr(&listen_addr).is_ok() {
-        runtime.spawn(page_service::run(listen_addr, log));
+        runtime.spawn(page_service::run(listen_addr, log.clone(), Some(service)));
     }
+    let commands_manager = manager.clone();
+    with_signals_blocked(|| {
+        std::thread::Builder::new()
+            .name("pageserver-commands".into())
+            .spawn(move || crate::mgmt::serve(&shared.commands, commands_manager))
+    })
+    .unwrap_or_else(|e| error!("cannot start the command thread: {e}"));
     ctx.slot.set_state(WorkerState::Running);
 
     while ctx.wait(LOG_FLUSH_INTERVAL) {
+        wait_lsn_timeout_ms.store(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64, Ordering::Relaxed);
         for line in log_lines.try_iter() {
             match line {
                 LogLine::Log(m) => log!("{m}"),
@@ -48,7 +72,24 @@ pub fn run(ctx: &WorkerContext) {
         }
     }
     ctx.slot.set_state(WorkerState::Stopping);
+    manager.stop();
     runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// The current value of a PostgreSQL setting, as SHOW prints it.
+fn setting(name: &str) -> String {
+    let c_name = std::ffi::CString::new(name).expect("setting names have no NUL");
+    // SAFETY: called on the worker's main thread; GetConfigOption returns a
+    // pointer into GUC memory (or NULL), valid until the setting changes,
+    // and we copy it at once.
+    unsafe {
+        let value = pg_sys::GetConfigOption(c_name.as_ptr(), true, false);
+        if value.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(value).to_string_lossy().into_owned()
+        }
+    }
 }
 
 /// PostgreSQL's signal handlers must run on the main thread. Threads started

@@ -35,8 +35,14 @@
 //! searched linearly (fine for hundreds of layers per timeline); image
 //! creation lists keys by reading the layers not yet covered by images.
 //! Flushing is the caller's job: `TimelineWriter::finish_lsn` says when it
-//! froze a layer, and memory stays bounded only if
-//! [`Timeline::flush_frozen_layers`] keeps up.
+//! froze a layer, and the caller should run [`Timeline::flush_frozen_layers`]
+//! on another thread. Memory stays bounded either way: when a timeline's
+//! in-memory layers exceed [`RepoConfig::max_inmem_bytes`], `finish_lsn`
+//! waits for that flush, or flushes itself when none is running
+//! (back-pressure; ingest slows down instead of growing without bound).
+//! Resident memory is then about `page_cache_bytes` plus, per timeline being
+//! ingested, `max_inmem_bytes` (2 × `checkpoint_distance` by default) plus
+//! one record, plus the layer index blocks mentioned above.
 //!
 //! File formats: layer files in [`layer_file`], the timeline index in
 //! [`index`], values in [`crate::value`], keys in [`crate::key`].
@@ -65,7 +71,7 @@ pub use gc::GcStats;
 pub use layer_file::{LayerKind, LayerName, LsnRange};
 pub use reconstruct::Redo;
 pub use repository::Repository;
-pub use timeline::{Timeline, TimelineWriter};
+pub use timeline::{BackpressureStats, Timeline, TimelineWriter};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -82,6 +88,18 @@ pub struct RepoConfig {
     pub checkpoint_distance: u64,
     /// Freeze the open in-memory layer after it has been open this long.
     pub checkpoint_timeout: Duration,
+    /// Bound on the bytes held by one timeline's in-memory layers, the open
+    /// one and the frozen ones not yet flushed together (values as counted by
+    /// the layers: page bytes plus a small per-version overhead); `None`
+    /// (the default) means 2 × `checkpoint_distance`, which lets one layer be
+    /// flushed while the next one fills. Once frozen layers exist and the
+    /// total is above it, `TimelineWriter::finish_lsn` waits for a flush
+    /// running on another thread, or flushes frozen layers itself when none
+    /// is running, until it is not. The open layer alone is never held back
+    /// (it is frozen at `checkpoint_distance`), so the in-memory layers hold
+    /// at most `max(limit, checkpoint_distance)` plus the versions of one
+    /// record. See [`RepoConfig::inmem_limit`].
+    pub max_inmem_bytes: Option<u64>,
     /// Target size of L1 delta and image layer files.
     pub target_file_size: u64,
     /// Compact once this many L0 delta layers exist.
@@ -101,11 +119,19 @@ pub struct RepoConfig {
     pub fsync: bool,
 }
 
+impl RepoConfig {
+    /// The effective [`max_inmem_bytes`](Self::max_inmem_bytes).
+    pub fn inmem_limit(&self) -> u64 {
+        self.max_inmem_bytes.unwrap_or(self.checkpoint_distance.saturating_mul(2))
+    }
+}
+
 impl Default for RepoConfig {
     fn default() -> Self {
         RepoConfig {
             checkpoint_distance: 256 * 1024 * 1024,
             checkpoint_timeout: Duration::from_secs(600),
+            max_inmem_bytes: None,
             target_file_size: 128 * 1024 * 1024,
             compaction_threshold: 10,
             image_creation_threshold: 3,

@@ -160,6 +160,27 @@ impl Repository {
         Ok(timeline)
     }
 
+    /// Deletes a timeline that has no branches: its directory is renamed
+    /// away first (so a crash leaves either the whole timeline or a
+    /// `.new`-suffixed directory that the next open removes), then removed.
+    pub fn delete_timeline(&self, id: TimelineId) -> Result<()> {
+        let _gc = self.gc_lock.lock();
+        let _create = self.create_lock.lock();
+        if self.timelines.read().values().any(|t| t.ancestor().is_some_and(|(a, _)| a.id() == id)) {
+            return Err(RepoError::Invalid(format!("timeline {id} has branches; delete them first")));
+        }
+        let timeline = self.timelines.write().remove(&id).ok_or(RepoError::TimelineNotFound(id))?;
+        let timelines_dir = self.root.join(TIMELINES_DIR);
+        let dir = timeline.dir().to_path_buf();
+        let doomed = timelines_dir.join(format!("{id}{NEW_TIMELINE_SUFFIX}"));
+        std::fs::rename(&dir, &doomed).map_err(io_error(&dir))?;
+        if self.shared.conf.fsync {
+            sync_dir(&timelines_dir)?;
+        }
+        std::fs::remove_dir_all(&doomed).map_err(io_error(&doomed))?;
+        Ok(())
+    }
+
     /// The branch LSNs of the children of `id`.
     pub fn branch_points(&self, id: TimelineId) -> Vec<Lsn> {
         let timelines = self.timelines.read();

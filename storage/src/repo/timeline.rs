@@ -11,6 +11,12 @@
 //! an LSN above `last_record_lsn`, then `finish_lsn` to publish that LSN to
 //! readers. Freezing happens only at such record boundaries, so a frozen
 //! layer `[start, end)` holds exactly the records with LSN in that range.
+//!
+//! Back-pressure: `finish_lsn` keeps the in-memory layers of a timeline (open
+//! and frozen together) within [`RepoConfig::max_inmem_bytes`] by waiting for
+//! [`Timeline::flush_frozen_layers`] running on another thread, or, when no
+//! flush is running, by flushing frozen layers itself; see
+//! [`TimelineWriter::finish_lsn`].
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -46,6 +52,28 @@ struct WriterState {
     next_layer_start: Lsn,
 }
 
+/// How much ingest has been held back on a timeline (since it was loaded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackpressureStats {
+    /// Waits of `finish_lsn` for a flush running on another thread.
+    pub waits: u64,
+    /// Time spent in those waits.
+    pub wait_time: Duration,
+    /// Frozen layers the writer flushed itself because no flush was running.
+    pub writer_flushed_layers: u64,
+}
+
+#[derive(Default)]
+struct BackpressureCounters {
+    waits: AtomicU64,
+    wait_nanos: AtomicU64,
+    writer_flushed_layers: AtomicU64,
+}
+
+/// Longest single wait of a writer under back-pressure before it looks again
+/// (whether the flush it waits for is still running, or ended with an error).
+const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(100);
+
 pub struct Timeline {
     id: TimelineId,
     dir: PathBuf,
@@ -60,7 +88,13 @@ pub struct Timeline {
     gc_cutoff: AtomicU64,
     next_layer_seq: AtomicU64,
     writer: Mutex<WriterState>,
+    /// Held by whoever is writing frozen layers out (a flusher, or the writer).
     flush_lock: Mutex<()>,
+    /// Frozen layers written out so far; bumped (and `layer_flushed`
+    /// notified) after each one, for writers waiting under back-pressure.
+    flushed_layers: Mutex<u64>,
+    layer_flushed: Condvar,
+    backpressure: BackpressureCounters,
     pub(crate) compaction_lock: Mutex<()>,
     index_lock: Mutex<()>,
     /// (time, last_record_lsn) samples, oldest first, for the PITR cutoff.
@@ -101,6 +135,9 @@ impl Timeline {
             next_layer_seq: AtomicU64::new(index.next_layer_seq),
             writer: Mutex::new(WriterState { pending_lsn: None, next_layer_start: dcl + 1 }),
             flush_lock: Mutex::new(()),
+            flushed_layers: Mutex::new(0),
+            layer_flushed: Condvar::new(),
+            backpressure: BackpressureCounters::default(),
             compaction_lock: Mutex::new(()),
             index_lock: Mutex::new(()),
             lsn_history: Mutex::new(
@@ -164,6 +201,27 @@ impl Timeline {
     /// Frozen in-memory layers not yet flushed.
     pub fn frozen_layer_count(&self) -> usize {
         self.layers.read().frozen.len()
+    }
+
+    /// Bytes held by frozen in-memory layers not yet flushed.
+    pub fn frozen_bytes(&self) -> u64 {
+        self.layers.read().frozen.iter().map(|l| l.size()).sum()
+    }
+
+    /// Bytes held by all in-memory layers: (open, frozen).
+    pub fn inmem_bytes(&self) -> (u64, u64) {
+        let map = self.layers.read();
+        (map.open.as_ref().map_or(0, |l| l.size()), map.frozen.iter().map(|l| l.size()).sum())
+    }
+
+    /// How much back-pressure has held ingest back so far.
+    pub fn backpressure_stats(&self) -> BackpressureStats {
+        let c = &self.backpressure;
+        BackpressureStats {
+            waits: c.waits.load(Ordering::Relaxed),
+            wait_time: Duration::from_nanos(c.wait_nanos.load(Ordering::Relaxed)),
+            writer_flushed_layers: c.writer_flushed_layers.load(Ordering::Relaxed),
+        }
     }
 
     /// The exclusive writer; blocks while another writer exists.
@@ -376,35 +434,44 @@ impl Timeline {
     }
 
     /// Writes every frozen in-memory layer as an L0 delta layer file, oldest
-    /// first, advancing `disk_consistent_lsn` after each.
+    /// first, advancing `disk_consistent_lsn` after each. Meant to run on a
+    /// thread of its own, triggered when `finish_lsn` returns true: a writer
+    /// held back by [`RepoConfig::max_inmem_bytes`] waits for it.
     pub fn flush_frozen_layers(&self) -> Result<()> {
         let _flush = self.flush_lock.lock();
-        loop {
-            let Some(frozen) = self.layers.read().frozen.first().cloned() else { return Ok(()) };
-            let lsn_range = frozen.lsn_range();
-            let file = match frozen.key_range() {
-                Some(key_range) => {
-                    let name = LayerName { kind: LayerKind::Delta, level: 0, key_range, lsn_range: lsn_range.clone().into(), seq: self.next_seq() };
-                    let mut writer = LayerWriter::new(&self.dir, name, self.shared.conf.fsync)?;
-                    frozen.for_each(|key, lsn, value| writer.put_value(key, lsn, value))?;
-                    let (name, size) = writer.finish(&self.shared.crash)?;
-                    Some(Arc::new(PersistentLayer::new(name, self.dir.join(name.file_name()), size, self.shared.crash.clone())))
-                }
-                None => None,
-            };
-            self.replace_layers(
-                |map| {
-                    map.frozen.retain(|l| !Arc::ptr_eq(l, &frozen));
-                    if let Some(file) = &file {
-                        if !map.historic.iter().any(|h| Arc::ptr_eq(h, file)) {
-                            map.historic.push(file.clone());
-                        }
+        while self.flush_oldest_frozen()? {}
+        Ok(())
+    }
+
+    /// Writes out the oldest frozen layer, if any; the caller holds `flush_lock`.
+    fn flush_oldest_frozen(&self) -> Result<bool> {
+        let Some(frozen) = self.layers.read().frozen.first().cloned() else { return Ok(false) };
+        let lsn_range = frozen.lsn_range();
+        let file = match frozen.key_range() {
+            Some(key_range) => {
+                let name = LayerName { kind: LayerKind::Delta, level: 0, key_range, lsn_range: lsn_range.clone().into(), seq: self.next_seq() };
+                let mut writer = LayerWriter::new(&self.dir, name, self.shared.conf.fsync)?;
+                frozen.for_each(|key, lsn, value| writer.put_value(key, lsn, value))?;
+                let (name, size) = writer.finish(&self.shared.crash)?;
+                Some(Arc::new(PersistentLayer::new(name, self.dir.join(name.file_name()), size, self.shared.crash.clone())))
+            }
+            None => None,
+        };
+        self.replace_layers(
+            |map| {
+                map.frozen.retain(|l| !Arc::ptr_eq(l, &frozen));
+                if let Some(file) = &file {
+                    if !map.historic.iter().any(|h| Arc::ptr_eq(h, file)) {
+                        map.historic.push(file.clone());
                     }
-                },
-                Some(Lsn(lsn_range.end.0 - 1)),
-                None,
-            )?;
-        }
+                }
+            },
+            Some(Lsn(lsn_range.end.0 - 1)),
+            None,
+        )?;
+        *self.flushed_layers.lock() += 1;
+        self.layer_flushed.notify_all();
+        Ok(true)
     }
 
     /// Freezes the open layer if it has been open longer than `checkpoint_timeout`
@@ -467,6 +534,17 @@ impl TimelineWriter<'_> {
     /// `checkpoint_distance` or `checkpoint_timeout` is reached, and then
     /// returns true: the caller should have
     /// [`Timeline::flush_frozen_layers`] run in the background.
+    ///
+    /// Back-pressure: before returning, while frozen layers exist and the
+    /// in-memory layers (open and frozen) hold more than
+    /// [`RepoConfig::max_inmem_bytes`], it waits for flushing to catch up:
+    /// - if a flush is running (another thread is in `flush_frozen_layers`),
+    ///   it waits for that flush to write out a layer (woken by it, looking
+    ///   again at least every 100 ms);
+    /// - if none is running, the writer flushes the oldest frozen layers
+    ///   itself, on its own thread, until the limit is met. So ingest never
+    ///   waits for a flusher that does not exist, and an error of that flush
+    ///   is returned here (`lsn` is published all the same).
     pub fn finish_lsn(&mut self, lsn: Lsn) -> Result<bool> {
         let tl = self.timeline;
         if self.state.pending_lsn.is_some_and(|p| lsn < p) {
@@ -491,7 +569,46 @@ impl TimelineWriter<'_> {
         if should_freeze {
             self.freeze()?;
         }
+        self.wait_for_flush_backpressure()?;
         Ok(should_freeze)
+    }
+
+    /// See [`finish_lsn`](Self::finish_lsn).
+    fn wait_for_flush_backpressure(&mut self) -> Result<()> {
+        let tl = self.timeline;
+        let limit = tl.shared.conf.inmem_limit();
+        let over = || {
+            let (open, frozen) = tl.inmem_bytes();
+            frozen > 0 && open + frozen > limit
+        };
+        if !over() {
+            return Ok(());
+        }
+        loop {
+            // Read the flush count before looking again: a layer flushed
+            // after this point ends the wait below at once.
+            let seen = *tl.flushed_layers.lock();
+            if !over() {
+                return Ok(());
+            }
+            match tl.flush_lock.try_lock() {
+                Some(_flush) => {
+                    // Nobody is flushing: write out the oldest frozen layer ourselves.
+                    if tl.flush_oldest_frozen()? {
+                        tl.backpressure.writer_flushed_layers.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    let started = Instant::now();
+                    let deadline = started + BACKPRESSURE_RECHECK;
+                    let mut flushed = tl.flushed_layers.lock();
+                    while *flushed == seen && !tl.layer_flushed.wait_until(&mut flushed, deadline).timed_out() {}
+                    drop(flushed);
+                    tl.backpressure.waits.fetch_add(1, Ordering::Relaxed);
+                    tl.backpressure.wait_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Freezes the open layer at `last_record_lsn` (also an empty one, so that

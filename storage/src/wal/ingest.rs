@@ -520,6 +520,19 @@ fn ingest_multixact_create(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
         Key::slru_block(SlruKind::MultiXactOffsets, pageno / SLRU_PAGES_PER_SEGMENT, pageno % SLRU_PAGES_PER_SEGMENT),
         ProjectRecord::MultixactOffset { multi: mid, offset: moff },
     );
+    // PostgreSQL 15.15 and later (RecordNewMultiXact, also in redo) store the
+    // next multixact's starting offset as well, so that a reader never sees
+    // a zero there; offset 0 is skipped like the primary skips it.
+    let next = if mid.wrapping_add(1) < 1 { 1 } else { mid.wrapping_add(1) };
+    let next_offset = match moff.wrapping_add(n as u32) {
+        0 => 1,
+        o => o,
+    };
+    let next_page = next / MULTIXACT_OFFSETS_PER_PAGE;
+    cx.project(
+        Key::slru_block(SlruKind::MultiXactOffsets, next_page / SLRU_PAGES_PER_SEGMENT, next_page % SLRU_PAGES_PER_SEGMENT),
+        ProjectRecord::MultixactOffset { multi: next, offset: next_offset },
+    );
     // Members, split at page boundaries of pg_multixact/members.
     let mut i = 0usize;
     while i < n {

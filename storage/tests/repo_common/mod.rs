@@ -112,6 +112,7 @@ pub fn small_config() -> RepoConfig {
     RepoConfig {
         checkpoint_distance: 3000,
         checkpoint_timeout: Duration::from_secs(3600),
+        max_inmem_bytes: None,
         target_file_size: 48 * 1024,
         compaction_threshold: 3,
         image_creation_threshold: 2,

@@ -1,0 +1,161 @@
+//! SQL functions of schema `pageserver` that manage tenants and timelines.
+//! Each sends a command through the shared-memory command queue to the main
+//! worker (see `mgmt`) and waits for the reply; a query cancel ends the wait.
+
+use crate::mgmt::{Command, Reply};
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// How long a command may wait for the main worker.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often `create_timeline` reports import progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+fn call(command: &Command) -> Reply {
+    let request = serde_json::to_vec(command).expect("commands serialize");
+    let queue = &crate::shmem::state().commands;
+    // SAFETY: reading a sig_atomic_t flag that signal handlers set.
+    let result = queue.call(&request, COMMAND_TIMEOUT, &mut || unsafe { pg_sys::InterruptPending != 0 });
+    pg_sys::check_for_interrupts!();
+    let reply = result.unwrap_or_else(|e| error!("{e}"));
+    match serde_json::from_slice::<Reply>(&reply) {
+        Ok(Reply::Error(message)) => error!("{message}"),
+        Ok(reply) => reply,
+        Err(e) => error!("malformed reply from the main worker: {e}"),
+    }
+}
+
+fn expect_id(reply: Reply) -> String {
+    match reply {
+        Reply::Id(id) => id,
+        other => error!("unexpected reply from the main worker: {other:?}"),
+    }
+}
+
+/// Creates a tenant (an empty repository) and returns its id: `tenant_id`
+/// if given (32 hexadecimal digits), a random one otherwise.
+#[pg_extern]
+fn create_tenant(tenant_id: default!(Option<String>, "NULL")) -> String {
+    expect_id(call(&Command::CreateTenant { tenant: tenant_id }))
+}
+
+/// Creates a timeline of `tenant_id` fed by the stock PostgreSQL 15 primary
+/// at `primary_conninfo` (a libpq connection string for a user with the
+/// REPLICATION attribute): checks the primary's system and settings,
+/// creates the physical replication slot `slot_name` (default
+/// `pageserver_<first 16 digits of the timeline id>`), imports a base
+/// backup (progress is reported as NOTICEs and in `pageserver.timelines()`),
+/// then streams WAL from the slot. Returns the timeline id once the import
+/// is done.
+#[pg_extern]
+fn create_timeline(
+    tenant_id: String,
+    primary_conninfo: String,
+    timeline_id: default!(Option<String>, "NULL"),
+    slot_name: default!(Option<String>, "NULL"),
+) -> String {
+    let id = expect_id(call(&Command::CreateTimeline {
+        tenant: tenant_id.clone(),
+        timeline: timeline_id,
+        conninfo: primary_conninfo,
+        slot: slot_name,
+    }));
+    let mut last_report = Instant::now();
+    loop {
+        let Reply::Timelines(rows) = call(&Command::ListTimelines) else { error!("unexpected reply from the main worker") };
+        let Some(row) = rows.into_iter().find(|r| r.timeline == id && r.tenant == tenant_id.to_lowercase()) else {
+            error!("timeline {id} disappeared during its import")
+        };
+        match row.state.as_str() {
+            "importing" => {
+                if last_report.elapsed() >= PROGRESS_INTERVAL {
+                    notice!(
+                        "importing the base backup of timeline {id}: {} of about {} MiB",
+                        row.import_bytes_done >> 20,
+                        row.import_bytes_total >> 20
+                    );
+                    last_report = Instant::now();
+                }
+            }
+            "broken" => error!("timeline {id}: {}", row.error.unwrap_or_default()),
+            _ => return id,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// Creates a branch of `parent_timeline_id` at `lsn` (text such as
+/// '0/16B3748'; default: the parent's last ingested LSN). Metadata only,
+/// whatever the parent's size. Returns the new timeline id and its branch LSN.
+#[pg_extern]
+fn branch_timeline(
+    tenant_id: String,
+    parent_timeline_id: String,
+    lsn: default!(Option<String>, "NULL"),
+    timeline_id: default!(Option<String>, "NULL"),
+) -> TableIterator<'static, (name!(timeline_id, String), name!(branch_lsn, String))> {
+    match call(&Command::Branch { tenant: tenant_id, parent: parent_timeline_id, lsn, timeline: timeline_id }) {
+        Reply::Branch { timeline, lsn } => TableIterator::new(vec![(timeline, lsn)]),
+        other => error!("unexpected reply from the main worker: {other:?}"),
+    }
+}
+
+/// The tenants of this page server.
+#[pg_extern]
+fn tenants() -> TableIterator<'static, (name!(tenant_id, String),)> {
+    match call(&Command::ListTenants) {
+        Reply::Tenants(ids) => TableIterator::new(ids.into_iter().map(|t| (t,)).collect::<Vec<_>>()),
+        other => error!("unexpected reply from the main worker: {other:?}"),
+    }
+}
+
+/// One row per timeline: its state (`importing`, `active`, `branch`,
+/// `broken`), ancestor and branch LSN, LSNs (last ingested, durable on
+/// disk, the primary's latest), lag in bytes, import progress, layer files
+/// and the last error (import, flush, or WAL receiver).
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn timelines() -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, String),
+        name!(timeline_id, String),
+        name!(state, String),
+        name!(ancestor_timeline_id, Option<String>),
+        name!(branch_lsn, Option<String>),
+        name!(last_record_lsn, String),
+        name!(disk_consistent_lsn, String),
+        name!(primary_lsn, Option<String>),
+        name!(lag_bytes, Option<i64>),
+        name!(import_bytes_done, i64),
+        name!(import_bytes_total, i64),
+        name!(layer_files, i64),
+        name!(layer_bytes, i64),
+        name!(last_error, Option<String>),
+    ),
+> {
+    let Reply::Timelines(rows) = call(&Command::ListTimelines) else { error!("unexpected reply from the main worker") };
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.tenant,
+                    r.timeline,
+                    r.state,
+                    r.ancestor,
+                    r.branch_lsn,
+                    r.last_record_lsn,
+                    r.disk_consistent_lsn,
+                    r.primary_lsn,
+                    r.lag_bytes,
+                    r.import_bytes_done,
+                    r.import_bytes_total,
+                    r.layers,
+                    r.layer_bytes,
+                    r.error,
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+}

@@ -1,0 +1,371 @@
+//! The page service commands: `pagestream_v2|v3 <tenant> <timeline>`
+//! (a CopyBoth sub-protocol of GetPage@LSN and friends, pipelined) and
+//! `basebackup|fullbackup <tenant> <timeline> [lsn]` (a tar over CopyOut).
+//!
+//! Reads run on tokio's blocking pool: a read may wait for ingest
+//! (`pageserver.wait_lsn_timeout`) and for a redo worker. Pagestream
+//! requests are answered in order with up to [`PIPELINE_DEPTH`] in flight
+//! per connection; a failed request gets an error response and the stream
+//! goes on.
+
+use super::pq::{self, sqlstate, BackendWriter, FrontendMessage, ProtocolError};
+use crate::tenants::{Manager, TenantId};
+use bytes::{Bytes, BytesMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use storage::backup::BackupKind;
+use storage::key::{Key, RelTag};
+use storage::lsn::Lsn;
+use storage::pagestream::{ProtocolVersion, Request, Response};
+use storage::repo::{Timeline, TimelineId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Requests of one connection being served at once.
+pub const PIPELINE_DEPTH: usize = 64;
+/// Bytes of tar per CopyData message.
+const BACKUP_CHUNK: usize = 256 * 1024;
+/// `DEFAULTTABLESPACE_OID`: DbSize counts a database's relations there.
+const DEFAULT_TABLESPACE: u32 = 1663;
+const ZERO_PAGE: [u8; 8192] = [0; 8192];
+
+/// What the commands need from the main worker.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub manager: Arc<Manager>,
+    /// `pageserver.wait_lsn_timeout` in milliseconds, kept current by the main thread.
+    pub wait_lsn_timeout_ms: Arc<AtomicU64>,
+}
+
+impl ServiceContext {
+    fn wait_lsn_timeout(&self) -> Duration {
+        Duration::from_millis(self.wait_lsn_timeout_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A parsed page service command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Pagestream { version: ProtocolVersion, tenant: TenantId, timeline: TimelineId },
+    Backup { kind: BackupKind, tenant: TenantId, timeline: TimelineId, lsn: Option<Lsn> },
+}
+
+/// Parses a query; `Ok(None)` when it is not a page service command at all.
+pub fn parse_command(query: &str) -> Result<Option<Command>, String> {
+    let words: Vec<&str> = query.split_whitespace().collect();
+    let Some(&name) = words.first() else { return Ok(None) };
+    let ids = |usage: &str| -> Result<(TenantId, TimelineId), String> {
+        let tenant = words.get(1).ok_or_else(|| format!("missing tenant id; usage: {usage}"))?;
+        let timeline = words.get(2).ok_or_else(|| format!("missing timeline id; usage: {usage}"))?;
+        let tenant = tenant.parse().map_err(|_| format!("invalid tenant id \"{tenant}\": expected 32 hexadecimal digits"))?;
+        let timeline = timeline.parse().map_err(|_| format!("invalid timeline id \"{timeline}\": expected 32 hexadecimal digits"))?;
+        Ok((tenant, timeline))
+    };
+    if let Some(version) = ProtocolVersion::from_command(name) {
+        let usage = format!("{name} <tenant id> <timeline id>");
+        if words.len() > 3 {
+            return Err(format!("too many arguments; usage: {usage}"));
+        }
+        let (tenant, timeline) = ids(&usage)?;
+        return Ok(Some(Command::Pagestream { version, tenant, timeline }));
+    }
+    let kind = match name {
+        "basebackup" => BackupKind::Basebackup,
+        "fullbackup" => BackupKind::Fullbackup,
+        _ => return Ok(None),
+    };
+    let usage = format!("{name} <tenant id> <timeline id> [lsn]");
+    if words.len() > 4 {
+        return Err(format!("too many arguments; usage: {usage}"));
+    }
+    let (tenant, timeline) = ids(&usage)?;
+    let lsn = match words.get(3) {
+        Some(s) => Some(s.parse().map_err(|_| format!("invalid LSN \"{s}\": expected the form 16/B374D848"))?),
+        None => None,
+    };
+    Ok(Some(Command::Backup { kind, tenant, timeline, lsn }))
+}
+
+async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    out.clear();
+    Ok(())
+}
+
+fn find_timeline(ctx: &ServiceContext, tenant: TenantId, timeline: TimelineId) -> Result<Arc<Timeline>, String> {
+    ctx.manager.timeline(tenant, timeline).map(|e| e.timeline.clone())
+}
+
+/// Runs a parsed command on the connection; writes everything up to (not
+/// including) ReadyForQuery.
+pub async fn run(stream: &mut TcpStream, out: &mut BytesMut, ctx: &ServiceContext, command: Command) -> Result<(), ProtocolError> {
+    match command {
+        Command::Pagestream { version, tenant, timeline } => {
+            let timeline = match find_timeline(ctx, tenant, timeline) {
+                Ok(t) => t,
+                Err(e) => {
+                    BackendWriter(out).error(sqlstate::UNDEFINED_OBJECT, &e, None);
+                    return Ok(());
+                }
+            };
+            BackendWriter(out).copy_both_response();
+            send(stream, out).await?;
+            serve_pagestream(stream, version, timeline, ctx).await?;
+            BackendWriter(out).command_complete("COPY 0");
+            Ok(())
+        }
+        Command::Backup { kind, tenant, timeline, lsn } => send_backup(stream, out, ctx, kind, tenant, timeline, lsn).await,
+    }
+}
+
+/// Serves pagestream requests until the client sends CopyDone (or leaves).
+async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, timeline: Arc<Timeline>, ctx: &ServiceContext) -> Result<(), ProtocolError> {
+    let (mut rd, mut wr) = stream.split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Response>>(PIPELINE_DEPTH);
+    let wait_timeout = ctx.wait_lsn_timeout();
+    let reader = async move {
+        loop {
+            let msg = pq::read_message(&mut rd).await?;
+            let body = match msg {
+                FrontendMessage::Other { tag: b'd', body } => body,
+                FrontendMessage::Other { tag: b'c', .. } | FrontendMessage::Terminate => return Ok(()),
+                FrontendMessage::Other { tag: b'f', .. } => return Ok(()),
+                FrontendMessage::Other { tag, .. } => {
+                    return Err(ProtocolError::Io(std::io::Error::other(format!(
+                        "message type '{}' inside a pagestream: only CopyData and CopyDone are allowed",
+                        tag.escape_ascii()
+                    ))))
+                }
+                FrontendMessage::Query(_) | FrontendMessage::Sync => {
+                    return Err(ProtocolError::Io(std::io::Error::other("query inside a pagestream: send CopyDone first")))
+                }
+            };
+            let job = match Request::parse(version, &body) {
+                Ok(request) => {
+                    let timeline = timeline.clone();
+                    tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout))
+                }
+                Err(e) => {
+                    // Not a request we understand: answer with an error in
+                    // order; the stream stays usable.
+                    let message = format!("malformed pagestream request: {e}");
+                    tokio::spawn(async move { Response::Error { hdr: Default::default(), message } })
+                }
+            };
+            if tx.send(job).await.is_err() {
+                return Ok(()); // the writer stopped: the client is gone
+            }
+        }
+    };
+    let writer = async move {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        while let Some(job) = rx.recv().await {
+            let response = job.await.unwrap_or_else(|e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") });
+            BackendWriter(&mut out).copy_data_with(|b| response.encode(version, b));
+            if rx.is_empty() || out.len() >= 256 * 1024 {
+                wr.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        wr.write_all(&out).await?;
+        Ok::<(), std::io::Error>(())
+    };
+    let (read, write) = tokio::join!(reader, writer);
+    write?;
+    read
+}
+
+/// Serves one request (blocking: may wait for ingest and redo).
+fn answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) -> Response {
+    match try_answer(timeline, request, wait_timeout) {
+        Ok(response) => response,
+        Err(message) => request.error_response(message),
+    }
+}
+
+fn try_answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) -> Result<Response, String> {
+    let hdr = *request.header();
+    let lsn = if hdr.request_lsn == Lsn::MAX {
+        timeline.last_record_lsn()
+    } else {
+        let lsn = normalize_lsn(hdr.request_lsn);
+        if lsn > timeline.last_record_lsn() {
+            timeline.wait_lsn(lsn, wait_timeout).map_err(|e| e.to_string())?;
+        }
+        lsn
+    };
+    let e = |e: storage::repo::RepoError| e.to_string();
+    Ok(match *request {
+        Request::Exists { rel, .. } => Response::Exists { hdr, rel, exists: timeline.rel_exists(rel, lsn).map_err(e)? },
+        Request::Nblocks { rel, .. } => {
+            Response::Nblocks { hdr, rel, n: timeline.get_rel_size(rel, lsn).map_err(e)?.ok_or_else(|| missing(rel, lsn))? }
+        }
+        Request::GetPage { rel, blkno, .. } => {
+            let nblocks = timeline.get_rel_size(rel, lsn).map_err(e)?.ok_or_else(|| missing(rel, lsn))?;
+            let page = if blkno >= nblocks {
+                Bytes::from_static(&ZERO_PAGE)
+            } else {
+                timeline.get(Key::rel_block(rel, blkno), lsn).map_err(e)?.unwrap_or_else(|| Bytes::from_static(&ZERO_PAGE))
+            };
+            Response::GetPage { hdr, rel, blkno, page }
+        }
+        Request::DbSize { db_oid, .. } => Response::DbSize { hdr, db_oid, bytes: timeline.db_size(DEFAULT_TABLESPACE, db_oid, lsn).map_err(e)? as i64 },
+        Request::GetSlruSegment { kind, segno, .. } => {
+            let segment = timeline
+                .get_slru_segment(kind, segno, lsn)
+                .map_err(e)?
+                .ok_or_else(|| format!("SLRU segment {}/{segno:04X} does not exist at {lsn}", kind.dir_name()))?;
+            Response::GetSlruSegment { hdr, kind, segno, segment }
+        }
+    })
+}
+
+/// An LSN just after a WAL page header (what `pg_current_wal_lsn()` shows
+/// when the last record ended on a page boundary) names the same state as
+/// the boundary, which is where ingest stops; read and wait at the boundary.
+fn normalize_lsn(lsn: Lsn) -> Lsn {
+    const PAGE: u64 = 8192;
+    const SEGMENT: u64 = 16 << 20;
+    const SHORT_HEADER: u64 = 24;
+    const LONG_HEADER: u64 = 40;
+    let header = if lsn.0 % SEGMENT == LONG_HEADER { LONG_HEADER } else { SHORT_HEADER };
+    if lsn.0 % PAGE == header {
+        Lsn(lsn.0 - header)
+    } else {
+        lsn
+    }
+}
+
+fn missing(rel: RelTag, lsn: Lsn) -> String {
+    format!("relation {}/{}/{} fork {} does not exist at {lsn}", rel.spc_node, rel.db_node, rel.rel_node, rel.fork)
+}
+
+/// A `Write` that hands tar bytes to the async side in chunks.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: BytesMut,
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BACKUP_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = self.buf.split().freeze();
+            self.tx.blocking_send(chunk).map_err(|_| std::io::Error::other("the client went away"))?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_backup(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    ctx: &ServiceContext,
+    kind: BackupKind,
+    tenant: TenantId,
+    timeline: TimelineId,
+    lsn: Option<Lsn>,
+) -> Result<(), ProtocolError> {
+    let timeline = match find_timeline(ctx, tenant, timeline) {
+        Ok(t) => t,
+        Err(e) => {
+            BackendWriter(out).error(sqlstate::UNDEFINED_OBJECT, &e, None);
+            return Ok(());
+        }
+    };
+    let wait_timeout = ctx.wait_lsn_timeout();
+    let lsn = match lsn {
+        None => timeline.last_record_lsn(),
+        Some(lsn) => {
+            let lsn = normalize_lsn(lsn);
+            let tl = timeline.clone();
+            let waited = tokio::task::spawn_blocking(move || tl.wait_lsn(lsn, wait_timeout)).await;
+            match waited {
+                Ok(Ok(())) => lsn,
+                Ok(Err(e)) => {
+                    BackendWriter(out).error(sqlstate::INVALID_PARAMETER, &e.to_string(), None);
+                    return Ok(());
+                }
+                Err(e) => {
+                    BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &e.to_string(), None);
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let tl = timeline.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut sink = ChunkSender { tx, buf: BytesMut::new() };
+        let stats = storage::backup::write_backup_tar(&tl, lsn, kind, &mut sink).map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut sink).map_err(|e| e.to_string())?;
+        Ok::<_, String>(stats)
+    });
+    // The tar is built before CopyOut starts only as far as its first chunk:
+    // an error before any byte (a bad LSN, say) is a plain ERROR.
+    let first = rx.recv().await;
+    let Some(first) = first else {
+        let message = match writer.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => "backup produced no data".into(),
+            Err(e) => e.to_string(),
+        };
+        BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &message, None);
+        return Ok(());
+    };
+    BackendWriter(out).copy_out_response();
+    BackendWriter(out).copy_data(&first);
+    send(stream, out).await?;
+    while let Some(chunk) = rx.recv().await {
+        BackendWriter(out).copy_data(&chunk);
+        send(stream, out).await?;
+    }
+    match writer.await {
+        Ok(Ok(_)) => {
+            BackendWriter(out).copy_done();
+            BackendWriter(out).command_complete("COPY 0");
+        }
+        Ok(Err(e)) => {
+            // Mid-stream: the tar is cut short; the error ends the copy.
+            BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &format!("backup failed: {e}"), None);
+        }
+        Err(e) => BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &e.to_string(), None),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_clear_errors() {
+        let t = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(parse_command(&format!("pagestream_v2 {t} {t}")), Ok(Some(Command::Pagestream { version: ProtocolVersion::V2, .. }))));
+        assert!(matches!(
+            parse_command(&format!("fullbackup {t} {t} 0/16B3748")),
+            Ok(Some(Command::Backup { kind: BackupKind::Fullbackup, lsn: Some(Lsn(0x16B3748)), .. }))
+        ));
+        assert_eq!(parse_command("SELECT 1"), Ok(None));
+        assert!(parse_command("pagestream_v3 nope").unwrap_err().contains("invalid tenant id"));
+        assert!(parse_command(&format!("basebackup {t}")).unwrap_err().contains("missing timeline id"));
+        assert!(parse_command(&format!("basebackup {t} {t} zz")).unwrap_err().contains("invalid LSN"));
+        assert!(parse_command(&format!("pagestream_v2 {t} {t} extra")).unwrap_err().contains("too many"));
+    }
+
+    #[test]
+    fn lsns_just_after_a_page_header_read_at_the_boundary() {
+        assert_eq!(normalize_lsn(Lsn(0x1_0000_2018)), Lsn(0x1_0000_2000));
+        assert_eq!(normalize_lsn(Lsn(0x0300_0028)), Lsn(0x0300_0000));
+        assert_eq!(normalize_lsn(Lsn(0x0300_2028)), Lsn(0x0300_2028));
+        assert_eq!(normalize_lsn(Lsn(0x0300_2040)), Lsn(0x0300_2040));
+    }
+}

@@ -1,0 +1,495 @@
+//! Tenants and timelines as the main worker runs them.
+//!
+//! The [`Manager`] owns one [`Repository`] per tenant, under
+//! `<pageserver.data_dir>/tenants/<tenant id>/`, plus what the storage crate
+//! does not know: where a timeline's WAL comes from. That is kept per
+//! timeline in `<tenant dir>/sources/<timeline id>.json` ([`SourceMeta`]:
+//! the primary's connection string, replication slot, system identifier,
+//! the base backup LSN, and whether the import finished).
+//!
+//! Life of a timeline with a source:
+//! 1. `create_timeline` checks the primary (system identifier, settings that
+//!    change what redo writes on pages), creates the replication slot,
+//!    creates an empty timeline and writes its source file (state
+//!    `importing`), and returns;
+//! 2. an import task streams `BASE_BACKUP` into the timeline at its start
+//!    LSN, flushes it to disk, and marks the source `active`;
+//! 3. a WAL receiver ([`crate::walreceiver`]) streams from the slot forever.
+//!
+//! After a crash, an `importing` timeline is deleted and imported again
+//! (nothing was promised about it yet); an `active` one resumes streaming
+//! from its `disk_consistent_lsn`. Background threads flush frozen
+//! in-memory layers and run compaction and GC.
+//!
+//! Nothing here calls PostgreSQL: it runs on the main worker's tokio
+//! runtime and plain threads.
+
+use crate::page_service::LogSink;
+use crate::walreceiver::{self, replication::ReplicationConn, ReceiverStatus};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use storage::lsn::Lsn;
+use storage::repo::{Redo, RepoConfig, Repository, Timeline, TimelineId};
+
+/// A tenant's identifier: 32 hexadecimal digits, like a timeline's.
+pub type TenantId = TimelineId;
+
+/// How often the flusher looks for frozen layers.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Ingest idle this long freezes the open in-memory layer for flushing.
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+/// How often compaction and GC run.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Where a timeline's WAL comes from, persisted next to the repository.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceMeta {
+    pub conninfo: String,
+    pub slot: String,
+    pub system_id: u64,
+    pub pg_timeline: u32,
+    /// The base backup's start LSN (0 until known).
+    pub start_lsn: u64,
+    /// `importing` or `active`.
+    pub state: String,
+}
+
+/// Host settings a primary must share (they change what redo writes on pages).
+#[derive(Clone, Debug, Default)]
+pub struct HostSettings {
+    pub data_checksums: String,
+    pub wal_log_hints: String,
+}
+
+/// Live state of one timeline, for `pageserver.timelines`.
+#[derive(Default)]
+pub struct TimelineStatus {
+    /// `importing`, `active`, `broken`, or `branch` (no source).
+    pub state: Mutex<String>,
+    pub import: storage::import::ImportProgress,
+    pub error: Mutex<Option<String>>,
+    pub receiver: ReceiverStatus,
+}
+
+pub struct TimelineEntry {
+    pub timeline: Arc<Timeline>,
+    pub status: Arc<TimelineStatus>,
+    pub source: Mutex<Option<SourceMeta>>,
+}
+
+pub struct Tenant {
+    pub id: TenantId,
+    dir: PathBuf,
+    pub repo: Arc<Repository>,
+    timelines: RwLock<BTreeMap<TimelineId, Arc<TimelineEntry>>>,
+}
+
+/// All tenants of this host.
+pub struct Manager {
+    root: PathBuf,
+    conf: RepoConfig,
+    redo: Arc<dyn Redo>,
+    host: HostSettings,
+    runtime: tokio::runtime::Handle,
+    log: LogSink,
+    tenants: RwLock<BTreeMap<TenantId, Arc<Tenant>>>,
+    stopping: AtomicBool,
+}
+
+/// One row of `pageserver.timelines`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TimelineRow {
+    pub tenant: String,
+    pub timeline: String,
+    pub state: String,
+    pub ancestor: Option<String>,
+    pub branch_lsn: Option<String>,
+    pub last_record_lsn: String,
+    pub disk_consistent_lsn: String,
+    pub primary_lsn: Option<String>,
+    pub lag_bytes: Option<i64>,
+    pub import_bytes_done: i64,
+    pub import_bytes_total: i64,
+    pub layer_bytes: i64,
+    pub layers: i64,
+    pub error: Option<String>,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Manager {
+    /// Loads every tenant under `<data_dir>/tenants`, restarts interrupted
+    /// imports and the WAL receivers, and starts the background threads.
+    pub fn start(
+        data_dir: &Path,
+        conf: RepoConfig,
+        redo: Arc<dyn Redo>,
+        host: HostSettings,
+        runtime: tokio::runtime::Handle,
+        log: LogSink,
+    ) -> Result<Arc<Manager>, String> {
+        let root = data_dir.join("tenants");
+        std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let manager = Arc::new(Manager {
+            root: root.clone(),
+            conf,
+            redo,
+            host,
+            runtime,
+            log,
+            tenants: RwLock::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        for entry in std::fs::read_dir(&root).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = name.parse::<TenantId>() else {
+                manager.log.warning(format!("ignoring {} in the tenants directory", entry.path().display()));
+                continue;
+            };
+            let tenant = manager.load_tenant(id)?;
+            manager.tenants.write().insert(id, tenant.clone());
+            manager.resume_timelines(&tenant);
+        }
+        let flusher = manager.clone();
+        std::thread::Builder::new().name("pageserver-flush".into()).spawn(move || flusher.flush_loop()).map_err(err)?;
+        let compactor = manager.clone();
+        std::thread::Builder::new().name("pageserver-compact".into()).spawn(move || compactor.compaction_loop()).map_err(err)?;
+        Ok(manager)
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn log(&self) -> &LogSink {
+        &self.log
+    }
+
+    fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, String> {
+        let dir = self.root.join(id.to_string());
+        let repo = Repository::open(&dir, self.conf.clone(), self.redo.clone()).map_err(|e| format!("tenant {id}: {e}"))?;
+        std::fs::create_dir_all(dir.join("sources")).map_err(err)?;
+        let tenant = Arc::new(Tenant { id, dir, repo: Arc::new(repo), timelines: RwLock::new(BTreeMap::new()) });
+        for tl in tenant.repo.timeline_ids() {
+            let timeline = tenant.repo.get_timeline(tl).map_err(err)?;
+            let source = read_source(&tenant.dir, tl)?;
+            let state = match &source {
+                None => "branch",
+                Some(s) => s.state.as_str(),
+            };
+            let status = Arc::new(TimelineStatus::default());
+            *status.state.lock() = state.to_string();
+            tenant.timelines.write().insert(tl, Arc::new(TimelineEntry { timeline, status, source: Mutex::new(source) }));
+        }
+        Ok(tenant)
+    }
+
+    fn resume_timelines(self: &Arc<Self>, tenant: &Arc<Tenant>) {
+        let entries: Vec<_> = tenant.timelines.read().values().cloned().collect();
+        for entry in entries {
+            let source = entry.source.lock().clone();
+            match source {
+                Some(s) if s.state == "importing" => {
+                    self.log.log(format!("timeline {}/{}: import was interrupted, starting it again", tenant.id, entry.timeline.id()));
+                    let id = entry.timeline.id();
+                    tenant.timelines.write().remove(&id);
+                    if let Err(e) = tenant.repo.delete_timeline(id) {
+                        self.log.warning(format!("timeline {}/{id}: cannot delete the interrupted import: {e}", tenant.id));
+                        continue;
+                    }
+                    match tenant.repo.create_timeline(id) {
+                        Ok(timeline) => {
+                            let status = Arc::new(TimelineStatus::default());
+                            *status.state.lock() = "importing".into();
+                            let entry = Arc::new(TimelineEntry { timeline, status, source: Mutex::new(Some(s)) });
+                            tenant.timelines.write().insert(id, entry.clone());
+                            self.spawn_import(tenant.clone(), entry);
+                        }
+                        Err(e) => self.log.warning(format!("timeline {}/{id}: cannot recreate it: {e}", tenant.id)),
+                    }
+                }
+                Some(_) => self.spawn_receiver(tenant.clone(), entry),
+                None => {}
+            }
+        }
+    }
+
+    pub fn create_tenant(&self, id: Option<TenantId>) -> Result<TenantId, String> {
+        let id = id.unwrap_or_else(random_id);
+        let mut tenants = self.tenants.write();
+        if tenants.contains_key(&id) {
+            return Err(format!("tenant {id} already exists"));
+        }
+        let tenant = self.load_tenant(id)?;
+        tenants.insert(id, tenant);
+        Ok(id)
+    }
+
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
+        self.tenants.read().keys().copied().collect()
+    }
+
+    pub fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, String> {
+        self.tenants.read().get(&id).cloned().ok_or_else(|| format!("tenant {id} not found"))
+    }
+
+    pub fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<TimelineEntry>, String> {
+        let t = self.tenant(tenant)?;
+        let entry = t.timelines.read().get(&timeline).cloned();
+        entry.ok_or_else(|| format!("timeline {timeline} not found in tenant {tenant}"))
+    }
+
+    /// Checks the primary, creates the slot and the timeline, and starts the
+    /// import in the background. Returns the new timeline's id.
+    pub fn create_timeline(
+        self: &Arc<Self>,
+        tenant_id: TenantId,
+        timeline_id: Option<TimelineId>,
+        conninfo: &str,
+        slot: Option<String>,
+    ) -> Result<TimelineId, String> {
+        let tenant = self.tenant(tenant_id)?;
+        let id = timeline_id.unwrap_or_else(random_id);
+        if tenant.timelines.read().contains_key(&id) {
+            return Err(format!("timeline {id} already exists in tenant {tenant_id}"));
+        }
+        let slot = slot.unwrap_or_else(|| format!("pageserver_{}", &id.to_string()[..16]));
+        if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(format!("invalid slot name \"{slot}\": use up to 63 lower-case letters, digits and underscores"));
+        }
+        let host = self.host.clone();
+        let (system, _) = self.runtime.block_on(async {
+            let mut conn = ReplicationConn::connect(conninfo).await.map_err(err)?;
+            let system = conn.identify_system().await.map_err(err)?;
+            for (name, ours) in [("data_checksums", &host.data_checksums), ("wal_log_hints", &host.wal_log_hints)] {
+                let theirs = conn.show(name).await.map_err(err)?;
+                if &theirs != ours {
+                    return Err(format!(
+                        "the primary has {name} = {theirs} but this host has {name} = {ours}; redo stamps pages \
+                         differently, so the host must match: {}",
+                        if name == "data_checksums" {
+                            "initdb the host with the same --data-checksums setting, or run pg_checksums on one of them"
+                        } else {
+                            "set wal_log_hints to the same value on both and restart"
+                        }
+                    ));
+                }
+            }
+            let fpw = conn.show("full_page_writes").await.map_err(err)?;
+            if fpw != "on" {
+                return Err("the primary has full_page_writes = off; a base backup needs it on".to_string());
+            }
+            let seg = conn.show("wal_segment_size").await.map_err(err)?;
+            if seg != "16MB" {
+                return Err(format!("the primary has wal_segment_size = {seg}; only 16MB is supported"));
+            }
+            match conn.query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL")).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("42710") => {
+                    return Err(format!(
+                        "replication slot \"{slot}\" already exists on the primary: drop it there \
+                         (SELECT pg_drop_replication_slot('{slot}')) or pass another slot name"
+                    ))
+                }
+                Err(e) => return Err(format!("cannot create replication slot \"{slot}\": {e}")),
+            }
+            Ok::<_, String>((system, ()))
+        })?;
+        let timeline = tenant.repo.create_timeline(id).map_err(err)?;
+        let source = SourceMeta {
+            conninfo: conninfo.to_string(),
+            slot,
+            system_id: system.system_id,
+            pg_timeline: system.timeline,
+            start_lsn: 0,
+            state: "importing".into(),
+        };
+        write_source(&tenant.dir, id, &source)?;
+        let status = Arc::new(TimelineStatus::default());
+        *status.state.lock() = "importing".into();
+        let entry = Arc::new(TimelineEntry { timeline, status, source: Mutex::new(Some(source)) });
+        tenant.timelines.write().insert(id, entry.clone());
+        self.spawn_import(tenant, entry);
+        Ok(id)
+    }
+
+    fn spawn_import(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineEntry>) {
+        let manager = self.clone();
+        self.runtime.spawn(async move {
+            let id = entry.timeline.id();
+            match walreceiver::import_base_backup(&entry).await {
+                Ok(start_lsn) => {
+                    let mut source = entry.source.lock().clone().expect("a timeline being imported has a source");
+                    source.start_lsn = start_lsn.0;
+                    source.state = "active".into();
+                    if let Err(e) = write_source(&tenant.dir, id, &source) {
+                        entry.status.error.lock().replace(e.clone());
+                        *entry.status.state.lock() = "broken".into();
+                        return;
+                    }
+                    *entry.source.lock() = Some(source);
+                    *entry.status.state.lock() = "active".into();
+                    manager.log.log(format!("timeline {}/{id}: imported the base backup at {start_lsn}", tenant.id));
+                    manager.spawn_receiver(tenant, entry);
+                }
+                Err(e) => {
+                    manager.log.warning(format!("timeline {}/{id}: import failed: {e}", tenant.id));
+                    entry.status.error.lock().replace(format!("import failed: {e}"));
+                    *entry.status.state.lock() = "broken".into();
+                }
+            }
+        });
+    }
+
+    fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineEntry>) {
+        let manager = self.clone();
+        self.runtime.spawn(walreceiver::run(manager, tenant.id, entry));
+    }
+
+    /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
+    pub fn branch(&self, tenant_id: TenantId, parent: TimelineId, lsn: Option<Lsn>, child: Option<TimelineId>) -> Result<(TimelineId, Lsn), String> {
+        let tenant = self.tenant(tenant_id)?;
+        let parent_entry = self.timeline(tenant_id, parent)?;
+        let lsn = lsn.unwrap_or_else(|| parent_entry.timeline.last_record_lsn());
+        let child = child.unwrap_or_else(random_id);
+        if tenant.timelines.read().contains_key(&child) {
+            return Err(format!("timeline {child} already exists in tenant {tenant_id}"));
+        }
+        let timeline = tenant.repo.branch_timeline(parent, child, lsn).map_err(err)?;
+        let status = Arc::new(TimelineStatus::default());
+        *status.state.lock() = "branch".into();
+        tenant.timelines.write().insert(child, Arc::new(TimelineEntry { timeline, status, source: Mutex::new(None) }));
+        Ok((child, lsn))
+    }
+
+    pub fn list(&self) -> Vec<TimelineRow> {
+        let mut rows = Vec::new();
+        for tenant in self.tenants.read().values() {
+            for entry in tenant.timelines.read().values() {
+                let tl = &entry.timeline;
+                let primary = entry.status.receiver.primary_lsn.load(Ordering::Relaxed);
+                let last = tl.last_record_lsn();
+                rows.push(TimelineRow {
+                    tenant: tenant.id.to_string(),
+                    timeline: tl.id().to_string(),
+                    state: entry.status.state.lock().clone(),
+                    ancestor: tl.ancestor().map(|(a, _)| a.id().to_string()),
+                    branch_lsn: tl.ancestor().map(|(_, lsn)| lsn.to_string()),
+                    last_record_lsn: last.to_string(),
+                    disk_consistent_lsn: tl.disk_consistent_lsn().to_string(),
+                    primary_lsn: (primary != 0).then(|| Lsn(primary).to_string()),
+                    lag_bytes: (primary != 0).then(|| primary.saturating_sub(last.0) as i64),
+                    import_bytes_done: entry.status.import.bytes_done.load(Ordering::Relaxed) as i64,
+                    import_bytes_total: entry.status.import.bytes_total.load(Ordering::Relaxed) as i64,
+                    layer_bytes: tl.layer_bytes() as i64,
+                    layers: tl.layer_names().len() as i64,
+                    error: entry.status.error.lock().clone().or_else(|| entry.status.receiver.last_error.lock().clone()),
+                });
+            }
+        }
+        rows
+    }
+
+    fn all_timelines(&self) -> Vec<Arc<TimelineEntry>> {
+        self.tenants.read().values().flat_map(|t| t.timelines.read().values().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    /// Writes frozen in-memory layers as L0 files as soon as they appear,
+    /// and freezes the open layer of a timeline whose ingest has been idle
+    /// for [`IDLE_FLUSH`]: the primary learns that everything is durable (a
+    /// primary shutting down waits for that) and a restart re-streams nothing.
+    fn flush_loop(&self) {
+        let mut idle_since: std::collections::HashMap<TimelineId, (Lsn, std::time::Instant)> = Default::default();
+        while !self.is_stopping() {
+            for entry in self.all_timelines() {
+                let tl = &entry.timeline;
+                let last = tl.last_record_lsn();
+                let seen = idle_since.entry(tl.id()).or_insert((last, std::time::Instant::now()));
+                if seen.0 != last {
+                    *seen = (last, std::time::Instant::now());
+                } else if tl.disk_consistent_lsn() < last && seen.1.elapsed() >= IDLE_FLUSH {
+                    if let Err(e) = tl.writer().freeze() {
+                        self.log.warning(format!("timeline {}: freeze failed: {e}", tl.id()));
+                    }
+                }
+                if entry.timeline.frozen_layer_count() > 0 {
+                    if let Err(e) = entry.timeline.flush_frozen_layers() {
+                        self.log.warning(format!("timeline {}: flush failed: {e}", entry.timeline.id()));
+                        entry.status.error.lock().replace(format!("flush failed: {e}"));
+                    }
+                }
+            }
+            std::thread::sleep(FLUSH_INTERVAL);
+        }
+    }
+
+    /// Compaction, image layers and GC, every [`COMPACTION_INTERVAL`].
+    fn compaction_loop(&self) {
+        while !self.is_stopping() {
+            std::thread::sleep(COMPACTION_INTERVAL);
+            let tenants: Vec<_> = self.tenants.read().values().cloned().collect();
+            for tenant in tenants {
+                if let Err(e) = tenant.repo.compact_all() {
+                    self.log.warning(format!("tenant {}: compaction failed: {e}", tenant.id));
+                }
+                if let Err(e) = tenant.repo.gc(SystemTime::now()) {
+                    self.log.warning(format!("tenant {}: GC failed: {e}", tenant.id));
+                }
+            }
+        }
+    }
+}
+
+/// A random 128-bit id (from the kernel; ids only need to be unique).
+fn random_id() -> TimelineId {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `len` bytes into our buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        bytes = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
+    }
+    TimelineId(u128::from_le_bytes(bytes))
+}
+
+fn source_path(tenant_dir: &Path, id: TimelineId) -> PathBuf {
+    tenant_dir.join("sources").join(format!("{id}.json"))
+}
+
+fn read_source(tenant_dir: &Path, id: TimelineId) -> Result<Option<SourceMeta>, String> {
+    let path = source_path(tenant_dir, id);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("corrupt {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Replaces the source file atomically (temp file, fsync, rename, fsync dir).
+fn write_source(tenant_dir: &Path, id: TimelineId, source: &SourceMeta) -> Result<(), String> {
+    let path = source_path(tenant_dir, id);
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(source).map_err(err)?;
+    let io = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(path.parent().expect("sources dir")).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
+}

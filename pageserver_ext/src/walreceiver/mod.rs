@@ -1,0 +1,218 @@
+//! The WAL receiver of a timeline: a tokio task that streams WAL from the
+//! primary's replication slot and hands it to an ingest thread, which
+//! decodes records and applies them to the timeline. Also the base-backup
+//! import that bootstraps a timeline.
+//!
+//! Standby status updates report `write = last_record_lsn` and
+//! `flush = disk_consistent_lsn`, so the primary keeps WAL in the slot
+//! until it is durable here; after a crash, streaming restarts from
+//! `disk_consistent_lsn` (what a restarted timeline's `last_record_lsn` is).
+//! Lost connections are retried with exponential backoff (0.1 s to 10 s).
+
+pub mod replication;
+
+use crate::tenants::{Manager, TenantId, TimelineEntry};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use replication::{ReplicationConn, StreamMessage};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storage::lsn::Lsn;
+use storage::repo::Timeline;
+use storage::wal::WalStreamDecoder;
+use storage::walingest::WalIngest;
+
+/// How often a standby status update is sent while streaming.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// WAL chunks queued for the ingest thread; the receiver waits when it is full.
+const INGEST_QUEUE: usize = 256;
+
+/// What `pageserver.timelines` shows about the receiver.
+#[derive(Default)]
+pub struct ReceiverStatus {
+    pub connected: AtomicBool,
+    /// The primary's WAL end, from its last message.
+    pub primary_lsn: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Reads chunks of a tar stream from a channel (the import thread's side).
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.current = chunk,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Streams `BASE_BACKUP` from the timeline's primary into the timeline at
+/// the backup's start LSN, then makes it durable. Returns the start LSN.
+pub async fn import_base_backup(entry: &Arc<TimelineEntry>) -> Result<Lsn, String> {
+    let source = entry.source.lock().clone().ok_or("timeline has no source")?;
+    let mut conn = ReplicationConn::connect(&source.conninfo).await.map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+    let mut rx = Some(rx);
+    let mut import: Option<std::thread::JoinHandle<Result<(), String>>> = None;
+    let timeline = entry.timeline.clone();
+    let status = entry.status.clone();
+    let label = format!("pageserver_ext {}", timeline.id());
+    let result = conn
+        .base_backup(
+            &label,
+            &mut |lsn, total| {
+                status.import.bytes_total.store(total, Ordering::Relaxed);
+                let rx = rx.take().expect("BASE_BACKUP starts once");
+                let timeline = timeline.clone();
+                let status = status.clone();
+                import = Some(std::thread::spawn(move || {
+                    let mut writer = timeline.writer();
+                    let reader = ChannelReader { rx, current: Bytes::new() };
+                    storage::import::import_basebackup_tar(&mut writer, reader, lsn, &status.import).map_err(|e| e.to_string())?;
+                    writer.freeze().map_err(|e| e.to_string())?;
+                    Ok(())
+                }));
+            },
+            &mut |chunk| tokio::task::block_in_place(|| tx.send(chunk).map_err(|_| "the import stopped".to_string())),
+        )
+        .await;
+    drop(tx);
+    let imported = match import {
+        Some(handle) => tokio::task::spawn_blocking(move || handle.join().unwrap_or_else(|_| Err("the import thread panicked".into())))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+        None => Err("BASE_BACKUP sent no start position".into()),
+    };
+    let (start, _end) = match (result, imported) {
+        (Err(e), _) => return Err(e.to_string()),
+        (Ok(_), Err(e)) => return Err(e),
+        (Ok(lsns), Ok(())) => lsns,
+    };
+    let tl = entry.timeline.clone();
+    tokio::task::spawn_blocking(move || tl.flush_frozen_layers()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    Ok(start)
+}
+
+/// Streams WAL for the timeline until the manager stops.
+pub async fn run(manager: Arc<Manager>, tenant: TenantId, entry: Arc<TimelineEntry>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_logged: Option<String> = None;
+    let id = entry.timeline.id();
+    while !manager.is_stopping() {
+        let started = Instant::now();
+        let result = stream_once(&entry).await;
+        entry.status.receiver.connected.store(false, Ordering::Relaxed);
+        let message = match result {
+            Ok(()) => "the primary ended the replication stream".to_string(),
+            Err(e) => e,
+        };
+        if last_logged.as_deref() != Some(message.as_str()) {
+            manager.log().warning(format!("timeline {tenant}/{id}: WAL receiver: {message}; reconnecting"));
+            last_logged = Some(message.clone());
+        }
+        *entry.status.receiver.last_error.lock() = Some(message);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One replication session: connect, check, stream until an error.
+async fn stream_once(entry: &Arc<TimelineEntry>) -> Result<(), String> {
+    let source = entry.source.lock().clone().ok_or("timeline has no source")?;
+    let mut conn = ReplicationConn::connect(&source.conninfo).await.map_err(|e| e.to_string())?;
+    let system = conn.identify_system().await.map_err(|e| e.to_string())?;
+    if system.system_id != source.system_id {
+        return Err(format!(
+            "wrong system identifier: the primary has {} but the timeline was created from system {}; \
+             the connection string now points at another cluster",
+            system.system_id, source.system_id
+        ));
+    }
+    entry.status.receiver.primary_lsn.fetch_max(system.xlogpos.0, Ordering::Relaxed);
+    let timeline = entry.timeline.clone();
+    let start = timeline.last_record_lsn();
+    conn.start_replication(&source.slot, start, source.pg_timeline).await.map_err(|e| e.to_string())?;
+    entry.status.receiver.connected.store(true, Ordering::Relaxed);
+    *entry.status.receiver.last_error.lock() = None;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(INGEST_QUEUE);
+    let ingest_timeline = timeline.clone();
+    let sysid = source.system_id;
+    let mut ingest = tokio::task::spawn_blocking(move || ingest_loop(&ingest_timeline, start, sysid, rx));
+    let mut expected = start;
+    let mut next_status = Instant::now();
+    let result = loop {
+        let wait = next_status.saturating_duration_since(Instant::now());
+        // next_message only awaits socket reads into its buffer, so a timeout never loses a message.
+        match tokio::time::timeout(wait, conn.next_message()).await {
+            Err(_) => {
+                let (write, flush) = (timeline.last_record_lsn(), timeline.disk_consistent_lsn());
+                if let Err(e) = conn.send_status(write, flush, write, false).await {
+                    break Err(e.to_string());
+                }
+                next_status = Instant::now() + STATUS_INTERVAL;
+            }
+            Ok(Err(e)) => break Err(e.to_string()),
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Ok(Some(StreamMessage::XLogData { start, wal_end, data }))) => {
+                if start != expected {
+                    break Err(format!("WAL gap: expected data at {expected}, the primary sent {start}"));
+                }
+                expected = Lsn(start.0 + data.len() as u64);
+                entry.status.receiver.primary_lsn.fetch_max(wal_end.0.max(expected.0), Ordering::Relaxed);
+                if tx.send(data).await.is_err() {
+                    break Err("the ingest thread stopped".into());
+                }
+            }
+            Ok(Ok(Some(StreamMessage::Keepalive { wal_end, reply_requested }))) => {
+                entry.status.receiver.primary_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
+                if reply_requested {
+                    let (write, flush) = (timeline.last_record_lsn(), timeline.disk_consistent_lsn());
+                    if let Err(e) = conn.send_status(write, flush, write, false).await {
+                        break Err(e.to_string());
+                    }
+                }
+            }
+        }
+        if ingest.is_finished() {
+            break Err("the ingest thread stopped".into());
+        }
+    };
+    drop(tx);
+    let ingested = (&mut ingest).await.unwrap_or_else(|e| Err(format!("ingest thread failed: {e}")));
+    match (result, ingested) {
+        (_, Err(e)) => Err(format!("ingest failed: {e}")),
+        (r, Ok(())) => r,
+    }
+}
+
+/// Decodes WAL chunks and applies the records to the timeline.
+fn ingest_loop(timeline: &Timeline, start: Lsn, sysid: u64, mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Result<(), String> {
+    let mut decoder = WalStreamDecoder::new(start).with_system_id(sysid);
+    let mut ingest = WalIngest::new(timeline).map_err(|e| e.to_string())?;
+    while let Some(chunk) = rx.blocking_recv() {
+        decoder.feed(&chunk);
+        let mut writer = timeline.writer();
+        while let Some(record) = decoder.next_record().map_err(|e| e.to_string())? {
+            ingest.ingest(&mut writer, &record).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

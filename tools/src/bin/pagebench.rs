@@ -1,0 +1,665 @@
+//! Benchmark of the page service: GetPage requests over pagestream v2/v3.
+//!
+//! Opens `--connections` pagestream sessions to the page server at `--addr`,
+//! keeps `--depth` GetPage requests in flight on each (pipelined; answers come
+//! in request order), and after `--warmup` seconds measures for `--duration`
+//! seconds: pages per second and the latency of each request (from queueing
+//! it to reading its answer) as p50/p99/p99.9 from an HDR histogram.
+//!
+//! Blocks come from the relations given by `--rel spc/db/rel[_fsm|_vm|_init]:nblocks`
+//! (repeatable), chosen by `--pattern`: `random` (uniform over all blocks),
+//! `sequential` (each connection walks all blocks from its own starting point)
+//! or `hot:N` (uniform over the first N blocks). Every request reads at
+//! `--request-lsn` (`X/Y`, or `latest` for the largest LSN) with
+//! `not_modified_since` = `--not-modified-since`, by default the request LSN
+//! (required with `latest`).
+//!
+//! `--floor` starts a trivial in-process page server on 127.0.0.1 (startup,
+//! trust, CopyBoth, and a fixed 8 KiB page for every GetPage) and runs the
+//! same client against it: the cost of the protocol, framing, client and
+//! loopback TCP alone. The real server's figures are compared with it.
+//!
+//! Prints the result as text, or with `--json` as one JSON line on stdout
+//! (the text then goes to stderr). Any error (a pagestream Error response, a
+//! malformed response, a dropped connection) ends the run with a message and
+//! exit code 1.
+//!
+//! ```text
+//! pagebench --addr 127.0.0.1:6400 --tenant T --timeline L --rel 1663/5/16384:12800 \
+//!           --request-lsn 0/16B3748 --connections 8 --depth 32 --duration 10 --json
+//! pagebench --floor --connections 8 --depth 32 --duration 10 --json
+//! ```
+
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use storage::key::{RelTag, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
+use storage::lsn::Lsn;
+use storage::pagestream::{ProtocolVersion, Request, RequestHeader, Response};
+use tools::pagestream_client::{ConnectOptions, PagestreamClient};
+
+const FLOOR_REL: &str = "1663/5/16384:131072";
+const FLOOR_LSN: &str = "0/16B3748";
+const FLOOR_ID: &str = "00000000000000000000000000000000";
+
+#[derive(Parser, Debug)]
+#[command(name = "pagebench", about = "Benchmark of the page service's GetPage over pagestream v2/v3")]
+struct Args {
+    /// The page server's libpq address, host:port.
+    #[arg(long, required_unless_present = "floor")]
+    addr: Option<String>,
+    /// Tenant id (as the pagestream command takes it).
+    #[arg(long, required_unless_present = "floor")]
+    tenant: Option<String>,
+    /// Timeline id.
+    #[arg(long, required_unless_present = "floor")]
+    timeline: Option<String>,
+    /// Pagestream protocol version: v2 or v3.
+    #[arg(long, default_value = "v3", value_parser = parse_version)]
+    protocol: ProtocolVersion,
+    /// Relation fork to read and its size: spc/db/rel[_fsm|_vm|_init]:nblocks. Repeatable.
+    #[arg(long = "rel", value_parser = parse_rel, required_unless_present = "floor")]
+    rels: Vec<(RelTag, u32)>,
+    /// random | sequential | hot:N (the first N blocks of the relation set).
+    #[arg(long, default_value = "random")]
+    pattern: Pattern,
+    /// The request LSN: X/Y, or `latest` (the largest LSN).
+    #[arg(long, alias = "lsn", value_parser = parse_request_lsn, required_unless_present = "floor")]
+    request_lsn: Option<Lsn>,
+    /// not_modified_since, X/Y; defaults to the request LSN.
+    #[arg(long, value_parser = parse_lsn)]
+    not_modified_since: Option<Lsn>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Seconds measured (after the warmup).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop issuing after this many requests in all (warmup included).
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Seconds to wait for any one response before failing.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Seed of the block choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// User name in the startup message.
+    #[arg(long, default_value = "pagebench")]
+    user: String,
+    /// Password (e.g. a JWT) if the server asks for one.
+    #[arg(long, env = "PAGEBENCH_PASSWORD")]
+    password: Option<String>,
+    /// Print one JSON line on stdout (the text goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Benchmark a trivial in-process server instead of --addr: the floor.
+    #[arg(long)]
+    floor: bool,
+}
+
+fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
+    match s {
+        "v2" | "2" => Ok(ProtocolVersion::V2),
+        "v3" | "3" => Ok(ProtocolVersion::V3),
+        _ => Err(format!("unknown protocol version {s:?}: expected v2 or v3")),
+    }
+}
+
+fn parse_lsn(s: &str) -> Result<Lsn, String> {
+    Lsn::from_str(s).map_err(|e| e.to_string())
+}
+
+fn parse_request_lsn(s: &str) -> Result<Lsn, String> {
+    if s == "latest" {
+        Ok(Lsn::MAX)
+    } else {
+        parse_lsn(s)
+    }
+}
+
+fn parse_rel(s: &str) -> Result<(RelTag, u32), String> {
+    let err = |why: &str| {
+        format!("invalid --rel {s:?}: {why} (expected spc/db/rel[_fsm|_vm|_init]:nblocks, like 1663/5/16384:1000)")
+    };
+    let (rel, nblocks) = s.rsplit_once(':').ok_or_else(|| err("no ':nblocks'"))?;
+    let nblocks: u32 = nblocks.parse().map_err(|_| err("nblocks is not a number"))?;
+    if nblocks == 0 {
+        return Err(err("nblocks must be at least 1"));
+    }
+    let (rel, fork) = match rel.rsplit_once('_') {
+        Some((rel, "fsm")) => (rel, FSM_FORKNUM),
+        Some((rel, "vm")) => (rel, VISIBILITYMAP_FORKNUM),
+        Some((rel, "init")) => (rel, INIT_FORKNUM),
+        Some(_) => return Err(err("unknown fork suffix")),
+        None => (rel, MAIN_FORKNUM),
+    };
+    let oids: Vec<u32> = rel
+        .split('/')
+        .map(|p| p.parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| err("an OID is not a number"))?;
+    let [spc, db, rel] = oids[..] else { return Err(err("not three OIDs")) };
+    Ok((RelTag::new(spc, db, rel, fork), nblocks))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    Random,
+    Sequential,
+    Hot(u64),
+}
+
+impl FromStr for Pattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Pattern, String> {
+        match s {
+            "random" => Ok(Pattern::Random),
+            "sequential" => Ok(Pattern::Sequential),
+            _ => match s.strip_prefix("hot:").map(str::parse::<u64>) {
+                Some(Ok(n)) if n > 0 => Ok(Pattern::Hot(n)),
+                _ => Err(format!("unknown pattern {s:?}: expected random, sequential or hot:N with N > 0")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Random => write!(f, "random"),
+            Pattern::Sequential => write!(f, "sequential"),
+            Pattern::Hot(n) => write!(f, "hot:{n}"),
+        }
+    }
+}
+
+/// All blocks of the relation set, numbered 0..total in --rel order.
+struct Blocks {
+    rels: Vec<(RelTag, u32)>,
+    starts: Vec<u64>,
+    total: u64,
+}
+
+impl Blocks {
+    fn new(rels: Vec<(RelTag, u32)>) -> Blocks {
+        let mut starts = Vec::with_capacity(rels.len());
+        let mut total = 0u64;
+        for (_, n) in &rels {
+            starts.push(total);
+            total += u64::from(*n);
+        }
+        Blocks { rels, starts, total }
+    }
+
+    fn at(&self, global: u64) -> (RelTag, u32) {
+        let i = self.starts.partition_point(|&s| s <= global) - 1;
+        (self.rels[i].0, (global - self.starts[i]) as u32)
+    }
+}
+
+/// Chooses the blocks of one connection.
+struct Picker {
+    rng: u64,
+    limit: u64,
+    sequential: Option<u64>,
+}
+
+impl Picker {
+    fn new(pattern: Pattern, blocks: &Blocks, conn: usize, conns: usize, seed: u64) -> Picker {
+        let rng = (seed ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(conn as u64 * 2 + 1) | 1;
+        match pattern {
+            Pattern::Random => Picker { rng, limit: blocks.total, sequential: None },
+            Pattern::Hot(n) => Picker { rng, limit: n.min(blocks.total), sequential: None },
+            Pattern::Sequential => {
+                let start = blocks.total * conn as u64 / conns as u64;
+                Picker { rng, limit: blocks.total, sequential: Some(start) }
+            }
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        if let Some(cursor) = &mut self.sequential {
+            let g = *cursor;
+            *cursor = (*cursor + 1) % self.limit;
+            return g;
+        }
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % self.limit
+    }
+}
+
+struct Plan {
+    addr: String,
+    tenant: String,
+    timeline: String,
+    version: ProtocolVersion,
+    blocks: Blocks,
+    pattern: Pattern,
+    request_lsn: Lsn,
+    not_modified_since: Lsn,
+    depth: usize,
+    measure_start: Instant,
+    end: Instant,
+    max_requests: Option<u64>,
+    issued: AtomicU64,
+    timeout: Duration,
+    options: ConnectOptions,
+    connections: usize,
+    seed: u64,
+}
+
+struct ConnResult {
+    hist: Histogram<u64>,
+    last_done: Option<Instant>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 ns .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn run_connection(plan: Arc<Plan>, conn: usize, mut client: PagestreamClient) -> anyhow::Result<ConnResult> {
+    let mut picker = Picker::new(plan.pattern, &plan.blocks, conn, plan.connections, plan.seed);
+    let mut hist = new_histogram();
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(plan.depth);
+    let mut last_done = None;
+    let mut reqid = (conn as u64) << 48;
+    loop {
+        let may_issue = |plan: &Plan| {
+            Instant::now() < plan.end
+                && plan.max_requests.is_none_or(|max| plan.issued.fetch_add(1, Ordering::Relaxed) < max)
+        };
+        while client.in_flight() < plan.depth && may_issue(&plan) {
+            let (rel, blkno) = plan.blocks.at(picker.next());
+            reqid += 1;
+            let hdr =
+                RequestHeader { reqid, request_lsn: plan.request_lsn, not_modified_since: plan.not_modified_since };
+            client.queue(Request::GetPage { hdr, rel, blkno });
+            sent_at.push_back(Instant::now());
+        }
+        if client.in_flight() == 0 {
+            break;
+        }
+        let response = tokio::time::timeout(plan.timeout, client.recv())
+            .await
+            .map_err(|_| anyhow!("no response within {:?}", plan.timeout))??;
+        let done = Instant::now();
+        let sent = sent_at.pop_front().expect("one timestamp per request in flight");
+        match response {
+            Response::GetPage { .. } => {}
+            Response::Error { message, .. } => bail!("the server answered a GetPage request with an error: {message}"),
+            other => bail!("GetPage answered by a {} response", other.kind_name()),
+        }
+        if sent >= plan.measure_start && done <= plan.end {
+            hist.saturating_record(done.duration_since(sent).as_nanos() as u64);
+            last_done = Some(done);
+        }
+    }
+    client.close().await?;
+    Ok(ConnResult { hist, last_done })
+}
+
+async fn run(plan: Arc<Plan>) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    // Connect everything first, so the warmup and measurement see a steady set.
+    let mut clients = Vec::with_capacity(plan.connections);
+    for conn in 0..plan.connections {
+        let client = PagestreamClient::connect_with(
+            plan.addr.as_str(),
+            plan.version,
+            &plan.tenant,
+            &plan.timeline,
+            &plan.options,
+        )
+        .await
+        .with_context(|| format!("connection {conn} to {}", plan.addr))?;
+        clients.push(client);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (conn, client) in clients.into_iter().enumerate() {
+        let plan = plan.clone();
+        tasks.spawn(
+            async move { run_connection(plan, conn, client).await.with_context(|| format!("connection {conn}")) },
+        );
+    }
+    let mut hist = new_histogram();
+    let mut last_done: Option<Instant> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("a connection task panicked")??;
+        hist.add(&result.hist).expect("histograms of equal bounds");
+        last_done = last_done.max(result.last_done);
+    }
+    let measured = last_done.map_or(Duration::ZERO, |t| t.min(plan.end).duration_since(plan.measure_start));
+    Ok((hist, measured))
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        eprintln!("pagebench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    if args.connections == 0 || args.depth == 0 {
+        bail!("--connections and --depth must be at least 1");
+    }
+    if !(args.duration > 0.0 && args.warmup >= 0.0 && args.timeout > 0.0) {
+        bail!("--duration and --timeout must be positive, --warmup not negative");
+    }
+    let rels =
+        if args.rels.is_empty() { vec![parse_rel(FLOOR_REL).map_err(|e| anyhow!(e))?] } else { args.rels.clone() };
+    let request_lsn = match args.request_lsn {
+        Some(lsn) => lsn,
+        None => parse_lsn(FLOOR_LSN).map_err(|e| anyhow!(e))?,
+    };
+    let not_modified_since = match args.not_modified_since {
+        Some(lsn) => lsn,
+        None if request_lsn == Lsn::MAX => {
+            bail!("--request-lsn latest needs --not-modified-since X/Y (the protocol wants a real LSN there)")
+        }
+        None => request_lsn,
+    };
+    if not_modified_since > request_lsn {
+        bail!("--not-modified-since {not_modified_since} is after --request-lsn {request_lsn}");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        let addr = if args.floor {
+            floor::start().await.context("starting the floor server")?.to_string()
+        } else {
+            args.addr.clone().expect("clap requires --addr without --floor")
+        };
+        let blocks = Blocks::new(rels);
+        let describe = format!(
+            "pagebench: {} {}, pagestream {}, {} connection(s) x depth {}, {} over {} block(s) of {} relation(s), \
+             request_lsn {} not_modified_since {}, {:.1} s after {:.1} s warmup",
+            if args.floor { "floor server" } else { "page server" },
+            addr,
+            args.protocol,
+            args.connections,
+            args.depth,
+            args.pattern,
+            blocks.total,
+            blocks.rels.len(),
+            request_lsn,
+            not_modified_since,
+            args.duration,
+            args.warmup,
+        );
+        let start = Instant::now();
+        let measure_start = start + Duration::from_secs_f64(args.warmup);
+        let plan = Arc::new(Plan {
+            addr,
+            tenant: args.tenant.clone().unwrap_or_else(|| FLOOR_ID.into()),
+            timeline: args.timeline.clone().unwrap_or_else(|| FLOOR_ID.into()),
+            version: args.protocol,
+            blocks,
+            pattern: args.pattern,
+            request_lsn,
+            not_modified_since,
+            depth: args.depth,
+            measure_start,
+            end: measure_start + Duration::from_secs_f64(args.duration),
+            max_requests: args.max_requests,
+            issued: AtomicU64::new(0),
+            timeout: Duration::from_secs_f64(args.timeout),
+            options: ConnectOptions {
+                user: args.user.clone(),
+                password: args.password.clone(),
+                application_name: "pagebench".into(),
+                connect_timeout: Duration::from_secs_f64(args.timeout),
+            },
+            connections: args.connections,
+            seed: args.seed,
+        });
+        let (hist, measured) = run(plan.clone()).await?;
+        report(&args, &describe, &hist, measured);
+        Ok(())
+    })
+}
+
+fn report(args: &Args, describe: &str, hist: &Histogram<u64>, measured: Duration) {
+    let pages = hist.len();
+    let secs = measured.as_secs_f64();
+    let rate = if secs > 0.0 { pages as f64 / secs } else { 0.0 };
+    let us = |q: f64| if pages == 0 { 0.0 } else { hist.value_at_quantile(q) as f64 / 1000.0 };
+    let (p50, p99, p999) = (us(0.5), us(0.99), us(0.999));
+    let max = if pages == 0 { 0.0 } else { hist.max() as f64 / 1000.0 };
+    let mean = if pages == 0 { 0.0 } else { hist.mean() / 1000.0 };
+    let text = format!(
+        "{describe}\npages: {pages} in {secs:.3} s = {rate:.0} pages/s\nlatency (us): p50 {p50:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}  mean {mean:.1}"
+    );
+    if args.json {
+        eprintln!("{text}");
+        let line = serde_json::json!({
+            "bench": "pagebench",
+            "mode": if args.floor { "floor" } else { "server" },
+            "protocol": args.protocol.to_string(),
+            "connections": args.connections,
+            "depth": args.depth,
+            "pattern": args.pattern.to_string(),
+            "duration_s": secs,
+            "pages": pages,
+            "pages_per_s": rate,
+            "p50_us": p50,
+            "p99_us": p99,
+            "p999_us": p999,
+            "max_us": max,
+            "mean_us": mean,
+        });
+        println!("{line}");
+    } else {
+        println!("{text}");
+    }
+}
+
+/// The floor: a page server that does nothing but speak the protocol.
+mod floor {
+    use std::io;
+    use std::net::SocketAddr;
+
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use storage::pagestream::{ProtocolVersion, Request, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const NBLOCKS: u32 = 131072;
+    const SSL_REQUEST: u32 = 80877103;
+    const PROTOCOL_3: u32 = 3 << 16;
+
+    /// Binds 127.0.0.1:0 and serves every connection on its own task.
+    pub async fn start() -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let page = Bytes::from((0..8192u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let page = page.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, page).await {
+                        eprintln!("pagebench: floor server: {e}");
+                    }
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+        out.put_u8(tag);
+        out.put_u32(body.len() as u32 + 4);
+        out.put_slice(body);
+    }
+
+    fn put_error(out: &mut BytesMut, message: &str) {
+        let mut body = Vec::new();
+        for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', "XX000"), (b'M', message)] {
+            body.push(field);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        put_message(out, b'E', &body);
+    }
+
+    /// Reads until `buf` holds `n` bytes; false at a clean end of stream.
+    async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, n: usize) -> io::Result<bool> {
+        while buf.len() < n {
+            buf.reserve(n.max(64 * 1024));
+            if stream.read_buf(buf).await? == 0 {
+                return if buf.is_empty() { Ok(false) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+            }
+        }
+        Ok(true)
+    }
+
+    fn answer(request: &Request, page: &Bytes) -> Response {
+        let hdr = *request.header();
+        match *request {
+            Request::Exists { rel, .. } => Response::Exists { hdr, rel, exists: true },
+            Request::Nblocks { rel, .. } => Response::Nblocks { hdr, rel, n: NBLOCKS },
+            Request::GetPage { rel, blkno, .. } => Response::GetPage { hdr, rel, blkno, page: page.clone() },
+            Request::DbSize { db_oid, .. } => Response::DbSize { hdr, db_oid, bytes: i64::from(NBLOCKS) * 8192 },
+            Request::GetSlruSegment { kind, segno, .. } => {
+                Response::GetSlruSegment { hdr, kind, segno, segment: page.clone() }
+            }
+        }
+    }
+
+    async fn serve(mut stream: TcpStream, page: Bytes) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let mut out = BytesMut::with_capacity(64 * 1024);
+
+        // Startup packet (after refusing SSL if asked).
+        loop {
+            if !fill(&mut stream, &mut rbuf, 8).await? {
+                return Ok(());
+            }
+            let len = u32::from_be_bytes(rbuf[..4].try_into().unwrap()) as usize;
+            if !(8..=10_000).contains(&len) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad startup packet length"));
+            }
+            fill(&mut stream, &mut rbuf, len).await?;
+            let code = u32::from_be_bytes(rbuf[4..8].try_into().unwrap());
+            rbuf.advance(len);
+            match code {
+                SSL_REQUEST => stream.write_all(b"N").await?,
+                PROTOCOL_3 => break,
+                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unsupported protocol version")),
+            }
+        }
+        put_message(&mut out, b'R', &0u32.to_be_bytes());
+        put_message(&mut out, b'Z', b"I");
+        stream.write_all(&out).await?;
+        out.clear();
+
+        // Simple queries up to a pagestream command.
+        let version = loop {
+            if !fill(&mut stream, &mut rbuf, 5).await? {
+                return Ok(());
+            }
+            let tag = rbuf[0];
+            let len = u32::from_be_bytes(rbuf[1..5].try_into().unwrap()) as usize;
+            if !(4..=1 << 20).contains(&len) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad message length"));
+            }
+            fill(&mut stream, &mut rbuf, 1 + len).await?;
+            let msg = rbuf.split_to(1 + len);
+            match tag {
+                b'X' => return Ok(()),
+                b'Q' => {
+                    let query = String::from_utf8_lossy(&msg[5..]).trim_end_matches('\0').to_string();
+                    let command = query.split_whitespace().next().unwrap_or_default();
+                    match ProtocolVersion::from_command(command) {
+                        Some(v) if query.split_whitespace().count() == 3 => {
+                            put_message(&mut out, b'W', &[0, 0, 0]);
+                            stream.write_all(&out).await?;
+                            out.clear();
+                            break v;
+                        }
+                        _ => {
+                            put_error(&mut out, &format!("floor server: unsupported query {query:?}"));
+                            put_message(&mut out, b'Z', b"I");
+                        }
+                    }
+                }
+                _ => {
+                    put_error(&mut out, "floor server: only simple queries are supported");
+                    put_message(&mut out, b'Z', b"I");
+                }
+            }
+            stream.write_all(&out).await?;
+            out.clear();
+        };
+
+        // The stream: answer every complete request in the buffer, then write
+        // all answers at once.
+        loop {
+            while rbuf.len() >= 5 {
+                let tag = rbuf[0];
+                let len = u32::from_be_bytes(rbuf[1..5].try_into().unwrap()) as usize;
+                if !(4..=1 << 20).contains(&len) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad message length"));
+                }
+                if rbuf.len() < 1 + len {
+                    break;
+                }
+                let msg = rbuf.split_to(1 + len);
+                match tag {
+                    b'd' => match Request::parse(version, &msg[5..]) {
+                        Ok(request) => {
+                            let response = answer(&request, &page);
+                            let start = out.len();
+                            out.put_u8(b'd');
+                            out.put_u32(0);
+                            response.encode(version, &mut out);
+                            let msg_len = (out.len() - start - 1) as u32;
+                            out[start + 1..start + 5].copy_from_slice(&msg_len.to_be_bytes());
+                        }
+                        Err(e) => {
+                            put_error(&mut out, &format!("floor server: {e}"));
+                            stream.write_all(&out).await?;
+                            return Ok(());
+                        }
+                    },
+                    b'c' | b'X' => {
+                        stream.write_all(&out).await?;
+                        return Ok(());
+                    }
+                    other => {
+                        put_error(&mut out, &format!("floor server: unexpected message {other} in the pagestream"));
+                        stream.write_all(&out).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+            rbuf.reserve(64 * 1024);
+            if stream.read_buf(&mut rbuf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
