@@ -1,7 +1,8 @@
 //! Requests that must not reach PostgreSQL's redo code get clear errors in
 //! Rust; an ERROR raised inside redo is caught and reported with the
 //! record's LSN and resource manager, and redo keeps serving; a record that
-//! drives redo into PANIC restarts the host, which comes back and serves.
+//! drives redo into PANIC restarts the host, which comes back and serves,
+//! without losing what a timeline had ingested.
 
 use anyhow::{bail, Context, Result};
 use pageserver_harness::PgCluster;
@@ -121,6 +122,39 @@ fn bad_requests_get_clear_errors_and_redo_survives_errors_and_panics() -> Result
     let served: i64 = served.as_deref().unwrap_or("0").parse()?;
     assert!(served >= 6, "the redo workers served {served} requests; the good ones went elsewhere?");
 
+    // A timeline streaming from the primary, to check that the PANIC below
+    // loses nothing it ingested.
+    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("tenant")?;
+    let timeline = host
+        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?
+        .context("timeline")?;
+    primary.sql("INSERT INTO t SELECT i, repeat('x', 100) FROM generate_series(10, 5000) i")?;
+    let ingested = common::lsn(&primary, "pg_current_wal_lsn()")?;
+    let last_record_lsn = || -> Result<storage::lsn::Lsn> {
+        common::lsn(&host, &format!("(SELECT last_record_lsn::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '{timeline}')"))
+    };
+    host.wait_for("the timeline to ingest the inserts", Duration::from_secs(120), || last_record_lsn().ok().filter(|l| *l >= ingested))?;
+    let relfilenode = primary.sql_one("SELECT pg_relation_filenode('t')")?.context("filenode")?.parse::<u32>()?;
+    let db = primary.sql_one("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.context("db")?.parse::<u32>()?;
+    let rel = storage::key::RelTag::new(1663, db, relfilenode, 0);
+    let addr = host.listener_addr().context("listener")?.to_string();
+    let pages_at = |lsn: storage::lsn::Lsn| -> Result<(u32, Vec<bytes::Bytes>)> {
+        use storage::pagestream::{ProtocolVersion, Request, RequestHeader, Response};
+        let mut client = tools::pagestream_client::BlockingClient::connect(&addr, ProtocolVersion::V3, &tenant, &timeline)?;
+        let hdr = RequestHeader { reqid: 1, request_lsn: lsn, not_modified_since: lsn };
+        let Response::Nblocks { n, .. } = client.request(Request::Nblocks { hdr, rel })? else { bail!("Nblocks failed") };
+        let mut pages = Vec::new();
+        for blkno in 0..n {
+            match client.request(Request::GetPage { hdr, rel, blkno })? {
+                Response::GetPage { page, .. } => pages.push(page),
+                other => bail!("GetPage {blkno}: {other:?}"),
+            }
+        }
+        Ok((n, pages))
+    };
+    let before = pages_at(ingested)?;
+    assert!(before.0 > 10, "t has {} blocks", before.0);
+
     // A record that makes heap redo PANIC (an insert at offset 300 of a
     // one-tuple page): the host restarts and redo serves again.
     let mut panicking = r2.raw.to_vec();
@@ -133,5 +167,15 @@ fn bad_requests_get_clear_errors_and_redo_survives_errors_and_panics() -> Result
     })?;
     assert!(host.log().contains("invalid max offset number"), "{}", host.log_tail(30));
     assert_eq!(redo(&host, t, Some(&p1), &r2.raw, s(r2), e(r2))?.map_err(anyhow::Error::msg)?, p2);
+
+    // The timeline came back with everything it had ingested, and streams on.
+    host.wait_for("the timeline to come back", Duration::from_secs(120), || last_record_lsn().ok().filter(|l| *l >= ingested))?;
+    let after = pages_at(ingested)?;
+    assert_eq!(after.0, before.0, "relation size changed across the PANIC");
+    assert!(after.1 == before.1, "pages at {ingested} changed across the PANIC");
+    primary.sql("INSERT INTO t SELECT i, 'after' FROM generate_series(1, 1000) i")?;
+    let later = common::lsn(&primary, "pg_current_wal_lsn()")?;
+    host.wait_for("ingest after the restart", Duration::from_secs(120), || last_record_lsn().ok().filter(|l| *l >= later))?;
+    assert!(pages_at(later)?.0 > before.0);
     Ok(())
 }
