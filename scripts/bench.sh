@@ -17,7 +17,9 @@ run() {
 BENCHES=(
   "cargo run --release -p tools --bin repo_bench"
   "cargo run --release -p tools --bin wal_bench"
+  "cargo run --release -p tools --bin ingest_rss_bench"
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin redo_bench"
+  "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p tools --bin pagebench && cargo run --release -p tools --bin service_bench"
 )
 
 for b in "${BENCHES[@]}"; do

@@ -14,7 +14,14 @@ use std::time::Duration;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     CreateTenant { tenant: Option<String> },
-    CreateTimeline { tenant: String, timeline: Option<String>, conninfo: String, slot: Option<String> },
+    CreateTimeline {
+        tenant: String,
+        timeline: Option<String>,
+        conninfo: String,
+        slot: Option<String>,
+        #[serde(default)]
+        basebackup_tar: Option<String>,
+    },
     Branch { tenant: String, parent: String, lsn: Option<String>, timeline: Option<String> },
     ListTimelines,
     ListTenants,
@@ -44,10 +51,10 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         Command::CreateTenant { tenant } => {
             parse_opt_id("tenant id", &tenant).and_then(|id| manager.create_tenant(id)).map(|id| Reply::Id(id.to_string()))
         }
-        Command::CreateTimeline { tenant, timeline, conninfo, slot } => (|| {
+        Command::CreateTimeline { tenant, timeline, conninfo, slot, basebackup_tar } => (|| {
             let tenant = parse_id("tenant id", &tenant)?;
             let timeline = parse_opt_id("timeline id", &timeline)?;
-            manager.create_timeline(tenant, timeline, &conninfo, slot).map(|id| Reply::Id(id.to_string()))
+            manager.create_timeline(tenant, timeline, &conninfo, slot, basebackup_tar).map(|id| Reply::Id(id.to_string()))
         })(),
         Command::Branch { tenant, parent, lsn, timeline } => (|| {
             let tenant = parse_id("tenant id", &tenant)?;

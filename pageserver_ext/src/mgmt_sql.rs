@@ -46,19 +46,24 @@ fn create_tenant(tenant_id: default!(Option<String>, "NULL")) -> String {
 /// `pageserver_<first 16 digits of the timeline id>`), imports a base
 /// backup (progress is reported as NOTICEs and in `pageserver.timelines()`),
 /// then streams WAL from the slot. Returns the timeline id once the import
-/// is done.
+/// is done. With `basebackup_tar` (a path the host can read: the base.tar
+/// of `pg_basebackup -Ft -X none -C -S <slot>`), that file is imported at
+/// its `backup_label` LSN instead, and `slot_name` must name the existing
+/// slot that kept WAL since the backup.
 #[pg_extern]
 fn create_timeline(
     tenant_id: String,
     primary_conninfo: String,
     timeline_id: default!(Option<String>, "NULL"),
     slot_name: default!(Option<String>, "NULL"),
+    basebackup_tar: default!(Option<String>, "NULL"),
 ) -> String {
     let id = expect_id(call(&Command::CreateTimeline {
         tenant: tenant_id.clone(),
         timeline: timeline_id,
         conninfo: primary_conninfo,
         slot: slot_name,
+        basebackup_tar,
     }));
     let mut last_report = Instant::now();
     loop {

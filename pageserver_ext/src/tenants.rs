@@ -55,6 +55,10 @@ pub struct SourceMeta {
     pub pg_timeline: u32,
     /// The base backup's start LSN (0 until known).
     pub start_lsn: u64,
+    /// Import this tar file (a `pg_basebackup -Ft` base.tar) instead of
+    /// streaming `BASE_BACKUP`.
+    #[serde(default)]
+    pub basebackup_tar: Option<String>,
     /// `importing` or `active`.
     pub state: String,
 }
@@ -259,7 +263,19 @@ impl Manager {
         timeline_id: Option<TimelineId>,
         conninfo: &str,
         slot: Option<String>,
+        basebackup_tar: Option<String>,
     ) -> Result<TimelineId, String> {
+        let tar_start = match &basebackup_tar {
+            None => None,
+            Some(path) => {
+                if slot.is_none() {
+                    return Err("with basebackup_tar, slot_name must name the slot that kept WAL since the backup \
+                                (pg_basebackup -C -S <name> creates one)"
+                        .into());
+                }
+                Some(backup_label_lsn(Path::new(path))?)
+            }
+        };
         let tenant = self.tenant(tenant_id)?;
         let id = timeline_id.unwrap_or_else(random_id);
         if tenant.timelines.read().contains_key(&id) {
@@ -295,6 +311,24 @@ impl Manager {
             if seg != "16MB" {
                 return Err(format!("the primary has wal_segment_size = {seg}; only 16MB is supported"));
             }
+            if let Some(start) = tar_start {
+                let rows = conn.query(&format!("READ_REPLICATION_SLOT {slot}")).await.map_err(err)?;
+                let restart = rows.first().and_then(|r| r.get(1).cloned().flatten());
+                let Some(restart) = restart else {
+                    return Err(format!(
+                        "replication slot \"{slot}\" does not exist on the primary (or holds no WAL); \
+                         create it before taking the backup (pg_basebackup -C -S {slot})"
+                    ));
+                };
+                let restart: Lsn = restart.parse().map_err(|_| format!("bad restart_lsn {restart:?}"))?;
+                if restart > start {
+                    return Err(format!(
+                        "replication slot \"{slot}\" keeps WAL only from {restart}, after the backup's start {start}: \
+                         the WAL needed after the backup is gone"
+                    ));
+                }
+                return Ok::<_, String>((system, ()));
+            }
             match conn.query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL")).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some("42710") => {
@@ -314,6 +348,7 @@ impl Manager {
             system_id: system.system_id,
             pg_timeline: system.timeline,
             start_lsn: 0,
+            basebackup_tar,
             state: "importing".into(),
         };
         write_source(&tenant.dir, id, &source)?;
@@ -450,6 +485,24 @@ impl Manager {
             }
         }
     }
+}
+
+/// The start LSN a base backup tar's `backup_label` names.
+pub fn backup_label_lsn(path: &Path) -> Result<Lsn, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open basebackup_tar \"{}\": {e}", path.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let bad = |e: std::io::Error| format!("basebackup_tar \"{}\" is not a readable tar: {e}", path.display());
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().trim_start_matches("./").to_string();
+        if name == "backup_label" {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).map_err(bad)?;
+            return storage::import::parse_backup_label(&text).map_err(|e| format!("{}: backup_label: {e}", path.display()));
+        }
+    }
+    Err(format!("basebackup_tar \"{}\" has no backup_label: is it the base.tar of pg_basebackup -Ft?", path.display()))
 }
 
 /// A random 128-bit id (from the kernel; ids only need to be unique).

@@ -118,6 +118,34 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
     let addr = host.listener_addr().context("listener")?.to_string();
     let hdr = RequestHeader { reqid: 7, request_lsn: lsn, not_modified_since: lsn };
 
+    // Bootstrap from a tar file on disk instead of BASE_BACKUP.
+    let backup_dir = primary.root_dir().join("tarbackup");
+    primary.run_as_postgres_checked(
+        "pg_basebackup",
+        &["-Ft", "-X", "none", "-c", "fast", "-C", "-S", "tarslot", "-D", &backup_dir.display().to_string()],
+    )?;
+    let tar = backup_dir.join("base.tar").display().to_string();
+    let msg = sql_error(&host, &format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', basebackup_tar => '{tar}')"))?;
+    expect("tar without a slot", &msg, "slot_name must name the slot")?;
+    let msg = sql_error(
+        &host,
+        &format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'nosuch', basebackup_tar => '{tar}')"),
+    )?;
+    expect("tar with a missing slot", &msg, "replication slot \"nosuch\" does not exist")?;
+    let msg = sql_error(
+        &host,
+        &format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'tarslot', basebackup_tar => '/nonexistent.tar')"),
+    )?;
+    expect("missing tar", &msg, "cannot open basebackup_tar \"/nonexistent.tar\"")?;
+    let from_tar = host
+        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'tarslot', basebackup_tar => '{tar}')"))?
+        .unwrap();
+    primary.sql("INSERT INTO t SELECT generate_series(1, 100)")?;
+    let after_tar: Lsn = primary.sql_one("SELECT pg_current_wal_lsn()")?.unwrap().parse().map_err(|_| anyhow::anyhow!("lsn"))?;
+    host.wait_for("ingest into the timeline imported from a tar", Duration::from_secs(60), || {
+        timeline_row(&host, &from_tar).ok().filter(|r| r.0 >= after_tar)
+    })?;
+
     // Garbage on a pagestream: an error response, and the stream goes on.
     let mut raw = RawStream::open(&addr, &tenant, &timeline)?;
     raw.send(b'd', b"\x02garbage")?;
@@ -147,6 +175,12 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
     expect("unknown timeline", &err.to_string(), "timeline 00000000000000000000000000000001 not found")?;
 
     // An LSN far in the future times out with a message; the stream stays usable.
+    let mut tar_client = BlockingClient::connect(&addr, ProtocolVersion::V2, &tenant, &from_tar)?;
+    let tar_hdr = RequestHeader { reqid: 0, request_lsn: after_tar, not_modified_since: after_tar };
+    match tar_client.request(Request::Nblocks { hdr: tar_hdr, rel })? {
+        Response::Nblocks { n, .. } => ensure!(n >= 40, "t has {n} blocks on the timeline imported from a tar"),
+        other => bail!("Nblocks on the tar timeline got {other:?}"),
+    }
     let mut client = BlockingClient::connect(&addr, ProtocolVersion::V3, &tenant, &timeline)?;
     let future = RequestHeader { reqid: 8, request_lsn: Lsn(0xFFFF_0000_0000), not_modified_since: Lsn(0xFFFF_0000_0000) };
     match client.request(Request::GetPage { hdr: future, rel, blkno: 0 })? {

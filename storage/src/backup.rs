@@ -101,56 +101,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::key::{Key, RelTag, SlruKind, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
+use crate::key::{
+    Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM,
+    VISIBILITYMAP_FORKNUM,
+};
 use crate::lsn::Lsn;
+use crate::pg_control::{
+    CheckPoint, ControlFile, DB_SHUTDOWNED, PG_CONTROL_FILE_SIZE, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_SHUTDOWN,
+};
 use crate::repo::{RepoError, Timeline};
 use crate::wal::encode::{RecordBuilder, WalWriter};
 use crate::wal::record::record_crc;
-use crate::wal::{
-    rmgr, BLCKSZ, SIZE_OF_LONG_PAGE_HEADER, SIZE_OF_SHORT_PAGE_HEADER, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD,
-};
+use crate::wal::{page_header_size, rmgr, segment_file_name, BLCKSZ, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD};
 
-/// `GLOBALTABLESPACE_OID`: `global/`.
-pub const GLOBALTABLESPACE_OID: u32 = 1664;
-/// `DEFAULTTABLESPACE_OID`: `base/`.
-pub const DEFAULTTABLESPACE_OID: u32 = 1663;
-/// `PG_CONTROL_FILE_SIZE`: bytes of `global/pg_control`.
-pub const PG_CONTROL_FILE_SIZE: usize = 8192;
-/// `PG_CONTROL_VERSION` of PostgreSQL 15.
-pub const PG_CONTROL_VERSION: u32 = 1300;
-/// `sizeof(CheckPoint)` on 64-bit PostgreSQL 15.
-pub const SIZE_OF_CHECKPOINT: usize = 88;
-/// `XLOG_CHECKPOINT_SHUTDOWN` (rmgr XLOG).
-pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
-/// `DB_SHUTDOWNED` of `DBState`.
-pub const DB_SHUTDOWNED: u32 = 1;
 /// `xl_tot_len` of a checkpoint record: header, short data header, CheckPoint.
 pub const CHECKPOINT_RECORD_LEN: usize = crate::wal::SIZE_OF_XLOG_RECORD + 2 + SIZE_OF_CHECKPOINT;
-
-/// Offsets in `ControlFileData` (PostgreSQL 15, 64-bit; checked against
-/// the server headers with `offsetof`).
-mod cf {
-    pub const SYSTEM_IDENTIFIER: usize = 0;
-    pub const PG_CONTROL_VERSION: usize = 8;
-    pub const CATALOG_VERSION_NO: usize = 12;
-    pub const STATE: usize = 16;
-    pub const TIME: usize = 24;
-    pub const CHECKPOINT: usize = 32;
-    pub const CHECKPOINT_COPY: usize = 40;
-    pub const MIN_RECOVERY_POINT: usize = 136;
-    pub const MIN_RECOVERY_POINT_TLI: usize = 144;
-    pub const BACKUP_START_POINT: usize = 152;
-    pub const BACKUP_END_POINT: usize = 160;
-    pub const BACKUP_END_REQUIRED: usize = 168;
-    pub const MAX_PREPARED_XACTS: usize = 192;
-    pub const BLCKSZ: usize = 216;
-    pub const RELSEG_SIZE: usize = 220;
-    pub const XLOG_BLCKSZ: usize = 224;
-    pub const XLOG_SEG_SIZE: usize = 228;
-    pub const CRC: usize = 288;
-    /// `sizeof(ControlFileData)`.
-    pub const SIZE: usize = 296;
-}
 
 /// Which backup to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,187 +167,9 @@ fn invalid(what: &'static str, msg: impl Into<String>) -> BackupError {
     BackupError::Invalid { what, msg: msg.into() }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// PostgreSQL 15's `CheckPoint` (`catalog/pg_control.h`), 88 bytes little-endian:
-///
-/// ```text
-///  0 redo u64 | 8 ThisTimeLineID u32 | 12 PrevTimeLineID u32 | 16 fullPageWrites u8 | (pad)
-/// 24 nextXid u64 (epoch << 32 | xid) | 32 nextOid | 36 nextMulti | 40 nextMultiOffset
-/// 44 oldestXid | 48 oldestXidDB | 52 oldestMulti | 56 oldestMultiDB | (pad)
-/// 64 time i64 | 72 oldestCommitTsXid | 76 newestCommitTsXid | 80 oldestActiveXid | (pad)
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CheckPoint {
-    pub redo: Lsn,
-    pub this_timeline_id: u32,
-    pub prev_timeline_id: u32,
-    pub full_page_writes: bool,
-    /// `FullTransactionId`: epoch in the high 32 bits.
-    pub next_xid: u64,
-    pub next_oid: u32,
-    pub next_multi: u32,
-    pub next_multi_offset: u32,
-    pub oldest_xid: u32,
-    pub oldest_xid_db: u32,
-    pub oldest_multi: u32,
-    pub oldest_multi_db: u32,
-    /// `pg_time_t`: seconds since the Unix epoch.
-    pub time: i64,
-    pub oldest_commit_ts_xid: u32,
-    pub newest_commit_ts_xid: u32,
-    pub oldest_active_xid: u32,
-}
-
-impl CheckPoint {
-    /// Parses the struct; `bytes` must be exactly [`SIZE_OF_CHECKPOINT`] long.
-    pub fn decode(bytes: &[u8]) -> Result<CheckPoint, BackupError> {
-        if bytes.len() != SIZE_OF_CHECKPOINT {
-            return Err(invalid("checkpoint", format!("{} bytes, not {SIZE_OF_CHECKPOINT}", bytes.len())));
-        }
-        Ok(CheckPoint {
-            redo: Lsn(u64_at(bytes, 0)),
-            this_timeline_id: u32_at(bytes, 8),
-            prev_timeline_id: u32_at(bytes, 12),
-            full_page_writes: bytes[16] != 0,
-            next_xid: u64_at(bytes, 24),
-            next_oid: u32_at(bytes, 32),
-            next_multi: u32_at(bytes, 36),
-            next_multi_offset: u32_at(bytes, 40),
-            oldest_xid: u32_at(bytes, 44),
-            oldest_xid_db: u32_at(bytes, 48),
-            oldest_multi: u32_at(bytes, 52),
-            oldest_multi_db: u32_at(bytes, 56),
-            time: u64_at(bytes, 64) as i64,
-            oldest_commit_ts_xid: u32_at(bytes, 72),
-            newest_commit_ts_xid: u32_at(bytes, 76),
-            oldest_active_xid: u32_at(bytes, 80),
-        })
-    }
-
-    /// The 88 bytes, padding zeroed.
-    pub fn encode(&self) -> [u8; SIZE_OF_CHECKPOINT] {
-        let mut b = [0u8; SIZE_OF_CHECKPOINT];
-        put_u64(&mut b, 0, self.redo.0);
-        put_u32(&mut b, 8, self.this_timeline_id);
-        put_u32(&mut b, 12, self.prev_timeline_id);
-        b[16] = self.full_page_writes as u8;
-        put_u64(&mut b, 24, self.next_xid);
-        put_u32(&mut b, 32, self.next_oid);
-        put_u32(&mut b, 36, self.next_multi);
-        put_u32(&mut b, 40, self.next_multi_offset);
-        put_u32(&mut b, 44, self.oldest_xid);
-        put_u32(&mut b, 48, self.oldest_xid_db);
-        put_u32(&mut b, 52, self.oldest_multi);
-        put_u32(&mut b, 56, self.oldest_multi_db);
-        put_u64(&mut b, 64, self.time as u64);
-        put_u32(&mut b, 72, self.oldest_commit_ts_xid);
-        put_u32(&mut b, 76, self.newest_commit_ts_xid);
-        put_u32(&mut b, 80, self.oldest_active_xid);
-        b
-    }
-}
-
-/// The fields of `pg_control` a backup reads, from a checked control file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlFile {
-    pub system_identifier: u64,
-    pub catalog_version_no: u32,
-    /// `DBState` (1 = shut down, 5 = in production, ...).
-    pub state: u32,
-    pub time: i64,
-    /// `checkPoint`: the last checkpoint record's position.
-    pub checkpoint: Lsn,
-    pub checkpoint_copy: CheckPoint,
-    pub min_recovery_point: Lsn,
-    pub backup_start_point: Lsn,
-    pub backup_end_point: Lsn,
-    pub backup_end_required: bool,
-    pub max_prepared_xacts: u32,
-    pub relseg_size: u32,
-    pub xlog_seg_size: u32,
-}
-
-impl ControlFile {
-    /// Parses and checks a control file: length, `pg_control_version`, CRC,
-    /// block sizes, segment sizes.
-    pub fn parse(bytes: &[u8]) -> Result<ControlFile, BackupError> {
-        const WHAT: &str = "pg_control";
-        if bytes.len() < cf::SIZE {
-            return Err(invalid(WHAT, format!("{} bytes, shorter than ControlFileData", bytes.len())));
-        }
-        let version = u32_at(bytes, cf::PG_CONTROL_VERSION);
-        if version != PG_CONTROL_VERSION {
-            return Err(invalid(WHAT, format!("pg_control_version {version}, not {PG_CONTROL_VERSION} (PostgreSQL 15)")));
-        }
-        let stored = u32_at(bytes, cf::CRC);
-        let computed = control_file_crc(bytes);
-        if stored != computed {
-            return Err(invalid(WHAT, format!("CRC {stored:08X} stored, {computed:08X} computed")));
-        }
-        for (at, name) in [(cf::BLCKSZ, "blcksz"), (cf::XLOG_BLCKSZ, "xlog_blcksz")] {
-            if u32_at(bytes, at) != 8192 {
-                return Err(invalid(WHAT, format!("{name} {} is not 8192", u32_at(bytes, at))));
-            }
-        }
-        let seg = u32_at(bytes, cf::XLOG_SEG_SIZE);
-        if !seg.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg) {
-            return Err(invalid(WHAT, format!("xlog_seg_size {seg} is not a power of two from 1 MiB to 1 GiB")));
-        }
-        let relseg = u32_at(bytes, cf::RELSEG_SIZE);
-        if relseg == 0 {
-            return Err(invalid(WHAT, "relseg_size is 0"));
-        }
-        Ok(ControlFile {
-            system_identifier: u64_at(bytes, cf::SYSTEM_IDENTIFIER),
-            catalog_version_no: u32_at(bytes, cf::CATALOG_VERSION_NO),
-            state: u32_at(bytes, cf::STATE),
-            time: u64_at(bytes, cf::TIME) as i64,
-            checkpoint: Lsn(u64_at(bytes, cf::CHECKPOINT)),
-            checkpoint_copy: CheckPoint::decode(&bytes[cf::CHECKPOINT_COPY..cf::CHECKPOINT_COPY + SIZE_OF_CHECKPOINT])?,
-            min_recovery_point: Lsn(u64_at(bytes, cf::MIN_RECOVERY_POINT)),
-            backup_start_point: Lsn(u64_at(bytes, cf::BACKUP_START_POINT)),
-            backup_end_point: Lsn(u64_at(bytes, cf::BACKUP_END_POINT)),
-            backup_end_required: bytes[cf::BACKUP_END_REQUIRED] != 0,
-            max_prepared_xacts: u32_at(bytes, cf::MAX_PREPARED_XACTS),
-            relseg_size: relseg,
-            xlog_seg_size: seg,
-        })
-    }
-}
-
-/// CRC-32C of `ControlFileData` up to its `crc` field, as `update_controlfile` computes it.
-pub fn control_file_crc(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(&bytes[..cf::CRC])
-}
-
-/// The name of WAL segment `segno` on timeline `tli` (`XLogFileName`).
-pub fn wal_segment_file_name(tli: u32, segno: u64, seg_size: u64) -> String {
-    let per_xlogid = 0x1_0000_0000 / seg_size;
-    format!("{tli:08X}{:08X}{:08X}", segno / per_xlogid, segno % per_xlogid)
-}
-
-fn page_header_size(page: u64, seg_size: u64) -> u64 {
-    // `page` is page-aligned: only a segment's first page is below XLOG_BLCKSZ.
-    if page % seg_size < XLOG_BLCKSZ {
-        SIZE_OF_LONG_PAGE_HEADER as u64
-    } else {
-        SIZE_OF_SHORT_PAGE_HEADER as u64
-    }
+/// Parses and checks the stored control file.
+fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, BackupError> {
+    ControlFile::parse(bytes).map_err(|msg| invalid("pg_control", msg))
 }
 
 /// Where the checkpoint record for a backup at `lsn` starts: `lsn` itself,
@@ -399,7 +186,7 @@ pub fn checkpoint_position(lsn: Lsn, seg_size: u64) -> Result<Lsn, BackupError> 
     }
     let in_page = lsn.0 % XLOG_BLCKSZ;
     let page = lsn.0 - in_page;
-    let header = page_header_size(page, seg_size);
+    let header = page_header_size(Lsn(page), seg_size) as u64;
     if in_page == 0 {
         Ok(Lsn(page + header))
     } else if in_page < header {
@@ -453,7 +240,7 @@ pub fn shutdown_checkpoint(
     lsn: Lsn,
     now: SystemTime,
 ) -> Result<ShutdownCheckpoint, BackupError> {
-    let control = ControlFile::parse(control_file)?;
+    let control = parse_control_file(control_file)?;
     let seg_size = u64::from(control.xlog_seg_size);
     let pos = checkpoint_position(lsn, seg_size)?;
     let tli = checkpoint.this_timeline_id;
@@ -473,7 +260,7 @@ pub fn shutdown_checkpoint(
     // The record's page from its start; bytes before the record are declared
     // the tail of a continued record (see the module docs).
     let page = pos.0 - pos.0 % XLOG_BLCKSZ;
-    let gap = pos.0 - page - page_header_size(page, seg_size);
+    let gap = pos.0 - page - page_header_size(Lsn(page), seg_size) as u64;
     let mut writer = WalWriter::new(Lsn(page), Lsn::INVALID, control.system_identifier, tli, seg_size);
     if gap > 0 {
         writer.append_raw(&vec![0u8; gap as usize]);
@@ -503,24 +290,27 @@ pub fn shutdown_checkpoint(
             chunks.push((0, first.into_bytes()));
         }
         chunks.push((offset, rest[..n].to_vec()));
-        wal_segments.push(WalSegmentFile { name: wal_segment_file_name(tli, segno, seg_size), size: seg_size, chunks });
+        wal_segments.push(WalSegmentFile { name: segment_file_name(tli, segno, seg_size), size: seg_size, chunks });
         rest = &rest[n..];
         at += n as u64;
     }
 
+    // RewriteControlFile: every other field as stored.
+    let shut_down = ControlFile {
+        state: DB_SHUTDOWNED,
+        time: now_secs,
+        checkpoint: pos,
+        checkpoint_copy: cp,
+        min_recovery_point: Lsn::INVALID,
+        min_recovery_point_tli: 0,
+        backup_start_point: Lsn::INVALID,
+        backup_end_point: Lsn::INVALID,
+        backup_end_required: false,
+        ..control
+    };
     let mut out = control_file.to_vec();
     out.resize(PG_CONTROL_FILE_SIZE, 0);
-    put_u32(&mut out, cf::STATE, DB_SHUTDOWNED);
-    put_u64(&mut out, cf::TIME, now_secs as u64);
-    put_u64(&mut out, cf::CHECKPOINT, pos.0);
-    out[cf::CHECKPOINT_COPY..cf::CHECKPOINT_COPY + SIZE_OF_CHECKPOINT].copy_from_slice(&cp.encode());
-    put_u64(&mut out, cf::MIN_RECOVERY_POINT, 0);
-    put_u32(&mut out, cf::MIN_RECOVERY_POINT_TLI, 0);
-    put_u64(&mut out, cf::BACKUP_START_POINT, 0);
-    put_u64(&mut out, cf::BACKUP_END_POINT, 0);
-    out[cf::BACKUP_END_REQUIRED] = 0;
-    let crc = control_file_crc(&out);
-    put_u32(&mut out, cf::CRC, crc);
+    shut_down.write_to(&mut out);
 
     Ok(ShutdownCheckpoint { control_file: out, checkpoint: cp, checkpoint_lsn: pos, end_lsn: end, wal_segments })
 }
@@ -825,9 +615,9 @@ impl<W: Write> Backup<'_, W> {
 /// `last_record_lsn` (wait for it first) and not below its GC cutoff.
 pub fn write_backup_tar<W: Write>(timeline: &Timeline, lsn: Lsn, kind: BackupKind, out: W) -> Result<BackupStats, BackupError> {
     let control_bytes = timeline.get(Key::control_file(), lsn)?.ok_or(BackupError::Missing { what: "pg_control", lsn })?;
-    let control = ControlFile::parse(&control_bytes)?;
+    let control = parse_control_file(&control_bytes)?;
     let checkpoint = match timeline.get(Key::checkpoint(), lsn)? {
-        Some(bytes) => CheckPoint::decode(&bytes)?,
+        Some(bytes) => CheckPoint::decode(&bytes).map_err(|msg| invalid("checkpoint", msg))?,
         // Only pg_control at hand: its copy of the last checkpoint.
         None => control.checkpoint_copy,
     };
@@ -915,30 +705,23 @@ mod tests {
     use super::*;
 
     fn control_file(seg_size: u32) -> Vec<u8> {
-        let mut b = vec![0u8; PG_CONTROL_FILE_SIZE];
-        put_u64(&mut b, cf::SYSTEM_IDENTIFIER, 0x1234_5678_9abc_def0);
-        put_u32(&mut b, cf::PG_CONTROL_VERSION, PG_CONTROL_VERSION);
-        put_u32(&mut b, cf::CATALOG_VERSION_NO, 202209061);
-        put_u32(&mut b, cf::STATE, 5);
-        put_u32(&mut b, cf::BLCKSZ, 8192);
-        put_u32(&mut b, cf::RELSEG_SIZE, 131072);
-        put_u32(&mut b, cf::XLOG_BLCKSZ, 8192);
-        put_u32(&mut b, cf::XLOG_SEG_SIZE, seg_size);
-        put_u64(&mut b, cf::BACKUP_START_POINT, 0x100);
-        let crc = control_file_crc(&b);
-        put_u32(&mut b, cf::CRC, crc);
-        b
+        ControlFile {
+            system_identifier: 0x1234_5678_9abc_def0,
+            pg_control_version: crate::pg_control::PG_CONTROL_VERSION,
+            catalog_version_no: 202209061,
+            state: crate::pg_control::DB_IN_ARCHIVE_RECOVERY,
+            blcksz: 8192,
+            relseg_size: 131072,
+            xlog_blcksz: 8192,
+            xlog_seg_size: seg_size,
+            backup_start_point: Lsn(0x100),
+            ..ControlFile::default()
+        }
+        .encode()
     }
 
     fn checkpoint() -> CheckPoint {
         CheckPoint { this_timeline_id: 1, prev_timeline_id: 1, full_page_writes: true, next_xid: 740, next_oid: 16400, oldest_active_xid: 739, ..Default::default() }
-    }
-
-    #[test]
-    fn checkpoint_round_trips() {
-        let cp = CheckPoint { redo: Lsn(0x1_2345_6788), next_xid: (3 << 32) | 99, time: -5, oldest_commit_ts_xid: 7, ..checkpoint() };
-        assert_eq!(CheckPoint::decode(&cp.encode()).unwrap(), cp);
-        assert!(CheckPoint::decode(&[0u8; 87]).is_err());
     }
 
     #[test]
@@ -954,28 +737,26 @@ mod tests {
         assert!(checkpoint_position(Lsn(0), seg).is_err());
     }
 
-    #[test]
-    fn segment_names() {
-        assert_eq!(wal_segment_file_name(1, 1, 16 << 20), "000000010000000000000001");
-        assert_eq!(wal_segment_file_name(2, 0x1_23, 16 << 20), "000000020000000100000023");
-        assert_eq!(wal_segment_file_name(1, 0x1_23, 1 << 30), "000000010000004800000003");
-    }
-
     /// The record decodes with the crate's own decoder, at every kind of position.
     #[test]
-    fn record_decodes_and_control_file_checks() {
+    fn record_decodes_and_control_file_is_rewritten() {
         let seg: u64 = 16 << 20;
         let control = control_file(seg as u32);
         for lsn in [0x0300_0000u64, 0x0300_0028, 0x0300_2000, 0x0300_2f00, 0x0300_4000 - 56, 0x0400_0000 - 64] {
             let s = shutdown_checkpoint(&control, &checkpoint(), Lsn(lsn), UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)).unwrap();
             let parsed = ControlFile::parse(&s.control_file).unwrap();
-            assert_eq!(parsed.state, DB_SHUTDOWNED);
-            assert_eq!(parsed.checkpoint, s.checkpoint_lsn);
+            let rewritten = ControlFile {
+                state: DB_SHUTDOWNED,
+                time: 1_700_000_000,
+                checkpoint: s.checkpoint_lsn,
+                checkpoint_copy: s.checkpoint,
+                backup_start_point: Lsn(0),
+                ..ControlFile::parse(&control).unwrap()
+            };
+            assert_eq!(parsed, rewritten);
             assert_eq!(parsed.checkpoint_copy.redo, s.checkpoint_lsn);
             assert_eq!(parsed.checkpoint_copy.next_oid, 16400);
             assert_eq!(parsed.checkpoint_copy.oldest_active_xid, 0);
-            assert_eq!(parsed.backup_start_point, Lsn(0));
-            assert_eq!(parsed.time, 1_700_000_000);
             // Decode from the record's start with the stream decoder.
             let mut bytes = Vec::new();
             for segment in &s.wal_segments {
@@ -995,8 +776,5 @@ mod tests {
             let crosses_segment = lsn == 0x0400_0000 - 64;
             assert_eq!(s.wal_segments.len(), if crosses_segment { 2 } else { 1 }, "{lsn:X}");
         }
-        let mut bad = control.clone();
-        bad[100] ^= 1;
-        assert!(ControlFile::parse(&bad).is_err());
     }
 }

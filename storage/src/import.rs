@@ -3,7 +3,8 @@
 //! This module owns the mapping from the files of a data directory, as a
 //! base backup carries them, onto the key space ([`crate::key`]), and the
 //! parsing of the few files whose contents it must understand
-//! (`global/pg_control`, `backup_label`, two-phase state files).
+//! (`backup_label`, two-phase state files, and `global/pg_control` through
+//! [`crate::pg_control`]).
 //! [`import_basebackup_tar`] reads the tar that `pg_basebackup -Ft -X none`
 //! writes as `base.tar` (and that `BASE_BACKUP` streams for the main
 //! tablespace) and puts every version at one LSN, the backup's start LSN:
@@ -46,52 +47,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::key::{Key, RelTag, SlruKind, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
+use crate::key::{
+    Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM,
+    VISIBILITYMAP_FORKNUM,
+};
 use crate::lsn::Lsn;
+use crate::pg_control::{offsets, ControlFile, PG_CONTROL_FILE_SIZE, SIZE_OF_CHECKPOINT};
 use crate::repo::dirs::{encode_db_dir, encode_nblocks, encode_rel_dir, encode_u32_dir};
 use crate::repo::{RepoError, TimelineWriter};
 use crate::value::Value;
+use crate::wal::ingest::SLRU_PAGES_PER_SEGMENT;
+use crate::wal::record::u32_at;
+use crate::wal::BLCKSZ;
 
-/// PostgreSQL's block size.
-pub const BLCKSZ: usize = 8192;
-/// Blocks per relation segment file (`RELSEG_SIZE`, 1 GiB of 8 KiB blocks).
+/// Blocks per relation segment file (`RELSEG_SIZE`, 1 GiB of 8 KiB blocks):
+/// the only segment size an import accepts.
 pub const RELSEG_SIZE: u32 = 131_072;
-/// Pages per SLRU segment file.
-pub const SLRU_PAGES_PER_SEGMENT: u32 = 32;
-/// `DEFAULTTABLESPACE_OID`.
-pub const DEFAULT_TABLESPACE_OID: u32 = 1663;
-/// `GLOBALTABLESPACE_OID`.
-pub const GLOBAL_TABLESPACE_OID: u32 = 1664;
 /// Size of `pg_filenode.map` (`RELMAPPER_FILESIZE`).
 pub const RELMAPPER_FILESIZE: usize = 512;
-/// Size of `global/pg_control` on disk (`PG_CONTROL_FILE_SIZE`).
-pub const PG_CONTROL_FILE_SIZE: usize = 8192;
-/// `PG_CONTROL_VERSION` of PostgreSQL 15.
-pub const PG_CONTROL_VERSION: u32 = 1300;
-/// `sizeof(CheckPoint)`.
-pub const SIZEOF_CHECKPOINT: usize = 88;
 /// `TWOPHASE_MAGIC`.
 const TWOPHASE_MAGIC: u32 = 0x57F9_4534;
-
-/// Offsets in `ControlFileData` (x86-64 and every other 64-bit platform
-/// PostgreSQL 15 supports: 8-byte alignment of `uint64`, `pg_time_t`, `double`).
-mod control_offsets {
-    pub const SYSTEM_IDENTIFIER: usize = 0;
-    pub const PG_CONTROL_VERSION: usize = 8;
-    pub const CATALOG_VERSION_NO: usize = 12;
-    pub const STATE: usize = 16;
-    pub const CHECKPOINT: usize = 32;
-    pub const CHECKPOINT_COPY: usize = 40;
-    pub const WAL_LEVEL: usize = 172;
-    pub const WAL_LOG_HINTS: usize = 176;
-    pub const BLCKSZ: usize = 216;
-    pub const RELSEG_SIZE: usize = 220;
-    pub const XLOG_BLCKSZ: usize = 224;
-    pub const XLOG_SEG_SIZE: usize = 228;
-    pub const DATA_CHECKSUM_VERSION: usize = 252;
-    /// `offsetof(ControlFileData, crc)`: the CRC covers everything before it.
-    pub const CRC: usize = 288;
-}
 
 /// Progress of an import, readable from another thread while it runs.
 #[derive(Debug, Default)]
@@ -138,76 +113,14 @@ fn invalid(path: &str, msg: impl Into<String>) -> ImportError {
     ImportError::InvalidFile { path: path.to_string(), msg: msg.into() }
 }
 
-/// The fields of `pg_control` that callers check (the rest stays in the stored file).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlFileInfo {
-    pub system_identifier: u64,
-    pub pg_control_version: u32,
-    pub catalog_version_no: u32,
-    /// `DBState` (0 starting up, 1 shut down, 2 shut down in recovery, 3 shutting down, 4 in crash recovery, 5 in archive recovery, 6 in production).
-    pub state: u32,
-    /// Location of the last checkpoint record.
-    pub checkpoint_lsn: Lsn,
-    /// The raw `CheckPoint` struct of that record (`checkPointCopy`).
-    pub checkpoint: [u8; SIZEOF_CHECKPOINT],
-    pub wal_level: i32,
-    pub wal_log_hints: bool,
-    pub blcksz: u32,
-    pub relseg_size: u32,
-    pub xlog_blcksz: u32,
-    pub xlog_seg_size: u32,
-    /// 0 without data checksums.
-    pub data_checksum_version: u32,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-/// Parses and checks `global/pg_control`: the CRC-32C over the struct, the
-/// PostgreSQL 15 control version, 8 KiB blocks and 1 GiB segments.
-pub fn parse_control_file(bytes: &[u8]) -> Result<ControlFileInfo, String> {
-    use control_offsets as o;
-    if bytes.len() < o::CRC + 4 {
-        return Err(format!("{} bytes, too short for ControlFileData", bytes.len()));
+/// Parses and checks `global/pg_control` ([`ControlFile::parse`]); an
+/// import also needs 1 GiB relation segments ([`RELSEG_SIZE`]).
+fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, String> {
+    let control = ControlFile::parse(bytes)?;
+    if control.relseg_size != RELSEG_SIZE {
+        return Err(format!("segment size {} blocks is not {RELSEG_SIZE}", control.relseg_size));
     }
-    let stored = le32(bytes, o::CRC);
-    let computed = crc32c::crc32c(&bytes[..o::CRC]);
-    if stored != computed {
-        return Err(format!("incorrect CRC: stored {stored:08X}, computed {computed:08X}"));
-    }
-    let info = ControlFileInfo {
-        system_identifier: le64(bytes, o::SYSTEM_IDENTIFIER),
-        pg_control_version: le32(bytes, o::PG_CONTROL_VERSION),
-        catalog_version_no: le32(bytes, o::CATALOG_VERSION_NO),
-        state: le32(bytes, o::STATE),
-        checkpoint_lsn: Lsn(le64(bytes, o::CHECKPOINT)),
-        checkpoint: bytes[o::CHECKPOINT_COPY..o::CHECKPOINT_COPY + SIZEOF_CHECKPOINT].try_into().unwrap(),
-        wal_level: le32(bytes, o::WAL_LEVEL) as i32,
-        wal_log_hints: bytes[o::WAL_LOG_HINTS] != 0,
-        blcksz: le32(bytes, o::BLCKSZ),
-        relseg_size: le32(bytes, o::RELSEG_SIZE),
-        xlog_blcksz: le32(bytes, o::XLOG_BLCKSZ),
-        xlog_seg_size: le32(bytes, o::XLOG_SEG_SIZE),
-        data_checksum_version: le32(bytes, o::DATA_CHECKSUM_VERSION),
-    };
-    if info.pg_control_version != PG_CONTROL_VERSION {
-        return Err(format!(
-            "pg_control version {} is not PostgreSQL 15's {PG_CONTROL_VERSION}",
-            info.pg_control_version
-        ));
-    }
-    if info.blcksz as usize != BLCKSZ || info.xlog_blcksz as usize != BLCKSZ {
-        return Err(format!("block size {} / WAL block size {} is not 8192", info.blcksz, info.xlog_blcksz));
-    }
-    if info.relseg_size != RELSEG_SIZE {
-        return Err(format!("segment size {} blocks is not {RELSEG_SIZE}", info.relseg_size));
-    }
-    Ok(info)
+    Ok(control)
 }
 
 /// The `START WAL LOCATION` of a `backup_label`.
@@ -277,28 +190,28 @@ fn classify(path: &str, is_dir: bool) -> Result<Entry, ImportError> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     let db_number = |s: &str| parse_rel_file_name(s).filter(|(_, fork, seg)| *fork == MAIN_FORKNUM && *seg == 0).map(|(n, ..)| n);
     Ok(match parts.as_slice() {
-        ["global"] => Entry::DbMarker { spc: GLOBAL_TABLESPACE_OID, db: 0 },
+        ["global"] => Entry::DbMarker { spc: GLOBALTABLESPACE_OID, db: 0 },
         ["global", "pg_control"] => Entry::Control,
-        ["global", "pg_filenode.map"] => Entry::RelMap { spc: GLOBAL_TABLESPACE_OID, db: 0 },
+        ["global", "pg_filenode.map"] => Entry::RelMap { spc: GLOBALTABLESPACE_OID, db: 0 },
         ["global", name] if name.starts_with("pg_internal.init") => Entry::Skip,
         ["global", name] => match parse_rel_file_name(name) {
-            Some((rel, fork, segno)) if !is_dir => Entry::Rel { rel: RelTag::new(GLOBAL_TABLESPACE_OID, 0, rel, fork), segno },
+            Some((rel, fork, segno)) if !is_dir => Entry::Rel { rel: RelTag::new(GLOBALTABLESPACE_OID, 0, rel, fork), segno },
             _ => return Err(invalid(path, "not a relation file, pg_control or pg_filenode.map")),
         },
         ["global", ..] => return Err(invalid(path, "unexpected entry under global/")),
         ["base"] | ["base", "pgsql_tmp", ..] => Entry::Skip,
         ["base", db] => match db_number(db) {
-            Some(db) if is_dir => Entry::DbMarker { spc: DEFAULT_TABLESPACE_OID, db },
+            Some(db) if is_dir => Entry::DbMarker { spc: DEFAULTTABLESPACE_OID, db },
             _ => return Err(invalid(path, "not a database directory (base/<oid>/)")),
         },
         ["base", db, name] => {
             let db = db_number(db).ok_or_else(|| invalid(path, "not in a database directory (base/<oid>/)"))?;
             match *name {
-                "PG_VERSION" => Entry::DbMarker { spc: DEFAULT_TABLESPACE_OID, db },
-                "pg_filenode.map" => Entry::RelMap { spc: DEFAULT_TABLESPACE_OID, db },
+                "PG_VERSION" => Entry::DbMarker { spc: DEFAULTTABLESPACE_OID, db },
+                "pg_filenode.map" => Entry::RelMap { spc: DEFAULTTABLESPACE_OID, db },
                 _ if name.starts_with("pg_internal.init") || is_temp_rel_file(name) => Entry::Skip,
                 _ => match parse_rel_file_name(name) {
-                    Some((rel, fork, segno)) if !is_dir => Entry::Rel { rel: RelTag::new(DEFAULT_TABLESPACE_OID, db, rel, fork), segno },
+                    Some((rel, fork, segno)) if !is_dir => Entry::Rel { rel: RelTag::new(DEFAULTTABLESPACE_OID, db, rel, fork), segno },
                     _ => return Err(invalid(path, "unknown file in a database directory (expected <relnode>[_fsm|_vm|_init][.<segno>])")),
                 },
             }
@@ -359,7 +272,7 @@ struct Gathered {
     rels: BTreeMap<RelTag, BTreeMap<u32, (u32, String)>>,
     slru: BTreeMap<SlruKind, BTreeSet<u32>>,
     twophase: BTreeSet<u32>,
-    control: Option<ControlFileInfo>,
+    control: Option<ControlFile>,
 }
 
 /// Imports every file of a PostgreSQL 15 base backup tar (the format of
@@ -462,8 +375,10 @@ pub fn import_basebackup_tar<R: Read>(
                     return Err(invalid(&path, format!("{} bytes, not {PG_CONTROL_FILE_SIZE}", bytes.len())));
                 }
                 let info = parse_control_file(&bytes).map_err(|msg| invalid(&path, msg))?;
-                g.dbs.insert((GLOBAL_TABLESPACE_OID, 0));
-                writer.put(Key::checkpoint(), lsn, Value::Image(Bytes::copy_from_slice(&info.checkpoint)))?;
+                g.dbs.insert((GLOBALTABLESPACE_OID, 0));
+                // checkPointCopy as stored, not re-encoded.
+                let checkpoint = &bytes[offsets::CHECKPOINT_COPY..offsets::CHECKPOINT_COPY + SIZE_OF_CHECKPOINT];
+                writer.put(Key::checkpoint(), lsn, Value::Image(Bytes::copy_from_slice(checkpoint)))?;
                 writer.put(Key::control_file(), lsn, Value::Image(Bytes::from(bytes)))?;
                 g.control = Some(info);
             }
@@ -558,16 +473,16 @@ pub fn check_twophase_file(bytes: &[u8]) -> Result<&[u8], String> {
     if bytes.len() < 8 + 4 {
         return Err(format!("{} bytes, too short for a two-phase state file", bytes.len()));
     }
-    let magic = le32(bytes, 0);
+    let magic = u32_at(bytes, 0);
     if magic != TWOPHASE_MAGIC {
         return Err(format!("magic {magic:08X} is not {TWOPHASE_MAGIC:08X}"));
     }
-    let total_len = le32(bytes, 4) as usize;
+    let total_len = u32_at(bytes, 4) as usize;
     if total_len != bytes.len() {
         return Err(format!("header says {total_len} bytes, the file has {}", bytes.len()));
     }
     let (data, trailer) = bytes.split_at(bytes.len() - 4);
-    let stored = le32(trailer, 0);
+    let stored = u32_at(trailer, 0);
     let computed = crc32c::crc32c(data);
     if stored != computed {
         return Err(format!("incorrect CRC: stored {stored:08X}, computed {computed:08X}"));
@@ -603,21 +518,25 @@ mod tests {
 
     /// A pg_control with a valid CRC whose checkpoint bytes are 1, 2, 3, ...
     fn control_file() -> Vec<u8> {
-        use control_offsets as o;
-        let mut b = vec![0u8; PG_CONTROL_FILE_SIZE];
-        b[o::SYSTEM_IDENTIFIER..o::SYSTEM_IDENTIFIER + 8].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
-        b[o::PG_CONTROL_VERSION..o::PG_CONTROL_VERSION + 4].copy_from_slice(&PG_CONTROL_VERSION.to_le_bytes());
-        b[o::STATE..o::STATE + 4].copy_from_slice(&6u32.to_le_bytes());
-        b[o::CHECKPOINT..o::CHECKPOINT + 8].copy_from_slice(&(LSN.0 + 0x60).to_le_bytes());
-        for (i, byte) in b[o::CHECKPOINT_COPY..o::CHECKPOINT_COPY + SIZEOF_CHECKPOINT].iter_mut().enumerate() {
+        use crate::pg_control::{control_file_crc, DB_IN_PRODUCTION, PG_CONTROL_VERSION};
+        let mut b = ControlFile {
+            system_identifier: 7_000_000_000_000_000_001,
+            pg_control_version: PG_CONTROL_VERSION,
+            state: DB_IN_PRODUCTION,
+            checkpoint: Lsn(LSN.0 + 0x60),
+            blcksz: 8192,
+            relseg_size: RELSEG_SIZE,
+            xlog_blcksz: 8192,
+            xlog_seg_size: 16 << 20,
+            ..ControlFile::default()
+        }
+        .encode();
+        // Padding included: the import must store the bytes as they are.
+        for (i, byte) in b[offsets::CHECKPOINT_COPY..offsets::CHECKPOINT_COPY + SIZE_OF_CHECKPOINT].iter_mut().enumerate() {
             *byte = i as u8 + 1;
         }
-        b[o::BLCKSZ..o::BLCKSZ + 4].copy_from_slice(&8192u32.to_le_bytes());
-        b[o::RELSEG_SIZE..o::RELSEG_SIZE + 4].copy_from_slice(&RELSEG_SIZE.to_le_bytes());
-        b[o::XLOG_BLCKSZ..o::XLOG_BLCKSZ + 4].copy_from_slice(&8192u32.to_le_bytes());
-        b[o::XLOG_SEG_SIZE..o::XLOG_SEG_SIZE + 4].copy_from_slice(&(16u32 << 20).to_le_bytes());
-        let crc = crc32c::crc32c(&b[..o::CRC]);
-        b[o::CRC..o::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        let crc = control_file_crc(&b);
+        b[offsets::CRC..offsets::CRC + 4].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -768,7 +687,7 @@ mod tests {
         // 5 forks + 2 relmaps + pg_control + 3 SLRU segments + 1 state file.
         assert_eq!(stats.files, 12);
         let info = parse_control_file(&control).unwrap();
-        assert_eq!(info.checkpoint_lsn, Lsn(LSN.0 + 0x60));
+        assert_eq!(info.checkpoint, Lsn(LSN.0 + 0x60));
         assert_eq!(info.system_identifier, 7_000_000_000_000_000_001);
     }
 

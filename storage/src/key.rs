@@ -57,6 +57,12 @@ pub const KIND_CONTROL: u8 = 0x30;
 /// `field6` of a relation or SLRU segment size key.
 const SIZE_MARKER: u32 = u32::MAX;
 
+/// `DEFAULTTABLESPACE_OID`: `pg_default`, the data directory's `base/`.
+pub const DEFAULTTABLESPACE_OID: u32 = 1663;
+/// `GLOBALTABLESPACE_OID`: `pg_global`, the data directory's `global/`
+/// (the shared catalogs, database 0).
+pub const GLOBALTABLESPACE_OID: u32 = 1664;
+
 /// PostgreSQL fork numbers (`ForkNumber`).
 pub const MAIN_FORKNUM: u8 = 0;
 pub const FSM_FORKNUM: u8 = 1;

@@ -8,6 +8,7 @@ pub mod import;
 pub mod key;
 pub mod lsn;
 pub mod pagestream;
+pub mod pg_control;
 pub mod project_redo;
 pub mod value;
 pub mod wal;

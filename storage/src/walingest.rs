@@ -51,6 +51,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::key::{Key, KeyClass, RelTag, SlruKind, INIT_FORKNUM, MAIN_FORKNUM};
 use crate::lsn::Lsn;
+use crate::pg_control::{
+    multixact_id_precedes, transaction_id_precedes, CheckPoint, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_ONLINE,
+    XLOG_CHECKPOINT_SHUTDOWN,
+};
 use crate::repo::dirs::{
     decode_db_dir, decode_nblocks, decode_rel_dir, decode_u32_dir, encode_db_dir, encode_nblocks, encode_rel_dir,
     encode_u32_dir,
@@ -59,161 +63,6 @@ use crate::repo::{RepoError, Timeline, TimelineId, TimelineWriter};
 use crate::value::{ProjectRecord, RecordPayload, Value, WalRecordValue};
 use crate::wal::ingest::{ingest_record, IngestChange, IngestError};
 use crate::wal::{rmgr, DecodedRecord};
-
-/// `sizeof(CheckPoint)`.
-pub const SIZEOF_CHECKPOINT: usize = 88;
-/// `FirstNormalTransactionId`.
-pub const FIRST_NORMAL_TRANSACTION_ID: u32 = 3;
-
-const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
-const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
-
-/// PostgreSQL 15's `CheckPoint` (`catalog/pg_control.h`), 88 bytes:
-///
-/// ```text
-///  0 redo u64            8 ThisTimeLineID u32   12 PrevTimeLineID u32
-/// 16 fullPageWrites u8  24 nextXid u64 (epoch << 32 | xid)
-/// 32 nextOid  36 nextMulti  40 nextMultiOffset  44 oldestXid  48 oldestXidDB
-/// 52 oldestMulti  56 oldestMultiDB  64 time i64
-/// 72 oldestCommitTsXid  76 newestCommitTsXid  80 oldestActiveXid
-/// ```
-///
-/// Padding is written as zeros, as `CreateCheckPoint` leaves it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CheckPoint {
-    pub redo: Lsn,
-    pub this_timeline_id: u32,
-    pub prev_timeline_id: u32,
-    pub full_page_writes: bool,
-    /// `FullTransactionId`: epoch in the high 32 bits.
-    pub next_xid: u64,
-    pub next_oid: u32,
-    pub next_multi: u32,
-    pub next_multi_offset: u32,
-    pub oldest_xid: u32,
-    pub oldest_xid_db: u32,
-    pub oldest_multi: u32,
-    pub oldest_multi_db: u32,
-    /// `pg_time_t`: seconds since the Unix epoch.
-    pub time: i64,
-    pub oldest_commit_ts_xid: u32,
-    pub newest_commit_ts_xid: u32,
-    pub oldest_active_xid: u32,
-}
-
-impl CheckPoint {
-    pub fn decode(bytes: &[u8]) -> Result<CheckPoint, String> {
-        if bytes.len() != SIZEOF_CHECKPOINT {
-            return Err(format!("CheckPoint is {} bytes, not {SIZEOF_CHECKPOINT}", bytes.len()));
-        }
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-        Ok(CheckPoint {
-            redo: Lsn(u64_at(0)),
-            this_timeline_id: u32_at(8),
-            prev_timeline_id: u32_at(12),
-            full_page_writes: bytes[16] != 0,
-            next_xid: u64_at(24),
-            next_oid: u32_at(32),
-            next_multi: u32_at(36),
-            next_multi_offset: u32_at(40),
-            oldest_xid: u32_at(44),
-            oldest_xid_db: u32_at(48),
-            oldest_multi: u32_at(52),
-            oldest_multi_db: u32_at(56),
-            time: u64_at(64) as i64,
-            oldest_commit_ts_xid: u32_at(72),
-            newest_commit_ts_xid: u32_at(76),
-            oldest_active_xid: u32_at(80),
-        })
-    }
-
-    pub fn encode(&self) -> [u8; SIZEOF_CHECKPOINT] {
-        let mut out = [0u8; SIZEOF_CHECKPOINT];
-        let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
-        put(0, &self.redo.0.to_le_bytes());
-        put(8, &self.this_timeline_id.to_le_bytes());
-        put(12, &self.prev_timeline_id.to_le_bytes());
-        put(16, &[self.full_page_writes as u8]);
-        put(24, &self.next_xid.to_le_bytes());
-        put(32, &self.next_oid.to_le_bytes());
-        put(36, &self.next_multi.to_le_bytes());
-        put(40, &self.next_multi_offset.to_le_bytes());
-        put(44, &self.oldest_xid.to_le_bytes());
-        put(48, &self.oldest_xid_db.to_le_bytes());
-        put(52, &self.oldest_multi.to_le_bytes());
-        put(56, &self.oldest_multi_db.to_le_bytes());
-        put(64, &self.time.to_le_bytes());
-        put(72, &self.oldest_commit_ts_xid.to_le_bytes());
-        put(76, &self.newest_commit_ts_xid.to_le_bytes());
-        put(80, &self.oldest_active_xid.to_le_bytes());
-        out
-    }
-
-    /// The 32-bit xid of `next_xid`.
-    pub fn next_xid_u32(&self) -> u32 {
-        self.next_xid as u32
-    }
-
-    /// The epoch of `next_xid`.
-    pub fn next_xid_epoch(&self) -> u32 {
-        (self.next_xid >> 32) as u32
-    }
-
-    /// `AdvanceNextFullTransactionIdPastXid`: makes `next_xid` follow `xid`,
-    /// moving to the next epoch when the 32-bit counter wraps.
-    pub fn advance_next_xid_past(&mut self, xid: u32) {
-        let next = self.next_xid_u32();
-        if !transaction_id_follows_or_equals(xid, next) {
-            return;
-        }
-        // TransactionIdAdvance: skip the special xids after a wrap.
-        let mut new = xid.wrapping_add(1);
-        if new < FIRST_NORMAL_TRANSACTION_ID {
-            new = FIRST_NORMAL_TRANSACTION_ID;
-        }
-        let mut epoch = self.next_xid_epoch();
-        if new < next {
-            epoch = epoch.wrapping_add(1);
-        }
-        self.next_xid = (u64::from(epoch) << 32) | u64::from(new);
-    }
-
-    /// `MultiXactAdvanceNextMXact`.
-    pub fn advance_next_multi(&mut self, multi: u32, offset: u32) {
-        if multixact_id_precedes(self.next_multi, multi) {
-            self.next_multi = multi;
-        }
-        if multixact_id_precedes(self.next_multi_offset, offset) {
-            self.next_multi_offset = offset;
-        }
-    }
-}
-
-fn transaction_id_is_normal(xid: u32) -> bool {
-    xid >= FIRST_NORMAL_TRANSACTION_ID
-}
-
-/// `TransactionIdPrecedes`: modulo-2^32 comparison of normal xids.
-pub fn transaction_id_precedes(a: u32, b: u32) -> bool {
-    if !transaction_id_is_normal(a) || !transaction_id_is_normal(b) {
-        return a < b;
-    }
-    (a.wrapping_sub(b) as i32) < 0
-}
-
-/// `TransactionIdFollowsOrEquals`.
-pub fn transaction_id_follows_or_equals(a: u32, b: u32) -> bool {
-    if !transaction_id_is_normal(a) || !transaction_id_is_normal(b) {
-        return a >= b;
-    }
-    (a.wrapping_sub(b) as i32) >= 0
-}
-
-/// `MultiXactIdPrecedes` (also `MultiXactOffsetPrecedes`).
-pub fn multixact_id_precedes(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
 
 /// Why a record could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +103,7 @@ pub struct WalIngest {
     timeline: TimelineId,
     checkpoint: CheckPoint,
     /// The checkpoint bytes last stored (or loaded).
-    checkpoint_stored: [u8; SIZEOF_CHECKPOINT],
+    checkpoint_stored: [u8; SIZE_OF_CHECKPOINT],
     db_dir: BTreeSet<(u32, u32)>,
     /// Relation directories read so far, by (spc, db).
     rel_dirs: HashMap<(u32, u32), BTreeSet<(u32, u8)>>,
@@ -814,28 +663,6 @@ mod tests {
 
     fn stored_checkpoint(tl: &Timeline, lsn: Lsn) -> CheckPoint {
         CheckPoint::decode(&tl.get(Key::checkpoint(), lsn).unwrap().unwrap()).unwrap()
-    }
-
-    #[test]
-    fn checkpoint_round_trips_and_xids_wrap_into_the_next_epoch() {
-        let cp = checkpoint();
-        assert_eq!(CheckPoint::decode(&cp.encode()).unwrap(), cp);
-        assert!(CheckPoint::decode(&[0; 87]).is_err());
-        let mut cp = CheckPoint { next_xid: 0xFFFF_FFF0, ..CheckPoint::default() };
-        cp.advance_next_xid_past(0xFFFF_FFF5);
-        assert_eq!(cp.next_xid, 0xFFFF_FFF6);
-        cp.advance_next_xid_past(0xFFFF_FFF0); // behind: nothing
-        assert_eq!(cp.next_xid, 0xFFFF_FFF6);
-        cp.advance_next_xid_past(0xFFFF_FFFF); // wraps, skipping the special xids
-        assert_eq!(cp.next_xid, (1 << 32) | 3);
-        cp.advance_next_xid_past(5);
-        assert_eq!(cp.next_xid, (1 << 32) | 6);
-        cp.advance_next_xid_past(0xFFFF_FFF9); // far behind in modulo-2^32 terms
-        assert_eq!(cp.next_xid, (1 << 32) | 6);
-        cp.advance_next_xid_past(0); // InvalidTransactionId
-        assert_eq!(cp.next_xid, (1 << 32) | 6);
-        assert!(transaction_id_precedes(0xFFFF_FFF0, 5) && !transaction_id_precedes(5, 0xFFFF_FFF0));
-        assert!(transaction_id_precedes(2, 100) && multixact_id_precedes(u32::MAX, 1));
     }
 
     #[test]

@@ -30,11 +30,10 @@ use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
 use pageserver_harness::{pg_bin, run_checked, ClusterConfig, PgCluster};
 use repo_common::*;
-use storage::backup::{
-    control_file_crc, shutdown_checkpoint, write_backup_tar, BackupKind, CheckPoint, ControlFile, ShutdownCheckpoint,
-};
+use storage::backup::{shutdown_checkpoint, write_backup_tar, BackupKind, ShutdownCheckpoint};
 use storage::key::{Key, RelTag, SlruKind};
 use storage::lsn::Lsn;
+use storage::pg_control::{CheckPoint, ControlFile, DB_IN_PRODUCTION, PG_CONTROL_VERSION};
 use storage::repo::dirs::{encode_db_dir, encode_nblocks, encode_rel_dir, encode_u32_dir};
 use storage::repo::{RepoConfig, Repository, TimelineId};
 use storage::value::Value;
@@ -153,20 +152,19 @@ fn one(pg: &PgCluster, db: &str, query: &str) -> anyhow::Result<String> {
 // 0. layout
 
 fn synthetic_control_file(relseg_size: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 8192];
-    let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    b[0..8].copy_from_slice(&0x7000_0000_0000_0042u64.to_le_bytes());
-    put(&mut b, 8, 1300);
-    put(&mut b, 12, 202209061);
-    put(&mut b, 16, 6);
-    put(&mut b, 192, 0); // max_prepared_xacts
-    put(&mut b, 216, 8192);
-    put(&mut b, 220, relseg_size);
-    put(&mut b, 224, 8192);
-    put(&mut b, 228, SEG as u32);
-    let crc = control_file_crc(&b);
-    put(&mut b, 288, crc);
-    b
+    ControlFile {
+        system_identifier: 0x7000_0000_0000_0042,
+        pg_control_version: PG_CONTROL_VERSION,
+        catalog_version_no: 202209061,
+        state: DB_IN_PRODUCTION,
+        max_prepared_xacts: 0,
+        blcksz: 8192,
+        relseg_size,
+        xlog_blcksz: 8192,
+        xlog_seg_size: SEG as u32,
+        ..ControlFile::default()
+    }
+    .encode()
 }
 
 fn page(tag: u8, blkno: u32) -> Bytes {

@@ -40,10 +40,11 @@ use pageserver_harness::{pg_bin, PgCluster};
 use storage::import::{import_basebackup_tar, ImportProgress};
 use storage::key::{Key, RelTag, SlruKind, FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
 use storage::lsn::Lsn;
+use storage::pg_control::CheckPoint;
 use storage::repo::dirs::decode_nblocks;
 use storage::repo::{Redo, RepoConfig, Repository, Timeline, TimelineId};
 use storage::value::WalRecordValue;
-use storage::walingest::{CheckPoint, WalIngest};
+use storage::walingest::WalIngest;
 
 /// Every read these tests make is of an image (imported pages, directories,
 /// sizes, FILE_COPY copies of imported pages): any redo request is a bug.

@@ -68,9 +68,7 @@ pub fn sql_lsn(pg: &PgCluster, expr: &str) -> anyhow::Result<Lsn> {
 
 /// Path of the segment file holding `lsn` on timeline 1.
 pub fn segment_path(wal_dir: &Path, lsn: Lsn) -> PathBuf {
-    let segno = lsn.0 / SEG;
-    let per_id = 0x1_0000_0000 / SEG;
-    wal_dir.join(format!("{:08X}{:08X}{:08X}", 1, segno / per_id, segno % per_id))
+    wal_dir.join(storage::wal::segment_file_name(1, lsn.segment_number(SEG), SEG))
 }
 
 /// Bytes of WAL from `start` (inclusive) to `end` (exclusive), read from the

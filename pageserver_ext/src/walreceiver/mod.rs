@@ -64,6 +64,9 @@ impl std::io::Read for ChannelReader {
 /// the backup's start LSN, then makes it durable. Returns the start LSN.
 pub async fn import_base_backup(entry: &Arc<TimelineEntry>) -> Result<Lsn, String> {
     let source = entry.source.lock().clone().ok_or("timeline has no source")?;
+    if let Some(path) = source.basebackup_tar.clone() {
+        return import_tar_file(entry, path).await;
+    }
     let mut conn = ReplicationConn::connect(&source.conninfo).await.map_err(|e| e.to_string())?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
     let mut rx = Some(rx);
@@ -105,6 +108,28 @@ pub async fn import_base_backup(entry: &Arc<TimelineEntry>) -> Result<Lsn, Strin
     let tl = entry.timeline.clone();
     tokio::task::spawn_blocking(move || tl.flush_frozen_layers()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     Ok(start)
+}
+
+/// Imports a base backup tar from a file at its `backup_label` start LSN.
+async fn import_tar_file(entry: &Arc<TimelineEntry>, path: String) -> Result<Lsn, String> {
+    let timeline = entry.timeline.clone();
+    let status = entry.status.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        status.import.bytes_total.store(total, Ordering::Relaxed);
+        let label = crate::tenants::backup_label_lsn(std::path::Path::new(&path))?;
+        {
+            let mut writer = timeline.writer();
+            storage::import::import_basebackup_tar(&mut writer, std::io::BufReader::new(file), label, &status.import)
+                .map_err(|e| e.to_string())?;
+            writer.freeze().map_err(|e| e.to_string())?;
+        }
+        timeline.flush_frozen_layers().map_err(|e| e.to_string())?;
+        Ok(label)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Streams WAL for the timeline until the manager stops.

@@ -33,6 +33,7 @@ use super::record::{u32_at, DecodedRecord};
 use super::*;
 use crate::key::{Key, RelTag, SlruKind, FSM_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
 use crate::lsn::Lsn;
+use crate::pg_control::{SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_ONLINE, XLOG_CHECKPOINT_SHUTDOWN, XLOG_NEXTOID};
 use crate::value::{
     MultiXactMember, ProjectRecord, RecordPayload, Value, WalRecordValue, TRANSACTION_STATUS_ABORTED,
     TRANSACTION_STATUS_COMMITTED,
@@ -81,11 +82,6 @@ pub struct IngestError {
 }
 
 // Record types (info & XLR_RMGR_INFO_MASK) used here.
-const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
-const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
-const XLOG_NEXTOID: u8 = 0x30;
-const SIZE_OF_CHECKPOINT: usize = 88;
-
 const XLOG_XACT_COMMIT: u8 = 0x00;
 const XLOG_XACT_PREPARE: u8 = 0x10;
 const XLOG_XACT_ABORT: u8 = 0x20;

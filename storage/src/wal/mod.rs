@@ -165,6 +165,27 @@ pub fn maxalign(v: u64) -> u64 {
     (v + 7) & !7
 }
 
+/// `IsValidWalSegSize`: a power of two from 1 MiB to 1 GiB.
+pub fn is_valid_segment_size(seg_size: u64) -> bool {
+    seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg_size)
+}
+
+/// Bytes of the header of the WAL page holding `lsn`: long on a segment's
+/// first page, short on the others.
+pub fn page_header_size(lsn: Lsn, seg_size: u64) -> usize {
+    if lsn.segment_offset(seg_size) < XLOG_BLCKSZ {
+        SIZE_OF_LONG_PAGE_HEADER
+    } else {
+        SIZE_OF_SHORT_PAGE_HEADER
+    }
+}
+
+/// The file name of WAL segment `segno` on timeline `tli` (`XLogFileName`).
+pub fn segment_file_name(tli: u32, segno: u64, seg_size: u64) -> String {
+    let per_xlogid = 0x1_0000_0000 / seg_size;
+    format!("{tli:08X}{:08X}{:08X}", segno / per_xlogid, segno % per_xlogid)
+}
+
 /// Why WAL could not be decoded. Every variant names the LSN it is about:
 /// the page address for page-header errors, the record's start otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -71,12 +71,11 @@ impl WalStreamDecoder {
             error: None,
         };
         let page_off = start_lsn.0 % XLOG_BLCKSZ;
-        let header = if start_lsn.0 % seg_size < XLOG_BLCKSZ { SIZE_OF_LONG_PAGE_HEADER } else { SIZE_OF_SHORT_PAGE_HEADER };
         let fail = |reason: String| Some(WalDecodeError::StartPosition { lsn: start_lsn, reason });
-        if !(seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg_size)) {
+        if !is_valid_segment_size(seg_size) {
             d.error = fail(format!("invalid WAL segment size {seg_size}"));
-        } else if page_off != 0 && page_off < header as u64 {
-            d.error = fail(format!("position lies inside the page header ({header} bytes)"));
+        } else if page_off != 0 && page_off < page_header_size(start_lsn, seg_size) as u64 {
+            d.error = fail(format!("position lies inside the page header ({} bytes)", page_header_size(start_lsn, seg_size)));
         } else if start_lsn.0 % 8 != 0 {
             d.error = fail("position is not MAXALIGNed".into());
         } else if start_lsn.0 > u64::MAX / 2 {

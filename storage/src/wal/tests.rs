@@ -307,3 +307,15 @@ fn overwritten_contrecord_is_abandoned() {
     let e = first_error(start, &plain);
     assert!(matches!(e, WalDecodeError::Continuation { lsn, .. } if lsn == b), "{e}");
 }
+
+#[test]
+fn segment_file_names_page_headers_and_segment_sizes() {
+    assert_eq!(segment_file_name(1, 1, 16 << 20), "000000010000000000000001");
+    assert_eq!(segment_file_name(2, 0x1_23, 16 << 20), "000000020000000100000023");
+    assert_eq!(segment_file_name(1, 0x1_23, 1 << 30), "000000010000004800000003");
+    assert_eq!(page_header_size(Lsn(0x0100_0000), 16 << 20), SIZE_OF_LONG_PAGE_HEADER);
+    assert_eq!(page_header_size(Lsn(0x0100_1fff), 16 << 20), SIZE_OF_LONG_PAGE_HEADER);
+    assert_eq!(page_header_size(Lsn(0x0100_2000), 16 << 20), SIZE_OF_SHORT_PAGE_HEADER);
+    assert!(is_valid_segment_size(1 << 20) && is_valid_segment_size(1 << 30));
+    assert!(!is_valid_segment_size(0) && !is_valid_segment_size(1 << 19) && !is_valid_segment_size(3 << 20) && !is_valid_segment_size(1 << 31));
+}

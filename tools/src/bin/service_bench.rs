@@ -1,0 +1,427 @@
+//! Benchmark of the page service end to end: ingest lag and GetPage.
+//!
+//! Starts a stock primary and a host, creates a tenant and a timeline fed by
+//! the (still empty) primary, runs `pgbench -i -s 68` there (about 1 GiB) and
+//! waits until the timeline has ingested all of it. Then:
+//! * ingest lag during `pgbench -c 4 -j 2 -T 30`: every 100 ms the primary's
+//!   `pg_current_wal_lsn()` is recorded with its time, and every ~10 ms the
+//!   timeline's `last_record_lsn`; a sample's lag is the time from when the
+//!   primary was at its LSN until the timeline had reached it (each time is
+//!   the middle of its query's round trip, so the figure includes up to
+//!   ~10 ms of polling resolution). Reported: the p99, in ms.
+//! * GetPage with `pagebench` (the release binary next to this one): hot
+//!   pages (the first 1000 blocks of `pgbench_accounts`) at the primary's
+//!   LSN after pgbench, once the timeline has caught up, with 1 connection ×
+//!   depth 1 and 8 connections × depth 32, 10 s each after a 2 s warmup;
+//!   and `pagebench --floor` (a trivial in-process server speaking the same
+//!   protocol) with the same shapes in the same run, as the floors.
+//!   During the 8×32 run the main worker's VmRSS is sampled every 50 ms
+//!   (the peak is reported) and its threads' CPU time is printed to stderr.
+//!
+//! Needs the extension installed and pagebench built (release, same target
+//! directory): see `COMMAND`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use pageserver_harness::{cluster::check_pageserver_installed, PgCluster};
+use storage::lsn::Lsn;
+
+const COMMAND: &str = "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p tools --bin pagebench && cargo run --release -p tools --bin service_bench";
+const SCALE: u32 = 68;
+const PGBENCH_SECONDS: u32 = 30;
+const HOT_PAGES: u32 = 1000;
+const PAGEBENCH_SECONDS: f64 = 10.0;
+const PAGEBENCH_WARMUP: f64 = 2.0;
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Linux's USER_HZ, the unit of utime/stime in /proc/<pid>/task/<tid>/stat.
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+fn parse_lsn(s: &str) -> Result<Lsn> {
+    s.trim().parse().map_err(|e| anyhow!("bad LSN {s:?}: {e}"))
+}
+
+fn first_text(client: &mut postgres::Client, query: &str) -> Result<Option<String>> {
+    for m in client.simple_query(query).with_context(|| format!("running {query}"))? {
+        if let postgres::SimpleQueryMessage::Row(row) = m {
+            return Ok(row.get(0).map(str::to_string));
+        }
+    }
+    bail!("no row from {query}")
+}
+
+fn primary_lsn(client: &mut postgres::Client) -> Result<Lsn> {
+    parse_lsn(&first_text(client, "SELECT pg_current_wal_lsn()::text")?.context("NULL LSN")?)
+}
+
+/// The timeline's last_record_lsn; fails if the timeline is broken or gone.
+fn timeline_lsn(client: &mut postgres::Client, timeline: &str) -> Result<Lsn> {
+    let query = format!(
+        "SELECT last_record_lsn, state, coalesce(last_error, '') FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"
+    );
+    for m in client.simple_query(&query)? {
+        if let postgres::SimpleQueryMessage::Row(row) = m {
+            let state = row.get(1).unwrap_or_default();
+            if state == "broken" {
+                bail!("timeline {timeline} is broken: {}", row.get(2).unwrap_or_default());
+            }
+            return parse_lsn(row.get(0).context("NULL last_record_lsn")?);
+        }
+    }
+    bail!("timeline {timeline} not listed by pageserver.timelines()")
+}
+
+fn midpoint(t0: Instant, t1: Instant) -> Instant {
+    t0 + (t1 - t0) / 2
+}
+
+/// Polls until the timeline has ingested up to `target`.
+fn wait_caught_up(host: &mut postgres::Client, timeline: &str, target: Lsn, what: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let lsn = timeline_lsn(host, timeline)?;
+        if lsn >= target {
+            eprintln!("{what}: timeline at {lsn} >= {target} after {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if started.elapsed() > CATCH_UP_TIMEOUT {
+            bail!("{what}: timeline at {lsn}, still short of {target} after {CATCH_UP_TIMEOUT:?}");
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            let behind = target.0.saturating_sub(lsn.0);
+            eprintln!("{what}: timeline at {lsn}, {} MiB behind {target}", behind >> 20);
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted values.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Lag (ms) of each primary sample: from when the primary was at its LSN to
+/// the first poll that saw the timeline at or past it. Both lists are in
+/// time order with non-decreasing LSNs.
+fn lags_ms(samples: &[(Instant, Lsn)], polls: &[(Instant, Lsn)]) -> Result<Vec<f64>> {
+    let mut lags = Vec::with_capacity(samples.len());
+    let mut j = 0;
+    for &(t, lsn) in samples {
+        while j < polls.len() && polls[j].1 < lsn {
+            j += 1;
+        }
+        let Some(&(reached, _)) = polls.get(j) else { bail!("the timeline never reached {lsn}") };
+        lags.push(reached.saturating_duration_since(t).as_secs_f64() * 1000.0);
+    }
+    Ok(lags)
+}
+
+/// Runs pgbench on the primary while measuring the ingest lag; returns the
+/// sorted lags in ms.
+fn measure_ingest_lag(primary: &PgCluster, host: &PgCluster, timeline: &str) -> Result<Vec<f64>> {
+    let done = AtomicBool::new(false);
+    let seconds = PGBENCH_SECONDS.to_string();
+    let mut hc = host.client("postgres")?;
+    std::thread::scope(|scope| -> Result<Vec<f64>> {
+        let pgbench = scope.spawn(|| {
+            let r = primary.run_as_postgres_checked("pgbench", &["-c", "4", "-j", "2", "-T", &seconds, "postgres"]);
+            done.store(true, Ordering::SeqCst);
+            r
+        });
+        let sampler = scope.spawn(|| -> Result<Vec<(Instant, Lsn)>> {
+            let mut pc = primary.client("postgres")?;
+            let mut samples = Vec::new();
+            let mut next = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                let t0 = Instant::now();
+                let lsn = primary_lsn(&mut pc)?;
+                samples.push((midpoint(t0, Instant::now()), lsn));
+                next += Duration::from_millis(100);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            Ok(samples)
+        });
+        let mut polls: Vec<(Instant, Lsn)> = Vec::new();
+        let mut poll = |hc: &mut postgres::Client| -> Result<Lsn> {
+            let t0 = Instant::now();
+            let lsn = timeline_lsn(hc, timeline)?;
+            polls.push((midpoint(t0, Instant::now()), lsn));
+            Ok(lsn)
+        };
+        let mut next = Instant::now();
+        let mut poll_error = None;
+        while !done.load(Ordering::SeqCst) {
+            if let Err(e) = poll(&mut hc) {
+                poll_error = Some(e);
+                break;
+            }
+            next += Duration::from_millis(10);
+            let now = Instant::now();
+            if next < now {
+                next = now;
+            }
+            std::thread::sleep(next - now);
+        }
+        let samples = sampler.join().map_err(|_| anyhow!("the sampler panicked"))?;
+        let out = pgbench.join().map_err(|_| anyhow!("the pgbench thread panicked"))??;
+        if let Some(e) = poll_error {
+            return Err(e);
+        }
+        let samples = samples?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in stdout.lines().filter(|l| l.starts_with("tps") || l.starts_with("number of transactions actually")) {
+            eprintln!("pgbench: {line}");
+        }
+        let target = samples.last().context("no primary samples")?.1;
+        let started = Instant::now();
+        while poll(&mut hc)? < target {
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("the timeline did not reach {target} within 300 s after pgbench");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut lags = lags_ms(&samples, &polls)?;
+        lags.sort_by(f64::total_cmp);
+        eprintln!(
+            "ingest lag over {} samples ({} polls): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lags.len(),
+            polls.len(),
+            quantile(&lags, 0.5),
+            quantile(&lags, 0.99),
+            lags.last().copied().unwrap_or(f64::NAN)
+        );
+        Ok(lags)
+    })
+}
+
+/// One pagebench result (its --json line).
+struct PageBench {
+    p50_us: f64,
+    p99_us: f64,
+    pages_s: f64,
+}
+
+fn pagebench_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?.with_file_name("pagebench");
+    if !exe.is_file() {
+        bail!(
+            "{} not found: build it into the same target directory first (cargo build --release -p tools --bin pagebench)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// Runs pagebench with `args` (plus the common ones), calling `during`
+/// every 50 ms while it runs with its pid and the time since it started.
+fn run_pagebench(args: &[String], mut during: impl FnMut(u32, Duration)) -> Result<PageBench> {
+    let exe = pagebench_exe()?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(args)
+        .args(["--pattern", &format!("hot:{HOT_PAGES}")])
+        .args(["--duration", &PAGEBENCH_SECONDS.to_string(), "--warmup", &PAGEBENCH_WARMUP.to_string()])
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        during(child.id(), started.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    child.stdout.take().expect("piped").read_to_string(&mut stdout)?;
+    if !status.success() {
+        bail!("pagebench {args:?} failed with {status}");
+    }
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).context("no JSON line from pagebench")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let num = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {line}"));
+    Ok(PageBench { p50_us: num("p50_us")?, p99_us: num("p99_us")?, pages_s: num("pages_per_s")? })
+}
+
+fn vm_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// (tid, name, utime + stime in ticks) of every thread of `pid`.
+fn thread_times(pid: i32) -> Vec<(i32, String, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_string();
+        // After ")": state is field 3; utime and stime are fields 14 and 15.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        out.push((tid, name, ticks(14) + ticks(15)));
+    }
+    out
+}
+
+/// Prints each thread's CPU use between two snapshots, busiest first.
+fn print_thread_cpu(what: &str, before: &[(i32, String, u64)], after: &[(i32, String, u64)], secs: f64) {
+    let mut rows: Vec<(f64, i32, &str)> = after
+        .iter()
+        .map(|(tid, name, t)| {
+            let t0 = before.iter().find(|(b, _, _)| b == tid).map_or(0, |(_, _, t0)| *t0);
+            (t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S / secs * 100.0, *tid, name.as_str())
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    eprintln!("{what}: {total:.0}% CPU over {secs:.1} s in {} threads; busiest:", rows.len());
+    for (pct, tid, name) in rows.iter().take(10).filter(|r| r.0 >= 0.5) {
+        eprintln!("  {pct:6.1}%  tid {tid:<8} {name}");
+    }
+}
+
+/// Total utime + stime of a whole process, in ticks.
+fn process_ticks(pid: u32) -> u64 {
+    thread_times(pid as i32).iter().map(|t| t.2).sum()
+}
+
+fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
+    let (floor_s, ratio_s) = match floor {
+        Some(f) => (format!("{f:.2}"), format!("{:.2}", value / f)),
+        None => ("n/a".into(), "n/a".into()),
+    };
+    println!("| {name} | {value:.2} | {unit} | {floor_s} | {ratio_s} | {COMMAND} |");
+}
+
+fn main() -> Result<()> {
+    check_pageserver_installed()?;
+    pagebench_exe()?;
+    let bench_started = Instant::now();
+
+    let primary = PgCluster::start_primary(&[("max_wal_size", "1GB")])?;
+    let host = PgCluster::start_host(&[])?;
+    host.sql("CREATE EXTENSION pageserver_ext")?;
+    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
+    let conninfo = primary.connstr("postgres");
+    let timeline =
+        host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.context("NULL timeline")?;
+    eprintln!("tenant {tenant}, timeline {timeline}");
+
+    let started = Instant::now();
+    primary.run_as_postgres_checked("pgbench", &["-i", "-s", &SCALE.to_string(), "-q", "postgres"])?;
+    let size = primary.sql_one("SELECT pg_size_pretty(pg_database_size('postgres'))")?.unwrap_or_default();
+    eprintln!("pgbench -i -s {SCALE}: {:.1} s, database {size}", started.elapsed().as_secs_f64());
+    let mut hc = host.client("postgres")?;
+    let mut pc = primary.client("postgres")?;
+    let target = primary_lsn(&mut pc)?;
+    wait_caught_up(&mut hc, &timeline, target, "ingest of pgbench -i")?;
+    eprintln!("set-up done after {:.1} s", bench_started.elapsed().as_secs_f64());
+
+    let lags = measure_ingest_lag(&primary, &host, &timeline)?;
+    let lag_p99 = quantile(&lags, 0.99);
+
+    let request_lsn = primary_lsn(&mut pc)?;
+    wait_caught_up(&mut hc, &timeline, request_lsn, "ingest after pgbench")?;
+    let filenode = primary.sql_one("SELECT pg_relation_filenode('pgbench_accounts')")?.context("no filenode")?;
+    let db_oid = primary.sql_one("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.context("no db oid")?;
+    let nblocks = primary.sql_one("SELECT pg_relation_size('pgbench_accounts') / 8192")?.context("no size")?;
+    let rel = format!("1663/{db_oid}/{filenode}:{nblocks}");
+    let addr = host.listener_addr().context("host without pageserver.listen_addr")?.to_string();
+    let main_pid: i32 = host
+        .sql_one("SELECT pid FROM pageserver.status() WHERE kind = 'main'")?
+        .context("main worker has no pid")?
+        .parse()?;
+    eprintln!("pagebench over {rel} at {request_lsn}, page service {addr}, main worker pid {main_pid}");
+
+    let shape = |conns: usize, depth: usize| -> Vec<String> {
+        vec!["--connections".into(), conns.to_string(), "--depth".into(), depth.to_string(), "--rel".into(), rel.clone()]
+    };
+    let server = |conns: usize, depth: usize| -> Vec<String> {
+        let mut a = vec![
+            "--addr".into(),
+            addr.clone(),
+            "--tenant".into(),
+            tenant.clone(),
+            "--timeline".into(),
+            timeline.clone(),
+            "--request-lsn".into(),
+            request_lsn.to_string(),
+        ];
+        a.extend(shape(conns, depth));
+        a
+    };
+    let floor = |conns: usize, depth: usize| -> Vec<String> {
+        let mut a = vec!["--floor".to_string()];
+        a.extend(shape(conns, depth));
+        a
+    };
+
+    let floor_d1 = run_pagebench(&floor(1, 1), |_, _| {})?;
+    let server_d1 = run_pagebench(&server(1, 1), |_, _| {})?;
+    let floor_8x32 = run_pagebench(&floor(8, 32), |_, _| {})?;
+
+    // The 8×32 run against the server: peak RSS of the main worker, and
+    // which threads burn the CPU during the measured part.
+    let mut peak_rss_kib = vm_rss_kib(main_pid).context("main worker gone before the 8x32 run")?;
+    let rss_before = peak_rss_kib;
+    enum Phase {
+        Warmup,
+        Measuring { at: Instant, server: Vec<(i32, String, u64)>, client: u64 },
+        Reported,
+    }
+    let mut phase = Phase::Warmup;
+    let warmup = Duration::from_secs_f64(PAGEBENCH_WARMUP);
+    let measured = Duration::from_secs_f64(PAGEBENCH_SECONDS - 0.5);
+    let server_8x32 = run_pagebench(&server(8, 32), |child, since| {
+        if let Some(kib) = vm_rss_kib(main_pid) {
+            peak_rss_kib = peak_rss_kib.max(kib);
+        }
+        match &phase {
+            Phase::Warmup if since >= warmup => {
+                phase = Phase::Measuring { at: Instant::now(), server: thread_times(main_pid), client: process_ticks(child) };
+            }
+            Phase::Measuring { at, server, client } if at.elapsed() >= measured => {
+                let secs = at.elapsed().as_secs_f64();
+                print_thread_cpu("main worker during 8x32", server, &thread_times(main_pid), secs);
+                let used = process_ticks(child).saturating_sub(*client) as f64 / CLOCK_TICKS_PER_S;
+                eprintln!("pagebench client during 8x32: {:.0}% CPU", used / secs * 100.0);
+                phase = Phase::Reported;
+            }
+            _ => {}
+        }
+    })?;
+    eprintln!(
+        "main worker VmRSS: {} MiB before the 8x32 run, peak {} MiB during it",
+        rss_before >> 10,
+        peak_rss_kib >> 10
+    );
+
+    row("pagebench.p50_us_d1", server_d1.p50_us, "us", Some(floor_d1.p50_us));
+    row("pagebench.p99_us_d1", server_d1.p99_us, "us", Some(floor_d1.p99_us));
+    row("pagebench.pages_s_d1", server_d1.pages_s, "pages/s", Some(floor_d1.pages_s));
+    row("pagebench.pages_s_8x32", server_8x32.pages_s, "pages/s", Some(floor_8x32.pages_s));
+    row("pagebench.p50_us_8x32", server_8x32.p50_us, "us", Some(floor_8x32.p50_us));
+    row("pagebench.p99_us_8x32", server_8x32.p99_us, "us", Some(floor_8x32.p99_us));
+    row("ingest.lag_p99_ms", lag_p99, "ms", None);
+    row("pagebench.rss_mib", peak_rss_kib as f64 / 1024.0, "MiB", None);
+
+    let log = host.log();
+    if log.contains("ERROR") || log.contains("PANIC") {
+        eprintln!("warning: the host log has errors:\n{}", host.log_tail(30));
+    }
+    eprintln!("service_bench took {:.1} s", bench_started.elapsed().as_secs_f64());
+    Ok(())
+}
