@@ -47,9 +47,10 @@ fn create_tenant(tenant_id: default!(Option<String>, "NULL")) -> String {
 /// backup (progress is reported as NOTICEs and in `pageserver.timelines()`),
 /// then streams WAL from the slot. Returns the timeline id once the import
 /// is done. With `basebackup_tar` (a path the host can read: the base.tar
-/// of `pg_basebackup -Ft -X none -C -S <slot>`), that file is imported at
-/// its `backup_label` LSN instead, and `slot_name` must name the existing
-/// slot that kept WAL since the backup.
+/// of `pg_basebackup -Ft`), that file is imported at its `backup_label` LSN
+/// instead, and `slot_name` must name an existing slot that has kept WAL
+/// since before the backup (`pg_create_physical_replication_slot(name,
+/// true)` first, or `pg_basebackup -X stream -C -S name`).
 #[pg_extern]
 fn create_timeline(
     tenant_id: String,

@@ -270,7 +270,7 @@ impl Manager {
             Some(path) => {
                 if slot.is_none() {
                     return Err("with basebackup_tar, slot_name must name the slot that kept WAL since the backup \
-                                (pg_basebackup -C -S <name> creates one)"
+                                (create it with pg_create_physical_replication_slot(name, true) before the backup)"
                         .into());
                 }
                 Some(backup_label_lsn(Path::new(path))?)
@@ -317,7 +317,7 @@ impl Manager {
                 let Some(restart) = restart else {
                     return Err(format!(
                         "replication slot \"{slot}\" does not exist on the primary (or holds no WAL); \
-                         create it before taking the backup (pg_basebackup -C -S {slot})"
+                         create it before taking the backup: SELECT pg_create_physical_replication_slot('{slot}', true)"
                     ));
                 };
                 let restart: Lsn = restart.parse().map_err(|_| format!("bad restart_lsn {restart:?}"))?;

@@ -17,10 +17,16 @@ pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // "pid (comm) S ..." -- comm may contain spaces and parentheses.
         Ok(stat) => match stat.rfind(')') {
-            Some(i) => !matches!(
-                stat[i + 1..].trim_start().chars().next(),
-                Some('Z') | Some('X')
-            ),
+            Some(i) => {
+                let zombie = matches!(
+                    stat[i + 1..].trim_start().chars().next(),
+                    Some('Z') | Some('X')
+                );
+                // A killed multi-threaded process shows its leader as a
+                // zombie while other threads still exit (and keep its memory,
+                // shared memory included, attached): alive until they are gone.
+                !zombie || other_threads_left(pid)
+            }
             None => true,
         },
         Err(_) => false,
@@ -28,6 +34,13 @@ pub fn pid_alive(pid: i32) -> bool {
 }
 
 /// Pids of live processes whose working directory is `dir` or below it.
+/// True if the thread group of `pid` has threads besides its (zombie) leader.
+fn other_threads_left(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.flatten().count() > 1)
+        .unwrap_or(false)
+}
+
 pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
     let dir: PathBuf = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let me = std::process::id() as i32;
@@ -46,7 +59,14 @@ pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
         if pid == me {
             continue;
         }
-        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        // A zombie leader has no cwd any more; its exiting threads still do.
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).or_else(|e| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))?
+                .flatten()
+                .find_map(|t| std::fs::read_link(t.path().join("cwd")).ok())
+                .ok_or(e)
+        });
+        let Ok(cwd) = cwd else {
             continue;
         };
         // A removed directory shows up as "/path (deleted)".
