@@ -93,7 +93,8 @@
 //! `backupStartPoint`, `backupEndPoint` and `backupEndRequired` cleared, CRC
 //! recomputed. Unlike `pg_resetwal` it keeps the recorded settings
 //! (`wal_level`, `max_connections`, ...): a server that is not in recovery
-//! rewrites them at start-up anyway, and they stay truthful meanwhile.
+//! rewrites them at start-up anyway, and they stay truthful meanwhile. The
+//! layouts of `ControlFileData` and `CheckPoint` are [`crate::pg_control`]'s.
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -283,7 +283,10 @@ impl WalIngest {
                             }
                         }
                         ProjectRecord::MultixactOffset { multi: mid, offset } if rec.xl_rmid == rmgr::MULTIXACT => {
-                            multi.offset = Some((*mid, *offset));
+                            // The record's own multixact comes first; the next
+                            // one's starting offset (stored since 15.15) follows
+                            // and does not move the counters.
+                            multi.offset.get_or_insert((*mid, *offset));
                         }
                         ProjectRecord::MultixactMembers { members, .. } if rec.xl_rmid == rmgr::MULTIXACT => {
                             multi.members = multi.members.wrapping_add(members.len() as u32);

@@ -323,7 +323,7 @@ fn checkpoint_passes_pg_controldata_pg_waldump_and_starts_postgres() -> anyhow::
     source.sql("CREATE TABLE before_reset (a int); INSERT INTO before_reset SELECT generate_series(1, 10)")?;
     source.stop()?;
     let control_bytes = std::fs::read(source.data_dir().join("global/pg_control"))?;
-    let control = ControlFile::parse(&control_bytes)?;
+    let control = ControlFile::parse(&control_bytes).map_err(anyhow::Error::msg)?;
     ensure!(control.state == 1, "the stopped source is not shut down: state {}", control.state);
     let old = control.checkpoint_copy;
     // New values PostgreSQL must take from us: next OID far ahead, next XID

@@ -654,8 +654,9 @@ mod tests {
         let moff = MULTIXACT_MEMBERS_PER_PAGE - 1;
         let rec = record(builder(rmgr::MULTIXACT, XLOG_MULTIXACT_CREATE_ID, le(&[5, moff, 2, 100, 1, 101, 2])));
         let c = ingest_record(&rec).unwrap().changes;
-        assert_eq!(c.len(), 3);
-        match &c[2] {
+        // The offset of 5, the starting offset of 6, members on two pages.
+        assert_eq!(c.len(), 4);
+        match &c[3] {
             IngestChange::Put { key, value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Project(ProjectRecord::MultixactMembers { first_offset, members }), .. }) } => {
                 assert_eq!(*key, Key::slru_block(SlruKind::MultiXactMembers, 0, 1));
                 assert_eq!(*first_offset, MULTIXACT_MEMBERS_PER_PAGE);
