@@ -58,11 +58,7 @@ impl InMemoryLayer {
     /// Records a version; a second value at the same (key, LSN) replaces the first.
     pub fn put(&self, key: Key, lsn: Lsn, value: Value) {
         debug_assert!(self.end_lsn.get().is_none(), "put into a frozen layer");
-        let size = match &value {
-            Value::Image(page) => page.len(),
-            Value::WalRecord(_) => 64,
-        } as u64
-            + 32;
+        let size = value_memory(&value) + 32;
         let mut versions = self.versions.write();
         let list = versions.entry(key).or_default();
         match list.last_mut() {
@@ -122,4 +118,19 @@ impl InMemoryLayer {
             }
         }
     }
+}
+
+/// Bytes a value holds on the heap, for the layer's size: images and raw
+/// records by their length (a record that touches several blocks is counted
+/// once per block, an overestimate that keeps the memory bound safe), plus
+/// the value's own overhead.
+fn value_memory(value: &Value) -> u64 {
+    const OVERHEAD: usize = 64;
+    (match value {
+        Value::Image(page) => page.len(),
+        Value::WalRecord(record) => match &record.rec {
+            crate::value::RecordPayload::Postgres { raw, .. } => raw.len() + OVERHEAD,
+            crate::value::RecordPayload::Project(_) => OVERHEAD,
+        },
+    }) as u64
 }

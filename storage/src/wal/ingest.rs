@@ -263,6 +263,10 @@ pub fn ingest_record(rec: &DecodedRecord) -> Result<IngestBatch, IngestError> {
 fn ingest_blocks(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
     let rec = cx.rec;
     let page_rmgr = is_page_rmgr(rec.xl_rmid);
+    // Stored records get their own copy, made once per record: `rec.raw` may
+    // share the decoder's input chunk, which a stored slice would keep
+    // allocated whole for as long as the layer lives.
+    let mut stored_raw: Option<Bytes> = None;
     for b in &rec.blocks {
         if b.blkno == u32::MAX {
             return Err(cx.err(format!("block #{} refers to InvalidBlockNumber", b.id)));
@@ -282,7 +286,10 @@ fn ingest_blocks(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
                 key,
                 Value::WalRecord(WalRecordValue {
                     will_init: b.will_init(),
-                    rec: RecordPayload::Postgres { target_block_id: b.id, raw: rec.raw.clone() },
+                    rec: RecordPayload::Postgres {
+                        target_block_id: b.id,
+                        raw: stored_raw.get_or_insert_with(|| Bytes::copy_from_slice(&rec.raw)).clone(),
+                    },
                 }),
             );
         } else {

@@ -35,8 +35,18 @@
 //! redo fails every request: ingest reads only images (sizes, directories,
 //! the checkpoint).
 //!
+//! Next to the RSS, a counting global allocator reports the live heap (bytes
+//! allocated and not freed) and its peak, which tells what the engine holds
+//! from what the allocator keeps. Diagnostics, not used for the row:
+//! `--explain` prints, per in-memory layer, the bytes it counts against the
+//! limit next to the bytes its values hold; `--copy-records` copies each
+//! record out of the decoder's input buffer before ingest (the page server
+//! does not); `--flush-interval-ms N` makes the flusher fall behind.
+//!
 //! Usage: `cargo run --release -p tools --bin ingest_rss_bench [-- --wal-gib 2.0 ...]`
+//! (`--help` lists the options).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -94,7 +104,70 @@ struct Args {
     /// Record the WAL again even if the cache has enough.
     #[arg(long)]
     rerecord: bool,
+    /// Diagnostic: copy each record's bytes out of the decoder's buffer
+    /// before ingest (the page server does not), so that a stored record no
+    /// longer keeps the whole input chunk it came in allocated.
+    #[arg(long)]
+    copy_records: bool,
+    /// Diagnostic: also map every record with `ingest_record` and print, per
+    /// in-memory layer, the bytes the layer counts against the limit next to
+    /// the bytes its values hold (page images, and each stored record's
+    /// length once).
+    #[arg(long)]
+    explain: bool,
+    /// Diagnostic: the flusher ignores freeze notices and looks for frozen
+    /// layers only every this many ms, as if flushing fell behind (a writer
+    /// over the in-memory limit still waits for it, or flushes itself).
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
 }
+
+/// The system allocator, counting the bytes allocated and not yet freed
+/// (live heap) and their peak: next to the RSS it tells what the engine
+/// holds from what the allocator keeps.
+struct CountingAlloc;
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK_LIVE: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed) + layout.size() as u64;
+            PEAK_LIVE.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed) + layout.size() as u64;
+            PEAK_LIVE.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let grow = (new_size - layout.size()) as u64;
+                let now = LIVE.fetch_add(grow, Ordering::Relaxed) + grow;
+                PEAK_LIVE.fetch_max(now, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub((layout.size() - new_size) as u64, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Ingest reads only images: any redo request is a bug worth failing on.
 struct NoRedo;
@@ -149,7 +222,12 @@ fn record(dir: &Path, min_bytes: u64, scale: u32) -> anyhow::Result<(Lsn, Lsn)> 
     )?;
     let tar_path = backup_dir.join("base.tar");
     let out = Command::new("tar").arg("-xOf").arg(&tar_path).arg("backup_label").output()?;
-    ensure!(out.status.success(), "tar -xOf {} backup_label: {}", tar_path.display(), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "tar -xOf {} backup_label: {}",
+        tar_path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let start = parse_backup_label(&String::from_utf8_lossy(&out.stdout)).map_err(|e| anyhow!("backup_label: {e}"))?;
     eprintln!("  base backup of {} MiB starts at {start}", std::fs::metadata(&tar_path)?.len() / MIB);
     pg.run_as_postgres_checked("pgbench", &["-i", "-s", &scale.to_string(), "-q"])?;
@@ -170,7 +248,8 @@ fn record(dir: &Path, min_bytes: u64, scale: u32) -> anyhow::Result<(Lsn, Lsn)> 
     std::fs::copy(&tar_path, tmp.join("base.tar"))?;
     for segno in start.0 / SEG..=end.0 / SEG {
         let name = segment_name(segno);
-        std::fs::copy(pg.data_dir().join("pg_wal").join(&name), tmp.join(&name)).with_context(|| format!("copying {name}"))?;
+        std::fs::copy(pg.data_dir().join("pg_wal").join(&name), tmp.join(&name))
+            .with_context(|| format!("copying {name}"))?;
     }
     std::fs::write(tmp.join("range"), format!("{start} {end}\n"))?;
     let _ = std::fs::remove_dir_all(dir);
@@ -255,6 +334,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     // From here on, the peak: reset VmHWM ("5" to clear_refs, Linux ≥ 4.0).
     let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let baseline = proc_status_bytes("VmRSS");
+    let baseline_live = LIVE.load(Ordering::Relaxed);
+    PEAK_LIVE.store(baseline_live, Ordering::Relaxed);
     eprintln!(
         "ingesting {} MiB of WAL ({}..{wal_end}) in {} KiB chunks; checkpoint_distance {} MiB, in-memory limit {} MiB, \
          page cache {} MiB, fsync {}; limit {:.0} MiB, RSS before ingest {:.1} MiB",
@@ -273,20 +354,26 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let peak_rss = AtomicU64::new(baseline);
     let peak_inmem = AtomicU64::new(0);
     let peak_frozen_layers = AtomicU64::new(0);
+    let peak_unflushed_wal = AtomicU64::new(0);
     let (froze_tx, froze_rx) = mpsc::channel::<()>();
     let t = Instant::now();
     let (records, fed, frozen, flusher_result) = std::thread::scope(|s| -> anyhow::Result<_> {
         // The flusher: as the page server's, woken when a layer is frozen.
         let flush_tl = &tl;
+        let interval = args.flush_interval_ms.map(Duration::from_millis);
         let flusher = s.spawn(move || -> anyhow::Result<()> {
             loop {
+                if let Some(interval) = interval {
+                    std::thread::sleep(interval);
+                    while froze_rx.try_recv().is_ok() {}
+                }
                 match froze_rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => flush_tl.flush_frozen_layers()?,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(flush_tl.flush_frozen_layers()?),
                 }
             }
         });
-        // The sampler: VmRSS every 50 ms, a progress line every 10 s.
+        // The sampler: VmRSS every 50 ms, a progress line every 2 s.
         s.spawn(|| {
             let mut last_report = Instant::now();
             while !done.load(Ordering::Relaxed) {
@@ -295,26 +382,32 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 let (open, frozen) = tl.inmem_bytes();
                 peak_inmem.fetch_max(open + frozen, Ordering::Relaxed);
                 peak_frozen_layers.fetch_max(tl.frozen_layer_count() as u64, Ordering::Relaxed);
-                if last_report.elapsed() >= Duration::from_secs(10) {
+                let unflushed = tl.last_record_lsn().0.saturating_sub(tl.disk_consistent_lsn().0);
+                peak_unflushed_wal.fetch_max(unflushed, Ordering::Relaxed);
+                if last_report.elapsed() >= Duration::from_secs(2) {
                     last_report = Instant::now();
                     eprintln!(
-                        "  {:>5.0} s: {:>5} MiB ingested, RSS {:.0} MiB (peak {:.0}), in-memory layers {:.0} + {:.0} MiB frozen ({} layers)",
+                        "  {:>5.0} s: {:>5} MiB ingested, RSS {:.0} MiB (peak {:.0}), live heap {:.0} MiB, in-memory layers \
+                         {:.0} + {:.0} MiB frozen ({} layers), WAL not yet flushed {:.0} MiB",
                         t.elapsed().as_secs_f64(),
                         (tl.last_record_lsn().0.saturating_sub(rec.start.0)) / MIB,
                         mib(rss),
                         mib(peak_rss.load(Ordering::Relaxed)),
+                        mib(LIVE.load(Ordering::Relaxed)),
                         mib(open),
                         mib(frozen),
-                        tl.frozen_layer_count()
+                        tl.frozen_layer_count(),
+                        mib(unflushed)
                     );
                 }
                 std::thread::sleep(SAMPLE_EVERY);
             }
         });
-        let result = feed_wal(&rec, wal_end, args.chunk_kib << 10, &tl, &mut ingest, &froze_tx);
+        let result = feed_wal(&rec, wal_end, args, &tl, &mut ingest, &froze_tx);
         drop(froze_tx);
-        let flushed = flusher.join().map_err(|_| anyhow!("the flusher panicked"))?;
+        let flushed = flusher.join();
         done.store(true, Ordering::Relaxed);
+        let flushed = flushed.map_err(|_| anyhow!("the flusher panicked"))?;
         let (records, fed, frozen) = result?;
         Ok((records, fed, frozen, flushed))
     })?;
@@ -343,6 +436,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         bp.writer_flushed_layers
     );
     eprintln!(
+        "heap (bytes allocated, not freed): {:.2} MiB before ingest, peak {:.1} MiB, {:.1} MiB at the end; \
+         peak WAL ingested but not flushed (last_record_lsn - disk_consistent_lsn) {:.1} MiB",
+        mib(baseline_live),
+        mib(PEAK_LIVE.load(Ordering::Relaxed)),
+        mib(LIVE.load(Ordering::Relaxed)),
+        mib(peak_unflushed_wal.load(Ordering::Relaxed))
+    );
+    eprintln!(
         "RSS: {:.1} MiB before ingest, peak {:.1} MiB sampled every {} ms, VmHWM {} MiB, {:.1} MiB at the end; limit {:.0} MiB \
          (page cache {} + in-memory layers {} + {} MiB)",
         mib(baseline),
@@ -357,7 +458,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     );
     println!("| name | value | unit | floor | ratio | command |");
     println!("|---|---|---|---|---|---|");
-    println!("| repo.rss_mib_ingest | {:.1} | MiB | {:.0} | {:.3} | {COMMAND} |", mib(peak), mib(limit), peak as f64 / limit as f64);
+    println!(
+        "| repo.rss_mib_ingest | {:.1} | MiB | {:.0} | {:.3} | {COMMAND} |",
+        mib(peak),
+        mib(limit),
+        peak as f64 / limit as f64
+    );
     drop(tl);
     drop(repo);
     if peak > limit {
@@ -381,14 +487,15 @@ fn run(args: &Args) -> anyhow::Result<bool> {
 fn feed_wal(
     rec: &Recording,
     end: Lsn,
-    chunk: usize,
+    args: &Args,
     tl: &storage::repo::Timeline,
     ingest: &mut WalIngest,
     froze: &mpsc::Sender<()>,
 ) -> anyhow::Result<(u64, u64, u64)> {
     let mut decoder = WalStreamDecoder::new(rec.start);
     let mut writer = tl.writer();
-    let mut buf = vec![0u8; chunk];
+    let mut buf = vec![0u8; args.chunk_kib << 10];
+    let mut explain = args.explain.then(Explain::default);
     let (mut records, mut fed, mut frozen) = (0u64, 0u64, 0u64);
     for segno in rec.start.0 / SEG..=rec.end.0 / SEG {
         let path = rec.dir.join(segment_name(segno));
@@ -403,18 +510,104 @@ fn feed_wal(
             }
             decoder.feed(&buf[..n]);
             fed += n as u64;
-            while let Some(r) = decoder.next_record().map_err(|e| anyhow!("decoder: {e}"))? {
+            while let Some(mut r) = decoder.next_record().map_err(|e| anyhow!("decoder: {e}"))? {
                 if r.start_lsn >= end {
+                    if let Some(x) = &mut explain {
+                        x.layer_done(tl, true);
+                    }
                     return Ok((records, fed, frozen));
+                }
+                if args.copy_records {
+                    r.raw = Bytes::copy_from_slice(&r.raw);
+                }
+                if let Some(x) = &mut explain {
+                    x.record(&r)?;
                 }
                 let froze_now = ingest.ingest(&mut writer, &r).with_context(|| format!("record at {}", r.start_lsn))?;
                 records += 1;
                 if froze_now {
                     frozen += 1;
                     let _ = froze.send(());
+                    if let Some(x) = &mut explain {
+                        x.layer_done(tl, false);
+                    }
                 }
             }
         }
     }
     bail!("the recorded WAL ended at {} before {end}", decoder.consumed_lsn())
+}
+
+/// `--explain`: per in-memory layer, what it counts against the limit
+/// (`InMemoryLayer::put`: an image's length + 32, a record 64 + 32) and what
+/// its values hold (an image's length, a stored PostgreSQL record's length
+/// once however many blocks it is stored for, project records not counted).
+/// Versions that `WalIngest` adds itself (sizes, directories, the
+/// checkpoint) are small and left out of both.
+#[derive(Default)]
+struct Explain {
+    layer: u64,
+    counted: u64,
+    held: u64,
+    images: u64,
+    records: u64,
+    record_bytes: u64,
+    max_held_over_counted: f64,
+}
+
+impl Explain {
+    fn record(&mut self, r: &storage::wal::DecodedRecord) -> anyhow::Result<()> {
+        use storage::value::{RecordPayload, Value};
+        use storage::wal::ingest::{ingest_record, IngestChange};
+        let batch = ingest_record(r).map_err(|e| anyhow!("record at {}: {e}", r.start_lsn))?;
+        let mut raw_stored = false;
+        for change in &batch.changes {
+            if let IngestChange::Put { value, .. } = change {
+                match value {
+                    Value::Image(page) => {
+                        self.counted += page.len() as u64 + 32;
+                        self.held += page.len() as u64;
+                        self.images += 1;
+                    }
+                    Value::WalRecord(v) => {
+                        self.counted += 96;
+                        if let RecordPayload::Postgres { raw, .. } = &v.rec {
+                            if !raw_stored {
+                                raw_stored = true;
+                                self.held += raw.len() as u64;
+                                self.records += 1;
+                                self.record_bytes += raw.len() as u64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn layer_done(&mut self, tl: &storage::repo::Timeline, last: bool) {
+        let ratio = self.held as f64 / self.counted.max(1) as f64;
+        self.max_held_over_counted = self.max_held_over_counted.max(ratio);
+        eprintln!(
+            "  layer {:>2}{}: counted {:>6.1} MiB, values hold {:>6.1} MiB ({:.2}x): {} images, {} records stored \
+             ({:.1} MiB, {:.0} B each); at freeze: {} frozen layers, {:.1} MiB counted in memory",
+            self.layer,
+            if last { " (open, at the end)" } else { "" },
+            mib(self.counted),
+            mib(self.held),
+            ratio,
+            self.images,
+            self.records,
+            mib(self.record_bytes),
+            self.record_bytes as f64 / self.records.max(1) as f64,
+            tl.frozen_layer_count(),
+            {
+                let (o, f) = tl.inmem_bytes();
+                mib(o + f)
+            }
+        );
+        *self =
+            Explain { layer: self.layer + 1, max_held_over_counted: self.max_held_over_counted, ..Explain::default() };
+    }
 }
