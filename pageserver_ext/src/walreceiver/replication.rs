@@ -296,11 +296,7 @@ impl ReplicationConn {
         self.flush().await?;
         // Result set 1: start position.
         let start = self.read_result_set().await?;
-        let start_lsn: Lsn = start
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ReplError::Protocol("BASE_BACKUP: no start position".into()))?;
+        let start_lsn = first_lsn(&start, "BASE_BACKUP: no start position")?;
         // Result set 2: tablespaces with their estimated sizes in kB.
         let spaces = self.read_result_set().await?;
         if spaces.len() > 1 {
@@ -319,11 +315,8 @@ impl ReplicationConn {
             let msg = self.read_message().await?;
             match msg.tag {
                 b'd' => {
-                    let mut body = msg.body;
-                    if body.is_empty() {
-                        return Err(ReplError::Protocol("empty CopyData in BASE_BACKUP".into()));
-                    }
-                    match body.get_u8() {
+                    let (kind, body) = split_copy_data(msg.body)?;
+                    match kind {
                         b'n' => {
                             let name = body.split(|b| *b == 0).next().unwrap_or_default();
                             archive = Some(String::from_utf8_lossy(name).into_owned());
@@ -343,11 +336,7 @@ impl ReplicationConn {
             }
         }
         let end = self.read_result_set().await?;
-        let end_lsn: Lsn = end
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ReplError::Protocol("BASE_BACKUP: no end position".into()))?;
+        let end_lsn = first_lsn(&end, "BASE_BACKUP: no end position")?;
         // CommandComplete and ReadyForQuery follow.
         self.read_until_ready().await?;
         Ok((start_lsn, end_lsn))
@@ -385,11 +374,8 @@ impl ReplicationConn {
             let msg = self.read_message().await?;
             match msg.tag {
                 b'd' => {
-                    let mut body = msg.body;
-                    if body.is_empty() {
-                        return Err(ReplError::Protocol("empty CopyData".into()));
-                    }
-                    match body.get_u8() {
+                    let (kind, mut body) = split_copy_data(msg.body)?;
+                    match kind {
                         b'w' if body.len() >= 24 => {
                             let start = Lsn(body.get_u64());
                             let wal_end = Lsn(body.get_u64());
@@ -433,6 +419,23 @@ fn pg_now_micros() -> i64 {
     const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     now.as_micros() as i64 - (PG_EPOCH_OFFSET_SECS * 1_000_000) as i64
+}
+
+/// The first column of the first row, as an LSN.
+fn first_lsn(rows: &[Vec<Option<String>>], missing: &str) -> Result<Lsn, ReplError> {
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ReplError::Protocol(missing.into()))
+}
+
+/// A CopyData body of the replication protocol: its kind byte and the rest.
+fn split_copy_data(mut body: Bytes) -> Result<(u8, Bytes), ReplError> {
+    if body.is_empty() {
+        return Err(ReplError::Protocol("empty CopyData".into()));
+    }
+    let kind = body.get_u8();
+    Ok((kind, body))
 }
 
 fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ReplError> {
