@@ -1,9 +1,10 @@
 //! The materialized page cache: values rebuilt by redo, keyed by (timeline, key, LSN).
 //!
 //! A version of a key at an LSN never changes, so entries need no
-//! invalidation. An entry is stored at the LSN of the newest record applied;
-//! a read at `L` uses the newest entry at or below `L` as its base and walks
-//! the layers only for records above it. Eviction is first-in first-out within
+//! invalidation. An entry is stored at the LSN of the newest record applied
+//! and at the LSN read (once that LSN is ingested, so final); a read at `L`
+//! returns an entry at exactly `L` at once, and otherwise uses the newest
+//! entry below `L` as its base and walks the layers only for versions above it. Eviction is first-in first-out within
 //! a byte budget ([`RepoConfig::page_cache_bytes`](super::RepoConfig::page_cache_bytes)).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -259,7 +259,16 @@ impl Timeline {
     /// `check_cutoff` false also without the GC cutoff check (callers that
     /// know the LSN is retained, such as image creation).
     pub(crate) fn get_unchecked_ahead(&self, key: Key, lsn: Lsn, check_cutoff: bool) -> Result<Option<Bytes>> {
-        let mut collector = Collector { floor: self.shared.page_cache.lookup(self.id, key, lsn), ..Collector::default() };
+        let cached = self.shared.page_cache.lookup(self.id, key, lsn);
+        // A value read at exactly this LSN before: nothing to walk. (Below
+        // the GC cutoff the walk below reports "too old" instead.)
+        if let Some((at, value)) = &cached {
+            if *at == lsn && !(check_cutoff && lsn < self.gc_cutoff()) {
+                return Ok(Some(value.clone()));
+            }
+        }
+        let final_lsn = lsn <= self.last_record_lsn();
+        let mut collector = Collector { floor: cached, ..Collector::default() };
         let mut timeline = self;
         let mut read_lsn = lsn;
         let mut check_cutoff = check_cutoff;
@@ -293,6 +302,14 @@ impl Timeline {
             .map_err(|(lsn, msg)| RepoError::Redo { key, lsn, msg })?;
         if let (Some(record_lsn), Some(page)) = (newest_record, &page) {
             self.shared.page_cache.insert(self.id, key, record_lsn, page.clone());
+        }
+        // Also at the read LSN, for the next read there (hot pages, relation
+        // sizes): only once no more versions can arrive at or below it, which
+        // is not yet so for the writer's reads at its pending LSN.
+        if let (true, Some(value)) = (final_lsn, &page) {
+            if newest_record != Some(lsn) {
+                self.shared.page_cache.insert(self.id, key, lsn, value.clone());
+            }
         }
         Ok(page)
     }
