@@ -30,12 +30,19 @@ stop_host() {
 }
 trap stop_host EXIT
 
-log "starting a host PostgreSQL 15 on port $HOST_PORT with pageserver_ext preloaded"
-as_postgres "$PG_BIN/initdb" -D "$demo/host" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
-cat >>"$demo/host/postgresql.conf" <<CONF
-port = $HOST_PORT
+# Appends the lines every demo cluster gets: its port, loopback only, sockets in the demo directory.
+local_conf() {
+  cat >>"$demo/$1/postgresql.conf" <<CONF
+port = $2
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$demo'
+CONF
+}
+
+log "starting a host PostgreSQL 15 on port $HOST_PORT with pageserver_ext preloaded"
+as_postgres "$PG_BIN/initdb" -D "$demo/host" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+local_conf host "$HOST_PORT"
+cat >>"$demo/host/postgresql.conf" <<CONF
 shared_preload_libraries = 'pageserver_ext'
 pageserver.listen_addr = '$LISTEN_ADDR'
 CONF
@@ -68,10 +75,8 @@ SECONDS_OF_PGBENCH=${DEMO_PGBENCH_SECONDS:-15}
 
 log "starting a stock primary PostgreSQL 15 on port $PRIMARY_PORT"
 as_postgres "$PG_BIN/initdb" -D "$demo/primary" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+local_conf primary "$PRIMARY_PORT"
 cat >>"$demo/primary/postgresql.conf" <<CONF
-port = $PRIMARY_PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$demo'
 wal_level = replica
 max_wal_senders = 4
 max_replication_slots = 4
@@ -116,11 +121,7 @@ mkdir "$demo/branch"
   | tar -x -C "$demo/branch"
 chown -R postgres: "$demo/branch"
 chmod 0700 "$demo/branch"
-cat >>"$demo/branch/postgresql.conf" <<CONF
-port = $BRANCH_PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$demo'
-CONF
+local_conf branch "$BRANCH_PORT"
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" -l "$demo/branch.log" -w start >/dev/null
 branch_sum=$("$PG_BIN/psql" -X -h 127.0.0.1 -p "$BRANCH_PORT" -U postgres -d postgres -tA -c "SELECT sum(abalance) FROM pgbench_accounts")
 now_sum=$(primary_psql -tA -c "SELECT sum(abalance) FROM pgbench_accounts")

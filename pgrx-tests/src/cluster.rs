@@ -335,18 +335,7 @@ impl PgCluster {
         config: ClusterConfig,
         fill: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<PgCluster> {
-        if config.preload_pageserver {
-            check_pageserver_installed()?;
-        }
-        let root = new_root_dir()?;
-        let mut cluster = PgCluster {
-            data: root.join("data"),
-            log_path: root.join("server.log"),
-            root,
-            port: free_port(),
-            settings: config.resolved_settings(),
-            base_conf: String::new(),
-        };
+        let mut cluster = PgCluster::in_fresh_root(&config, None)?;
         let data = cluster.data.clone();
         std::fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
@@ -366,22 +355,27 @@ impl PgCluster {
     }
 
     fn start_impl(config: ClusterConfig, first_port: Option<u16>) -> anyhow::Result<PgCluster> {
+        let mut cluster = PgCluster::in_fresh_root(&config, first_port)?;
+        cluster.initdb(&config)?;
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// A cluster (not started, no data directory yet) in a new root
+    /// directory; from here on, Drop cleans up whatever happens.
+    fn in_fresh_root(config: &ClusterConfig, port: Option<u16>) -> anyhow::Result<PgCluster> {
         if config.preload_pageserver {
             check_pageserver_installed()?;
         }
         let root = new_root_dir()?;
-        // From here on, Drop cleans up whatever happens.
-        let mut cluster = PgCluster {
+        Ok(PgCluster {
             data: root.join("data"),
             log_path: root.join("server.log"),
             root,
-            port: first_port.unwrap_or_else(free_port),
+            port: port.unwrap_or_else(free_port),
             settings: config.resolved_settings(),
             base_conf: String::new(),
-        };
-        cluster.initdb(&config)?;
-        cluster.start_server()?;
-        Ok(cluster)
+        })
     }
 
     fn initdb(&mut self, config: &ClusterConfig) -> anyhow::Result<()> {

@@ -1,3 +1,13 @@
 //! Shared code of the command-line tools (benchmarks, inspection).
 
 pub mod pagestream_client;
+
+/// Prints one `BENCHMARKS.md` row (`| name | value | unit | floor | ratio | command |`)
+/// with two decimals; `floor` None prints `n/a` for floor and ratio.
+pub fn print_row(name: &str, value: f64, unit: &str, floor: Option<f64>, command: &str) {
+    let (floor_s, ratio_s) = match floor {
+        Some(f) => (format!("{f:.2}"), format!("{:.2}", value / f)),
+        None => ("n/a".into(), "n/a".into()),
+    };
+    println!("| {name} | {value:.2} | {unit} | {floor_s} | {ratio_s} | {command} |");
+}

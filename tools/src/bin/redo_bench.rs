@@ -103,11 +103,7 @@ impl Host {
 }
 
 fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
-    let (floor_s, ratio_s) = match floor {
-        Some(f) => (format!("{f:.2}"), format!("{:.2}", value / f)),
-        None => ("n/a".into(), "n/a".into()),
-    };
-    println!("| {name} | {value:.2} | {unit} | {floor_s} | {ratio_s} | {COMMAND} |");
+    tools::print_row(name, value, unit, floor, COMMAND);
 }
 
 fn main() -> Result<()> {
