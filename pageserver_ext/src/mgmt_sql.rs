@@ -119,7 +119,9 @@ fn tenants() -> TableIterator<'static, (name!(tenant_id, String),)> {
 /// One row per timeline: its state (`importing`, `active`, `branch`,
 /// `broken`), ancestor and branch LSN, LSNs (last ingested, durable on
 /// disk, the primary's latest), lag in bytes, import progress, layer files
-/// and the last error (import, flush, or WAL receiver).
+/// and the last error (import, flush, or WAL receiver); whether compaction
+/// is running on it, how many passes have finished since the main worker
+/// started, and what the last one did.
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn timelines() -> TableIterator<
@@ -139,6 +141,9 @@ fn timelines() -> TableIterator<
         name!(layer_files, i64),
         name!(layer_bytes, i64),
         name!(last_error, Option<String>),
+        name!(compacting, bool),
+        name!(compaction_passes, i64),
+        name!(last_compaction, Option<String>),
     ),
 > {
     let Reply::Timelines(rows) = call(&Command::ListTimelines) else { error!("unexpected reply from the main worker") };
@@ -160,6 +165,9 @@ fn timelines() -> TableIterator<
                     r.layers,
                     r.layer_bytes,
                     r.error,
+                    r.compacting,
+                    r.compaction_passes,
+                    r.last_compaction,
                 )
             })
             .collect::<Vec<_>>(),

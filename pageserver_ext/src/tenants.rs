@@ -30,11 +30,11 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use storage::lsn::Lsn;
-use storage::repo::{Redo, RepoConfig, Repository, Timeline, TimelineId};
+use storage::repo::{CompactionStats, GcStats, Redo, RepoConfig, Repository, Timeline, TimelineId};
 
 /// A tenant's identifier: 32 hexadecimal digits, like a timeline's.
 pub type TenantId = TimelineId;
@@ -43,6 +43,8 @@ pub type TenantId = TimelineId;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Ingest idle this long freezes the open in-memory layer for flushing.
 const IDLE_FLUSH: Duration = Duration::from_secs(1);
+/// Bytes of in-memory layers flushed between two [`release_freed_heap`] calls.
+const TRIM_AFTER_FLUSHED_BYTES: u64 = 64 << 20;
 /// How often compaction and GC run.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -78,6 +80,48 @@ pub struct TimelineStatus {
     pub import: storage::import::ImportProgress,
     pub error: Mutex<Option<String>>,
     pub receiver: ReceiverStatus,
+    pub compaction: CompactionStatus,
+}
+
+/// What the compaction thread has done on one timeline.
+#[derive(Default)]
+pub struct CompactionStatus {
+    /// A pass (L0 → L1, image layers, then GC) is running now.
+    pub running: AtomicBool,
+    /// Passes finished since the main worker started.
+    pub passes: AtomicU64,
+    pub last: Mutex<Option<CompactionPass>>,
+}
+
+/// One finished pass of compaction and GC.
+pub struct CompactionPass {
+    pub finished: Instant,
+    pub took: Duration,
+    pub compaction: Result<CompactionStats, String>,
+    pub gc: Result<GcStats, String>,
+}
+
+impl CompactionPass {
+    /// One line for `pageserver.timelines()`.
+    pub fn describe(&self) -> String {
+        let compaction = match &self.compaction {
+            Err(e) => format!("compaction failed: {e}"),
+            Ok(s) if s.l0_merged == 0 && s.images_written == 0 => "nothing to compact".to_string(),
+            Ok(s) => format!(
+                "merged {} L0 layers ({} MiB) into {} L1 layers, wrote {} image layers",
+                s.l0_merged,
+                s.l0_bytes >> 20,
+                s.l1_written,
+                s.images_written
+            ),
+        };
+        let gc = match &self.gc {
+            Err(e) => format!("GC failed: {e}"),
+            Ok(s) if s.layers_removed == 0 => "nothing to remove".to_string(),
+            Ok(s) => format!("GC removed {} layers ({} MiB)", s.layers_removed, s.bytes_removed >> 20),
+        };
+        format!("{compaction}; {gc}; took {:.1} s, finished {} s ago", self.took.as_secs_f64(), self.finished.elapsed().as_secs())
+    }
 }
 
 pub struct TimelineEntry {
@@ -122,6 +166,9 @@ pub struct TimelineRow {
     pub layer_bytes: i64,
     pub layers: i64,
     pub error: Option<String>,
+    pub compacting: bool,
+    pub compaction_passes: i64,
+    pub last_compaction: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -431,6 +478,9 @@ impl Manager {
                     layer_bytes: tl.layer_bytes() as i64,
                     layers: tl.layer_names().len() as i64,
                     error: entry.status.error.lock().clone().or_else(|| entry.status.receiver.last_error.lock().clone()),
+                    compacting: entry.status.compaction.running.load(Ordering::Relaxed),
+                    compaction_passes: entry.status.compaction.passes.load(Ordering::Relaxed) as i64,
+                    last_compaction: entry.status.compaction.last.lock().as_ref().map(CompactionPass::describe),
                 });
             }
         }
@@ -447,6 +497,7 @@ impl Manager {
     /// primary shutting down waits for that) and a restart re-streams nothing.
     fn flush_loop(&self) {
         let mut idle_since: std::collections::HashMap<TimelineId, (Lsn, std::time::Instant)> = Default::default();
+        let mut flushed_since_trim = 0u64;
         while !self.is_stopping() {
             for entry in self.all_timelines() {
                 let tl = &entry.timeline;
@@ -460,11 +511,19 @@ impl Manager {
                     }
                 }
                 if entry.timeline.frozen_layer_count() > 0 {
-                    if let Err(e) = entry.timeline.flush_frozen_layers() {
-                        self.log.warning(format!("timeline {}: flush failed: {e}", entry.timeline.id()));
-                        entry.status.error.lock().replace(format!("flush failed: {e}"));
+                    let bytes = entry.timeline.frozen_bytes();
+                    match entry.timeline.flush_frozen_layers() {
+                        Ok(()) => flushed_since_trim += bytes,
+                        Err(e) => {
+                            self.log.warning(format!("timeline {}: flush failed: {e}", entry.timeline.id()));
+                            entry.status.error.lock().replace(format!("flush failed: {e}"));
+                        }
                     }
                 }
+            }
+            if flushed_since_trim >= TRIM_AFTER_FLUSHED_BYTES {
+                release_freed_heap();
+                flushed_since_trim = 0;
             }
             std::thread::sleep(FLUSH_INTERVAL);
         }
@@ -476,14 +535,54 @@ impl Manager {
             std::thread::sleep(COMPACTION_INTERVAL);
             let tenants: Vec<_> = self.tenants.read().values().cloned().collect();
             for tenant in tenants {
-                if let Err(e) = tenant.repo.compact_all() {
-                    self.log.warning(format!("tenant {}: compaction failed: {e}", tenant.id));
-                }
-                if let Err(e) = tenant.repo.gc(SystemTime::now()) {
-                    self.log.warning(format!("tenant {}: GC failed: {e}", tenant.id));
-                }
+                self.compact_and_gc(&tenant);
             }
         }
+    }
+
+    /// One pass over a tenant: compaction of each timeline, then GC of all
+    /// of them (branch points span timelines); each timeline's status shows
+    /// the pass as running until both are done.
+    fn compact_and_gc(&self, tenant: &Tenant) {
+        let entries: Vec<_> = tenant.timelines.read().values().cloned().collect();
+        for entry in &entries {
+            entry.status.compaction.running.store(true, Ordering::Relaxed);
+        }
+        let started = Instant::now();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let outcome = entry.timeline.compact().map_err(err);
+            if let Err(e) = &outcome {
+                self.log.warning(format!("timeline {}: compaction failed: {e}", entry.timeline.id()));
+            }
+            outcomes.push(outcome);
+        }
+        let gc = tenant.repo.gc(SystemTime::now()).map_err(err);
+        if let Err(e) = &gc {
+            self.log.warning(format!("tenant {}: GC failed: {e}", tenant.id));
+        }
+        for (entry, compaction) in entries.iter().zip(outcomes) {
+            let gc = match &gc {
+                Ok(all) => Ok(all.iter().find(|(id, _)| *id == entry.timeline.id()).map(|(_, stats)| stats.clone()).unwrap_or_default()),
+                Err(e) => Err(e.clone()),
+            };
+            let status = &entry.status.compaction;
+            *status.last.lock() = Some(CompactionPass { finished: Instant::now(), took: started.elapsed(), compaction, gc });
+            status.passes.fetch_add(1, Ordering::Relaxed);
+            status.running.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Returns the heap that flushed in-memory layers freed to the OS. glibc
+/// keeps freed memory in its arenas otherwise, so after a bulk load the
+/// main worker would stay at its peak resident size (hundreds of MiB of
+/// in-memory layers) for good.
+fn release_freed_heap() {
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks;
+    // any thread may call it, and it calls no PostgreSQL code.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -222,3 +222,47 @@ fn concurrent_readers_writer_and_background_work() {
     });
     assert!(timeline.layer_names().len() > 1);
 }
+
+#[test]
+fn image_creation_counts_only_deltas_that_hold_a_partitions_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    // No L0 → L1 merge here: image creation alone, over L0 layers.
+    let repo = open(dir.path(), RepoConfig { compaction_threshold: 1000, ..small_config() });
+    let timeline = repo.create_timeline(TimelineId(1)).unwrap();
+    let rel = RelTag::new(1663, 5, 16384, 0);
+    // 48 KiB partitions of 8 KiB pages: 6 keys each, 10 partitions.
+    let keys: Vec<Key> = (0..60).map(|blkno| Key::rel_block(rel, blkno)).collect();
+    let page = |lsn: u64, key: usize| Bytes::from(vec![(lsn >> 8) as u8 ^ key as u8; 64]);
+    let write_layer = |lsn: u64, which: &[usize]| {
+        let versions: Vec<(Key, Value)> = which.iter().map(|&k| (keys[k], Value::Image(page(lsn, k)))).collect();
+        ingest(&timeline, Lsn(lsn), &versions).unwrap();
+        timeline.writer().freeze().unwrap();
+        timeline.flush_frozen_layers().unwrap();
+    };
+    let all: Vec<usize> = (0..keys.len()).collect();
+    write_layer(0x100, &all);
+    write_layer(0x200, &all);
+    assert_eq!(timeline.create_image_layers().unwrap(), 10, "two full deltas reach depth 2 everywhere");
+
+    // A new key that sorts first moves every partition's boundaries by one
+    // key; the images at 0x200 still cover each, two of them together.
+    let first = Key::rel_block(RelTag::new(1663, 5, 16383, 0), 0);
+    ingest(&timeline, Lsn(0x280), &[(first, Value::Image(Bytes::from_static(b"new")))]).unwrap();
+    timeline.writer().freeze().unwrap();
+    timeline.flush_frozen_layers().unwrap();
+    assert_eq!(timeline.create_image_layers().unwrap(), 0, "one new delta is below the threshold everywhere");
+
+    // Three small layers, each changing the first and the last key: each
+    // one's key range (and its single block) spans every partition.
+    for lsn in [0x300, 0x400, 0x500] {
+        write_layer(lsn, &[0, 59]);
+    }
+    let spanning = timeline.layer_names().iter().filter(|n| !n.is_image() && n.lsn_range.start > Lsn(0x280)).count();
+    assert_eq!(spanning, 3, "{:#?}", timeline.layer_names());
+    assert_eq!(timeline.create_image_layers().unwrap(), 2, "only the first and the last partition have new versions");
+    assert_eq!(timeline.get(first, Lsn(0x500)).unwrap(), Some(Bytes::from_static(b"new")));
+    for (k, key) in keys.iter().enumerate() {
+        let lsn = if k == 0 || k == 59 { 0x500 } else { 0x200 };
+        assert_eq!(timeline.get(*key, Lsn(0x500)).unwrap(), Some(page(lsn, k)), "key {k}");
+    }
+}

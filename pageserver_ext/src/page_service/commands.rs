@@ -9,11 +9,11 @@
 //! the pool to hundreds of threads and a quarter of the CPU went to
 //! switching). A request ahead of ingest waits on tokio's blocking pool
 //! (`pageserver.wait_lsn_timeout`), so it never holds up the runtime.
-//! Requests are answered in order with up to [`PIPELINE_DEPTH`] in flight
-//! per connection; a failed request gets an error response and the stream
-//! goes on. Backups run on the blocking pool.
+//! Requests are answered in order, a buffer-full at a time; a failed
+//! request gets an error response and the stream goes on. Backups run on
+//! the blocking pool.
 
-use super::pq::{self, sqlstate, BackendWriter, FrontendMessage, ProtocolError};
+use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
 use crate::tenants::{Manager, TenantId};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,11 +24,13 @@ use storage::key::{Key, RelTag};
 use storage::lsn::Lsn;
 use storage::pagestream::{ProtocolVersion, Request, Response};
 use storage::repo::{Timeline, TimelineId};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Requests of one connection being served at once.
-pub const PIPELINE_DEPTH: usize = 64;
+/// Bytes of requests read from a pagestream connection at a time.
+const READ_BUFFER: usize = 64 * 1024;
+/// Bytes of pagestream responses gathered before they are written.
+const WRITE_BATCH: usize = 256 * 1024;
 /// Bytes of tar per CopyData message.
 const BACKUP_CHUNK: usize = 256 * 1024;
 /// `DEFAULTTABLESPACE_OID`: DbSize counts a database's relations there.
@@ -93,6 +95,9 @@ pub fn parse_command(query: &str) -> Result<Option<Command>, String> {
 }
 
 async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
     stream.write_all(out).await?;
     out.clear();
     Ok(())
@@ -125,80 +130,67 @@ pub async fn run(stream: &mut TcpStream, out: &mut BytesMut, ctx: &ServiceContex
 }
 
 /// Serves pagestream requests until the client sends CopyDone (or leaves).
+///
+/// One loop per connection: read whatever the client has sent, answer every
+/// whole request in it in order, write the answers in one go, read again.
+/// At depth 1 that is one read and one write per request and no hand-off
+/// between tasks; with many requests in flight answers go out in batches.
 async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, timeline: Arc<Timeline>, ctx: &ServiceContext) -> Result<(), ProtocolError> {
-    let (rd, mut wr) = stream.split();
-    // Requests are small and come in bursts: read them from a buffer, not a syscall per field.
-    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Answer>(PIPELINE_DEPTH);
     let wait_timeout = ctx.wait_lsn_timeout();
-    let reader = async move {
-        loop {
-            let msg = pq::read_message(&mut rd).await?;
-            let body = match msg {
-                FrontendMessage::Other { tag: b'd', body } => body,
-                FrontendMessage::Other { tag: b'c', .. } | FrontendMessage::Terminate => {
-                    // Bytes read ahead of the stream's end would be lost with
-                    // the buffer: a client must wait for CommandComplete.
-                    if !rd.buffer().is_empty() {
+    let mut input = BytesMut::with_capacity(READ_BUFFER);
+    let mut out = BytesMut::with_capacity(WRITE_BATCH);
+    loop {
+        while let Some((tag, body)) = pq::take_message(&mut input)? {
+            match tag {
+                b'd' => {
+                    let response = match Request::parse(version, &body) {
+                        Ok(request) if is_ingested(&timeline, &request) => answer(&timeline, &request, wait_timeout),
+                        Ok(request) => {
+                            // Ahead of ingest: send what is ready, then wait off the runtime.
+                            send(stream, &mut out).await?;
+                            let timeline = timeline.clone();
+                            tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout)).await.unwrap_or_else(
+                                |e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") },
+                            )
+                        }
+                        // Not a request we understand: answer with an error in
+                        // order; the stream stays usable.
+                        Err(e) => Response::Error { hdr: Default::default(), message: format!("malformed pagestream request: {e}") },
+                    };
+                    BackendWriter(&mut out).copy_data_with(|b| response.encode(version, b));
+                    if out.len() >= WRITE_BATCH {
+                        send(stream, &mut out).await?;
+                    }
+                }
+                b'c' | b'X' => {
+                    send(stream, &mut out).await?;
+                    // The session goes on without this buffer: a client must
+                    // wait for CommandComplete before sending more.
+                    if !input.is_empty() {
                         return Err(ProtocolError::Io(std::io::Error::other(
                             "messages sent after CopyDone before the server ended the stream",
                         )));
                     }
                     return Ok(());
                 }
-                FrontendMessage::Other { tag: b'f', .. } => return Ok(()),
-                FrontendMessage::Other { tag, .. } => {
+                b'f' => return Ok(send(stream, &mut out).await?), // CopyFail
+                b'Q' | b'S' => {
+                    return Err(ProtocolError::Io(std::io::Error::other("query inside a pagestream: send CopyDone first")))
+                }
+                tag => {
                     return Err(ProtocolError::Io(std::io::Error::other(format!(
                         "message type '{}' inside a pagestream: only CopyData and CopyDone are allowed",
                         tag.escape_ascii()
                     ))))
                 }
-                FrontendMessage::Query(_) | FrontendMessage::Sync => {
-                    return Err(ProtocolError::Io(std::io::Error::other("query inside a pagestream: send CopyDone first")))
-                }
-            };
-            let job = match Request::parse(version, &body) {
-                Ok(request) if is_ingested(&timeline, &request) => Answer::Ready(answer(&timeline, &request, wait_timeout)),
-                Ok(request) => {
-                    let timeline = timeline.clone();
-                    Answer::Later(tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout)))
-                }
-                // Not a request we understand: answer with an error in
-                // order; the stream stays usable.
-                Err(e) => Answer::Ready(Response::Error { hdr: Default::default(), message: format!("malformed pagestream request: {e}") }),
-            };
-            if tx.send(job).await.is_err() {
-                return Ok(()); // the writer stopped: the client is gone
             }
         }
-    };
-    let writer = async move {
-        let mut out = BytesMut::with_capacity(64 * 1024);
-        while let Some(job) = rx.recv().await {
-            let response = match job {
-                Answer::Ready(response) => response,
-                Answer::Later(handle) => handle
-                    .await
-                    .unwrap_or_else(|e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") }),
-            };
-            BackendWriter(&mut out).copy_data_with(|b| response.encode(version, b));
-            if rx.is_empty() || out.len() >= 256 * 1024 {
-                wr.write_all(&out).await?;
-                out.clear();
-            }
+        send(stream, &mut out).await?;
+        input.reserve(READ_BUFFER / 2);
+        if stream.read_buf(&mut input).await? == 0 {
+            return Err(ProtocolError::Closed);
         }
-        wr.write_all(&out).await?;
-        Ok::<(), std::io::Error>(())
-    };
-    let (read, write) = tokio::join!(reader, writer);
-    write?;
-    read
-}
-
-/// A response in the pipeline: computed, or computing on the blocking pool.
-enum Answer {
-    Ready(Response),
-    Later(tokio::task::JoinHandle<Response>),
+    }
 }
 
 /// True if the request's LSN is ingested, so answering it waits for no WAL.

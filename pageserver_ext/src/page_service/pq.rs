@@ -141,6 +141,26 @@ pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Fronte
     })
 }
 
+/// Takes one whole message (tag and body) off the front of `buf`, or
+/// `None` if `buf` does not hold a whole one yet; for reading a stream of
+/// small messages a buffer-full at a time.
+pub fn take_message(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+        return Err(ProtocolError::BadMessageLength { tag: tag as char, len });
+    }
+    if buf.len() < 1 + len as usize {
+        buf.reserve(1 + len as usize - buf.len());
+        return Ok(None);
+    }
+    let mut message = buf.split_to(1 + len as usize);
+    Ok(Some((tag, message.split_off(5))))
+}
+
 /// Backend messages, appended to an output buffer.
 pub struct BackendWriter<'a>(pub &'a mut BytesMut);
 
@@ -258,6 +278,24 @@ mod tests {
         v.extend(code.to_be_bytes());
         v.extend(body);
         v
+    }
+
+    #[test]
+    fn take_message_waits_for_whole_messages_and_checks_lengths() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"d\0\0\0\x07abcd\0\0");
+        let (tag, body) = take_message(&mut buf).unwrap().unwrap();
+        assert_eq!((tag, &body[..]), (b'd', &b"abc"[..]));
+        assert_eq!(&buf[..], b"d\0\0", "a partial message stays in the buffer");
+        assert!(take_message(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"\0\x04c\0\0\0\x04");
+        assert_eq!(take_message(&mut buf).unwrap().unwrap().0, b'd');
+        assert_eq!(take_message(&mut buf).unwrap().unwrap().0, b'c');
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"d\0\0\0\x03");
+        assert!(matches!(take_message(&mut buf), Err(ProtocolError::BadMessageLength { tag: 'd', len: 3 })));
+        let mut huge = BytesMut::from(&b"d\x7f\0\0\0"[..]);
+        assert!(matches!(take_message(&mut huge), Err(ProtocolError::BadMessageLength { .. })));
     }
 
     #[tokio::test]

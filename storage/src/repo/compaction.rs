@@ -12,7 +12,10 @@
 //! covering the whole key space. A partition whose delta depth (delta layers
 //! with versions above its newest image) reaches `image_creation_threshold`
 //! gets an image layer at `disk_consistent_lsn` holding the materialized value
-//! of each of its keys.
+//! of each of its keys. A delta layer counts towards a partition's depth only
+//! if it holds a version of one of the partition's keys: an L0
+//! layer's key range spans every key changed in its LSN range, so a few
+//! scattered changes would otherwise re-image every partition between them.
 //!
 //! Both write their new files first, then swap them into the layer map and the
 //! index in one step; replaced files are unlinked once no reader holds them.
@@ -22,10 +25,12 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 
 use super::layer_file::{LayerIter, LayerKind, LayerName, LayerReader, LayerWriter, LsnRange, RawEntry};
+use super::gc::covered;
 use super::layer_map::PersistentLayer;
 use super::timeline::Timeline;
 use super::Result;
 use crate::key::{Key, KeyRange};
+use crate::lsn::Lsn;
 use crate::value::Value;
 
 /// What one compaction did.
@@ -151,25 +156,21 @@ impl Timeline {
             let start = if i == 0 { Key::MIN } else { chunk[0] };
             let end = keys.get((i + 1) * keys_per_partition).copied().unwrap_or(Key::MAX);
             let partition = KeyRange::new(start, end);
-            let newest_image = map
-                .historic
-                .iter()
-                .filter(|l| l.name.is_image() && l.name.image_lsn() <= lsn && l.name.key_range.covers(&partition))
-                .map(|l| l.name.image_lsn())
-                .max();
+            let newest_image = newest_covering_image(&map.historic, &partition, lsn);
             if newest_image == Some(lsn) {
                 continue;
             }
-            let depth = map
-                .historic
-                .iter()
-                .filter(|l| {
-                    l.name.kind == LayerKind::Delta
-                        && l.name.key_range.overlaps(&partition)
-                        && l.name.lsn_range.start <= lsn
-                        && newest_image.is_none_or(|image| l.name.lsn_range.end > image + 1)
-                })
-                .count();
+            let mut depth = 0;
+            for l in &map.historic {
+                if l.name.kind == LayerKind::Delta
+                    && l.name.key_range.overlaps(&partition)
+                    && l.name.lsn_range.start <= lsn
+                    && newest_image.is_none_or(|image| l.name.lsn_range.end > image + 1)
+                    && l.reader()?.has_key_in(&partition)?
+                {
+                    depth += 1;
+                }
+            }
             if depth < conf.image_creation_threshold.max(1) {
                 continue;
             }
@@ -202,6 +203,23 @@ impl Timeline {
     }
 }
 
+
+/// The newest LSN at or below `lsn` whose image layers together cover
+/// `partition`. Partitions are cut afresh from the keys of each run, so a
+/// new key moves the boundaries of every later partition: the images an
+/// earlier run wrote still cover them, but only together.
+fn newest_covering_image(historic: &[Arc<PersistentLayer>], partition: &KeyRange, lsn: Lsn) -> Option<Lsn> {
+    let mut images: Vec<&LayerName> = historic
+        .iter()
+        .map(|l| &l.name)
+        .filter(|n| n.is_image() && n.image_lsn() <= lsn && n.key_range.overlaps(partition))
+        .collect();
+    images.sort_by_key(|n| Reverse(n.image_lsn()));
+    images
+        .chunk_by(|a, b| a.image_lsn() == b.image_lsn())
+        .find(|at_one_lsn| covered(partition, at_one_lsn.iter().map(|n| n.key_range).collect()))
+        .map(|at_one_lsn| at_one_lsn[0].image_lsn())
+}
 
 /// Adds the layers a compaction or image creation wrote to the layer map's
 /// historic list, once each (a retried swap may offer them again).

@@ -642,6 +642,26 @@ impl LayerReader {
         first < self.blocks.len() && self.blocks[first].first_key <= key
     }
 
+    /// True if the file holds a version of some key of `range`. The block
+    /// index settles it unless one block spans the whole range; then that
+    /// block is read (at most one).
+    pub fn has_key_in(&self, range: &KeyRange) -> Result<bool> {
+        let index = self.blocks.partition_point(|b| b.last_key < range.start);
+        let Some(block) = self.blocks.get(index) else { return Ok(false) };
+        if block.first_key >= range.end {
+            return Ok(false);
+        }
+        if block.first_key >= range.start || block.last_key < range.end {
+            return Ok(true); // its first or its last key is in the range
+        }
+        let mut found = false;
+        self.parse_block(index, &self.read_block(index)?, |entry| {
+            found = entry.key >= range.start && entry.key < range.end;
+            Ok(!found && entry.key < range.end)
+        })?;
+        Ok(found)
+    }
+
     /// Every entry in (key, lsn) order, one block in memory at a time.
     pub(crate) fn for_each_entry(&self, mut visit: impl FnMut(RawEntry) -> Result<()>) -> Result<()> {
         for index in 0..self.blocks.len() {

@@ -232,11 +232,6 @@ impl Repository {
         Ok(())
     }
 
-    /// Compaction (L0 → L1 and image layers) of every timeline.
-    pub fn compact_all(&self) -> Result<Vec<(TimelineId, super::CompactionStats)>> {
-        self.timeline_ids().into_iter().map(|id| Ok((id, self.get_timeline(id)?.compact()?))).collect()
-    }
-
     /// GC of every timeline.
     pub fn gc(&self, now: SystemTime) -> Result<Vec<(TimelineId, GcStats)>> {
         self.timeline_ids().into_iter().map(|id| Ok((id, self.gc_timeline(id, now)?))).collect()

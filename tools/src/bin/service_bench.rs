@@ -11,9 +11,10 @@
 //!   ~10 ms of polling resolution). Reported: the p99, in ms.
 //! * GetPage with `pagebench` (the release binary next to this one): hot
 //!   pages (the first 1000 blocks of `pgbench_accounts`) at the primary's
-//!   LSN after pgbench, once the timeline has caught up, with 1 connection ×
+//!   LSN after pgbench, once the timeline has caught up and a compaction
+//!   pass started after that has finished, with 1 connection ×
 //!   depth 1 and 8 connections × depth 32, 10 s each after a 2 s warmup;
-//!   and `pagebench --floor` (a trivial in-process server speaking the same
+//!   and `pagebench --floor` (a trivial server process speaking the same
 //!   protocol) with the same shapes in the same run, as the floors.
 //!   During the 8×32 run the main worker's VmRSS is sampled every 50 ms
 //!   (the peak is reported) and its threads' CPU time is printed to stderr.
@@ -98,6 +99,45 @@ fn wait_caught_up(host: &mut postgres::Client, timeline: &str, target: Lsn, what
             last_report = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (compacting, compaction_passes, last_compaction) of the timeline.
+fn compaction_status(client: &mut postgres::Client, timeline: &str) -> Result<(bool, u64, String)> {
+    let query = format!(
+        "SELECT compacting, compaction_passes, coalesce(last_compaction, '') FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"
+    );
+    for m in client.simple_query(&query)? {
+        if let postgres::SimpleQueryMessage::Row(row) = m {
+            let passes = row.get(1).context("NULL compaction_passes")?.parse()?;
+            return Ok((row.get(0) == Some("t"), passes, row.get(2).unwrap_or_default().to_string()));
+        }
+    }
+    bail!("timeline {timeline} not listed by pageserver.timelines()")
+}
+
+/// Waits until a compaction pass that started after this call has finished
+/// (two passes, as one may be running already): the layers are then as the
+/// background work leaves them, and a GetPage measurement is not sharing
+/// the two cores with it.
+fn wait_compaction_settled(host: &mut postgres::Client, timeline: &str) -> Result<()> {
+    let started = Instant::now();
+    let (_, first, _) = compaction_status(host, timeline)?;
+    let mut seen = first;
+    loop {
+        let (running, passes, last) = compaction_status(host, timeline)?;
+        if passes != seen {
+            eprintln!("compaction pass {passes}: {last}");
+            seen = passes;
+        }
+        if passes >= first + 2 && !running {
+            eprintln!("compaction settled after {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if started.elapsed() > CATCH_UP_TIMEOUT {
+            bail!("compaction still busy after {CATCH_UP_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -331,6 +371,7 @@ fn main() -> Result<()> {
 
     let request_lsn = primary_lsn(&mut pc)?;
     wait_caught_up(&mut hc, &timeline, request_lsn, "ingest after pgbench")?;
+    wait_compaction_settled(&mut hc, &timeline)?;
     let filenode = primary.sql_one("SELECT pg_relation_filenode('pgbench_accounts')")?.context("no filenode")?;
     let db_oid = primary.sql_one("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.context("no db oid")?;
     let nblocks = primary.sql_one("SELECT pg_relation_size('pgbench_accounts') / 8192")?.context("no size")?;
@@ -399,6 +440,8 @@ fn main() -> Result<()> {
             _ => {}
         }
     })?;
+    let (running, passes, last) = compaction_status(&mut hc, &timeline)?;
+    eprintln!("after the GetPage runs: compaction pass {passes} {}: {last}", if running { "(another running)" } else { "" });
     eprintln!(
         "main worker VmRSS: {} MiB before the 8x32 run, peak {} MiB during it",
         rss_before >> 10,
