@@ -37,9 +37,12 @@
 //! `tar` format has no length up front); since `BASE_BACKUP` sends
 //! `global/pg_control` last, such a cut shows as "pg_control is missing".
 //!
-//! Limit: the whole backup goes into the timeline's open in-memory layer
-//! (versions at one LSN cannot be split over layers), so importing needs
-//! about as much memory as the relation files take.
+//! Relation files of 1 MiB or more, nearly all of a large backup, are
+//! written straight to image layer files as they are read
+//! ([`crate::repo::ImageImport`]) and published when the whole tar has been
+//! checked; everything else goes into the timeline's open in-memory layer.
+//! So an import needs memory for the small files only, whatever the size
+//! of the database.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Read;
@@ -88,6 +91,8 @@ pub struct ImportStats {
     pub relations: u64,
     /// Relation blocks (SLRU pages not included).
     pub blocks: u64,
+    /// Image layer files the relation blocks were written to.
+    pub image_layers: usize,
 }
 
 /// Why an import failed. Errors about one file name it (its path in the tar).
@@ -302,6 +307,8 @@ pub fn import_basebackup_tar<R: Read>(
         )));
     }
     let mut stats = ImportStats::default();
+    // Relation files of some size go straight to image layer files.
+    let mut images = timeline.import_images(lsn);
     let mut g = Gathered::default();
     let mut seen: HashSet<String> = HashSet::new();
     let mut archive = tar::Archive::new(Counting { inner: tar, progress, count: 0 });
@@ -353,10 +360,15 @@ pub fn import_basebackup_tar<R: Read>(
                     .filter(|f| f.checked_add(nblocks).is_some_and(|end| end < u32::MAX))
                     .ok_or_else(|| invalid(&path, "segment number beyond the largest relation"))?;
                 g.dbs.insert((rel.spc_node, rel.db_node));
+                let direct = images.takes(size);
                 for i in 0..nblocks {
                     let mut page = vec![0u8; BLCKSZ];
                     entry.read_exact(&mut page).map_err(|source| ImportError::Read { at: Some(path.clone()), source })?;
-                    writer.put(Key::rel_block(rel, first + i), lsn, Value::Image(Bytes::from(page)))?;
+                    if direct {
+                        images.put_block(rel, first + i, Bytes::from(page))?;
+                    } else {
+                        writer.put(Key::rel_block(rel, first + i), lsn, Value::Image(Bytes::from(page)))?;
+                    }
                 }
                 stats.blocks += u64::from(nblocks);
                 g.rels.entry(rel).or_default().insert(segno, (nblocks, path));
@@ -462,6 +474,7 @@ pub fn import_basebackup_tar<R: Read>(
         writer.put(Key::slru_dir(kind), lsn, Value::Image(encode_u32_dir(&segments)))?;
     }
     writer.put(Key::twophase_dir(), lsn, Value::Image(encode_u32_dir(&g.twophase)))?;
+    stats.image_layers = images.finish()?;
     writer.finish_lsn(lsn)?;
     Ok(stats)
 }
@@ -511,7 +524,9 @@ mod tests {
 
     fn repo() -> (tempfile::TempDir, Repository) {
         let dir = tempfile::tempdir().unwrap();
-        let conf = RepoConfig { fsync: false, ..RepoConfig::default() };
+        // One page per image layer file (runs are split at the file size),
+        // and every relation file is large enough to go to image layers.
+        let conf = RepoConfig { fsync: false, target_file_size: 1, ..RepoConfig::default() };
         let repo = Repository::open(dir.path(), conf, Arc::new(NoRedo)).unwrap();
         (dir, repo)
     }
@@ -684,6 +699,19 @@ mod tests {
         assert_eq!(tl.get(Key::twophase_file(0x2E4), LSN).unwrap().unwrap(), &state[..state.len() - 4]);
         assert_eq!(stats.relations, 5);
         assert_eq!(stats.blocks, 7);
+        // Every block went to an image layer of its own key alone; the
+        // in-memory layer holds none.
+        assert_eq!(stats.image_layers, 7);
+        let mut image_ranges: Vec<_> =
+            tl.layer_names().into_iter().filter(|n| n.is_image()).map(|n| (n.key_range.start, n.key_range.end, n.image_lsn())).collect();
+        image_ranges.sort();
+        let mut expected = Vec::new();
+        for (r, n) in [(rel(1, 16384, 0), 2), (rel(1, 16384, 1), 3), (rel(1, 16384, 2), 1), (rel(0, 1262, 0), 1)] {
+            expected.extend((0..n).map(|b| (Key::rel_block(r, b), Key::rel_block(r, b + 1), LSN)));
+        }
+        expected.sort();
+        assert_eq!(image_ranges, expected);
+        assert!(tl.inmem_bytes().0 < 8 * BLCKSZ as u64, "in-memory layer holds {} bytes", tl.inmem_bytes().0);
         // 5 forks + 2 relmaps + pg_control + 3 SLRU segments + 1 state file.
         assert_eq!(stats.files, 12);
         let info = parse_control_file(&control).unwrap();

@@ -223,7 +223,7 @@ fn newest_covering_image(historic: &[Arc<PersistentLayer>], partition: &KeyRange
 
 /// Adds the layers a compaction or image creation wrote to the layer map's
 /// historic list, once each (a retried swap may offer them again).
-fn add_new_layers(historic: &mut Vec<Arc<PersistentLayer>>, written: &[Arc<PersistentLayer>]) {
+pub(super) fn add_new_layers(historic: &mut Vec<Arc<PersistentLayer>>, written: &[Arc<PersistentLayer>]) {
     for new in written {
         if !historic.iter().any(|h| Arc::ptr_eq(h, new)) {
             historic.push(new.clone());

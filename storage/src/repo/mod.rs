@@ -57,6 +57,7 @@
 mod compaction;
 pub mod dirs;
 mod gc;
+mod image_import;
 pub mod index;
 mod inmem_layer;
 pub mod layer_file;
@@ -68,6 +69,7 @@ mod timeline;
 
 pub use compaction::CompactionStats;
 pub use gc::GcStats;
+pub use image_import::ImageImport;
 pub use layer_file::{LayerKind, LayerName, LsnRange};
 pub use reconstruct::Redo;
 pub use repository::Repository;

@@ -515,7 +515,7 @@ pub struct TimelineWriter<'a> {
     state: MutexGuard<'a, WriterState>,
 }
 
-impl TimelineWriter<'_> {
+impl<'a> TimelineWriter<'a> {
     /// Adds a version of `key` at `lsn`, which must be above `last_record_lsn`;
     /// readers see it once [`finish_lsn`](Self::finish_lsn) reaches `lsn`.
     pub fn put(&mut self, key: Key, lsn: Lsn, value: Value) -> Result<()> {
@@ -649,7 +649,7 @@ impl TimelineWriter<'_> {
         Ok(())
     }
 
-    pub fn timeline(&self) -> &Timeline {
+    pub fn timeline(&self) -> &'a Timeline {
         self.timeline
     }
 
