@@ -18,6 +18,9 @@
 //!   protocol) with the same shapes in the same run, as the floors.
 //!   During the 8×32 run the main worker's VmRSS is sampled every 50 ms
 //!   (the peak is reported) and its threads' CPU time is printed to stderr.
+//! * the import of the whole (now ~1 GiB) primary into a second timeline:
+//!   MB/s against `pg_basebackup -Ft` of the same primary as the floor, and
+//!   the main worker's peak VmRSS while `create_timeline` runs.
 //!
 //! Needs the extension installed and pagebench built (release, same target
 //! directory): see `COMMAND`.
@@ -139,6 +142,52 @@ fn wait_compaction_settled(host: &mut postgres::Client, timeline: &str) -> Resul
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// What bootstrapping a second timeline from the (now ~1 GiB) primary took.
+struct ImportFigures {
+    mb_s: f64,
+    floor_mb_s: f64,
+    peak_rss_mib: f64,
+}
+
+/// Creates a second timeline from the primary, sampling the main worker's
+/// VmRSS every 50 ms while `create_timeline` imports its `BASE_BACKUP`; the
+/// floor is `pg_basebackup -Ft` of the same primary into a directory. Run
+/// last: the new timeline streams WAL from then on.
+fn measure_import(primary: &PgCluster, host: &PgCluster, tenant: &str, main_pid: i32) -> Result<ImportFigures> {
+    let db_bytes: f64 = primary.sql_one("SELECT sum(pg_database_size(oid)) FROM pg_database")?.context("no size")?.parse()?;
+    let backup_dir = primary.root_dir().join("import_floor");
+    let started = Instant::now();
+    primary.run_as_postgres_checked("pg_basebackup", &["-Ft", "-X", "none", "-c", "fast", "-D", &backup_dir.display().to_string()])?;
+    let floor_secs = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&backup_dir);
+
+    let done = AtomicBool::new(false);
+    let conninfo = primary.connstr("postgres");
+    let (secs, peak_kib) = std::thread::scope(|scope| -> Result<(f64, u64)> {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(Ordering::SeqCst) {
+                peak = peak.max(vm_rss_kib(main_pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let started = Instant::now();
+        let created = host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"));
+        let secs = started.elapsed().as_secs_f64();
+        done.store(true, Ordering::SeqCst);
+        let peak = sampler.join().map_err(|_| anyhow!("the RSS sampler panicked"))?;
+        let timeline = created?.context("NULL timeline")?;
+        eprintln!("import of {:.0} MiB into timeline {timeline}: {secs:.1} s (pg_basebackup: {floor_secs:.1} s), main worker peak VmRSS {} MiB", db_bytes / 1048576.0, peak >> 10);
+        Ok((secs, peak))
+    })?;
+    Ok(ImportFigures {
+        mb_s: db_bytes / 1e6 / secs,
+        floor_mb_s: db_bytes / 1e6 / floor_secs,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
+    })
 }
 
 /// The `q` quantile (0..=1) of sorted values.
@@ -456,6 +505,10 @@ fn main() -> Result<()> {
     row("pagebench.p99_us_8x32", server_8x32.p99_us, "us", Some(floor_8x32.p99_us));
     row("ingest.lag_p99_ms", lag_p99, "ms", None);
     row("pagebench.rss_mib", peak_rss_kib as f64 / 1024.0, "MiB", None);
+
+    let import = measure_import(&primary, &host, &tenant, main_pid)?;
+    row("import.mb_s", import.mb_s, "MB/s", Some(import.floor_mb_s));
+    row("import.rss_mib", import.peak_rss_mib, "MiB", None);
 
     let log = host.log();
     if log.contains("ERROR") || log.contains("PANIC") {
