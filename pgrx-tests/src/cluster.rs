@@ -506,6 +506,18 @@ impl PgCluster {
         &self.root
     }
 
+    /// Takes a base backup with `pg_basebackup -Ft -X none -c fast
+    /// --no-manifest` into `<root>/<name>/` and returns the path of its
+    /// `base.tar` (the format `pageserver.create_timeline` imports).
+    pub fn base_backup_tar(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join(name);
+        self.run_as_postgres_checked(
+            "pg_basebackup",
+            &["-D", &dir.display().to_string(), "-Ft", "-X", "none", "-c", "fast", "--no-manifest"],
+        )?;
+        Ok(dir.join("base.tar"))
+    }
+
     /// The server log file.
     pub fn log_path(&self) -> &Path {
         &self.log_path

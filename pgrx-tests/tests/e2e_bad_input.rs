@@ -119,10 +119,8 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
     let hdr = RequestHeader { reqid: 7, request_lsn: lsn, not_modified_since: lsn };
 
     // Bootstrap from a tar file on disk instead of BASE_BACKUP.
-    let backup_dir = primary.root_dir().join("tarbackup");
     primary.sql("SELECT pg_create_physical_replication_slot('tarslot', true)")?;
-    primary.run_as_postgres_checked("pg_basebackup", &["-Ft", "-X", "none", "-c", "fast", "-D", &backup_dir.display().to_string()])?;
-    let tar = backup_dir.join("base.tar").display().to_string();
+    let tar = primary.base_backup_tar("tarbackup")?.display().to_string();
     let msg = sql_error(&host, &format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', basebackup_tar => '{tar}')"))?;
     expect("tar without a slot", &msg, "slot_name must name the slot")?;
     let msg = sql_error(

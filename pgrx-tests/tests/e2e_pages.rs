@@ -184,8 +184,7 @@ fn pages_equal_the_primarys_after_checkpoint() -> Result<()> {
             } else {
                 let pid = host.sql_one("SELECT pid FROM pageserver.status() WHERE kind = 'main'")?.context("main pid")?;
                 let pid: i32 = pid.parse()?;
-                // SAFETY: plain kill(2) of the host's main worker process.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                pageserver_harness::process::signal(pid, libc::SIGKILL);
                 std::thread::sleep(Duration::from_secs(3)); // the postmaster restarts the host
             }
             let deadline = Instant::now() + Duration::from_secs(60);

@@ -326,12 +326,7 @@ fn import_base_backup_then_ingest_wal() -> anyhow::Result<()> {
     }
 
     // ---- 1. the base backup --------------------------------------------
-    let backup_dir = pg.root_dir().join("backup");
-    pg.run_as_postgres_checked(
-        "pg_basebackup",
-        &["-D", &backup_dir.display().to_string(), "-Ft", "-X", "none", "-c", "fast", "--no-manifest"],
-    )?;
-    let tar_path = backup_dir.join("base.tar");
+    let tar_path = pg.base_backup_tar("backup")?;
     let extracted = tempfile::tempdir()?;
     let status = Command::new("tar").arg("-xf").arg(&tar_path).arg("-C").arg(extracted.path()).status()?;
     ensure!(status.success(), "tar -xf {}", tar_path.display());

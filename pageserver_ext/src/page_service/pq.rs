@@ -124,11 +124,8 @@ pub enum FrontendMessage {
 /// Reads one message after startup.
 pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<FrontendMessage, ProtocolError> {
     let tag = stream.read_u8().await.map_err(ProtocolError::from_read)?;
-    let len = stream.read_u32().await.map_err(ProtocolError::from_read)?;
-    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-        return Err(ProtocolError::BadMessageLength { tag: tag as char, len });
-    }
-    let mut body = vec![0u8; len as usize - 4];
+    let len = checked_message_len(tag, stream.read_u32().await.map_err(ProtocolError::from_read)?)?;
+    let mut body = vec![0u8; len - 4];
     stream.read_exact(&mut body).await.map_err(ProtocolError::from_read)?;
     Ok(match tag {
         b'Q' => {
@@ -141,6 +138,15 @@ pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Fronte
     })
 }
 
+/// A message's length field (which counts itself), checked before anything
+/// is allocated for it.
+fn checked_message_len(tag: u8, len: u32) -> Result<usize, ProtocolError> {
+    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+        return Err(ProtocolError::BadMessageLength { tag: tag as char, len });
+    }
+    Ok(len as usize)
+}
+
 /// Takes one whole message (tag and body) off the front of `buf`, or
 /// `None` if `buf` does not hold a whole one yet; for reading a stream of
 /// small messages a buffer-full at a time.
@@ -149,15 +155,12 @@ pub fn take_message(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, Protoc
         return Ok(None);
     }
     let tag = buf[0];
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-        return Err(ProtocolError::BadMessageLength { tag: tag as char, len });
-    }
-    if buf.len() < 1 + len as usize {
-        buf.reserve(1 + len as usize - buf.len());
+    let len = checked_message_len(tag, u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))?;
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
         return Ok(None);
     }
-    let mut message = buf.split_to(1 + len as usize);
+    let mut message = buf.split_to(1 + len);
     Ok(Some((tag, message.split_off(5))))
 }
 

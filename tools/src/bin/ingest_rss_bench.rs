@@ -222,12 +222,7 @@ fn record(dir: &Path, min_bytes: u64, scale: u32) -> anyhow::Result<(Lsn, Lsn)> 
     ])?;
     // The slot keeps every segment from here on.
     pg.sql("SELECT pg_create_physical_replication_slot('ingest_rss', true)")?;
-    let backup_dir = pg.root_dir().join("backup");
-    pg.run_as_postgres_checked(
-        "pg_basebackup",
-        &["-D", &backup_dir.display().to_string(), "-Ft", "-X", "none", "-c", "fast", "--no-manifest"],
-    )?;
-    let tar_path = backup_dir.join("base.tar");
+    let tar_path = pg.base_backup_tar("backup")?;
     let out = Command::new("tar").arg("-xOf").arg(&tar_path).arg("backup_label").output()?;
     ensure!(
         out.status.success(),

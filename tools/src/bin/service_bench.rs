@@ -157,11 +157,10 @@ struct ImportFigures {
 /// last: the new timeline streams WAL from then on.
 fn measure_import(primary: &PgCluster, host: &PgCluster, tenant: &str, main_pid: i32) -> Result<ImportFigures> {
     let db_bytes: f64 = primary.sql_one("SELECT sum(pg_database_size(oid)) FROM pg_database")?.context("no size")?.parse()?;
-    let backup_dir = primary.root_dir().join("import_floor");
     let started = Instant::now();
-    primary.run_as_postgres_checked("pg_basebackup", &["-Ft", "-X", "none", "-c", "fast", "-D", &backup_dir.display().to_string()])?;
+    let tar = primary.base_backup_tar("import_floor")?;
     let floor_secs = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&backup_dir);
+    let _ = std::fs::remove_dir_all(tar.parent().context("base.tar has a directory")?);
 
     let done = AtomicBool::new(false);
     let conninfo = primary.connstr("postgres");
