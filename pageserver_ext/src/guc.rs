@@ -143,7 +143,8 @@ pub fn define() {
     );
 }
 
-/// The repository settings from the GUCs above.
+/// The repository settings from the GUCs above (and the host's
+/// `data_checksums`). Call on a PostgreSQL thread.
 pub fn repo_config() -> storage::repo::RepoConfig {
     let mb = |v: i32| v.max(0) as u64 * 1024 * 1024;
     let secs = |v: i32| std::time::Duration::from_secs(v.max(0) as u64);
@@ -155,6 +156,11 @@ pub fn repo_config() -> storage::repo::RepoConfig {
         gc_horizon: mb(GC_HORIZON_MB.get()),
         pitr_interval: secs(PITR_INTERVAL_S.get()),
         page_cache_bytes: mb(PAGE_CACHE_SIZE_MB.get()),
+        // Timeline creation checks that every primary's data_checksums
+        // equals the host's, so the host's setting is the tenants' too.
+        // SAFETY: reads the control file's value, set at startup; called on
+        // the main worker's PostgreSQL thread.
+        data_checksums: unsafe { pgrx::pg_sys::DataChecksumsEnabled() },
         ..Default::default()
     }
 }

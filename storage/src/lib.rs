@@ -4,6 +4,7 @@
 //! the key space and keeps page versions in layers. It is tested with plain
 //! `cargo test`.
 
+pub mod checksum;
 pub mod import;
 pub mod key;
 pub mod lsn;

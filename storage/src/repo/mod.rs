@@ -119,6 +119,11 @@ pub struct RepoConfig {
     pub ancestor_wait_timeout: Duration,
     /// Call fsync on layer files, index files and directories. Only tests turn this off.
     pub fsync: bool,
+    /// The tenant's clusters run with `data_checksums = on`: every relation
+    /// page a read returns carries a valid `pd_checksum`
+    /// ([`crate::checksum`]); pages in WAL records and pages rebuilt by redo
+    /// do not have one by themselves.
+    pub data_checksums: bool,
 }
 
 impl RepoConfig {
@@ -142,6 +147,7 @@ impl Default for RepoConfig {
             page_cache_bytes: 64 * 1024 * 1024,
             ancestor_wait_timeout: Duration::from_secs(60),
             fsync: true,
+            data_checksums: false,
         }
     }
 }

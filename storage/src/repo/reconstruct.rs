@@ -9,9 +9,11 @@
 
 use bytes::Bytes;
 
-use crate::key::Key;
+use crate::checksum;
+use crate::key::{Key, KeyClass};
 use crate::lsn::Lsn;
 use crate::value::{Value, WalRecordValue};
+use crate::wal::BLCKSZ;
 
 /// Applies WAL records to a base value.
 pub trait Redo: Send + Sync {
@@ -91,6 +93,19 @@ impl Collector {
         let last_lsn = self.records.last().map(|(lsn, _)| *lsn).unwrap_or_default();
         redo.apply(key, self.base.map(|(_, page)| page), &self.records).map(Some).map_err(|msg| (last_lsn, msg))
     }
+}
+
+/// `value` with a valid data-page checksum if `key` is a relation block
+/// (other keys, and values that are not 8 KiB pages, are returned as they are).
+pub(crate) fn with_checksum(key: Key, value: Bytes) -> Bytes {
+    let Some(KeyClass::RelBlock { blkno, .. }) = key.classify() else { return value };
+    let Ok(page) = <&[u8; BLCKSZ]>::try_from(value.as_ref()) else { return value };
+    if checksum::page_is_new(page) || checksum::stored_checksum(page) == checksum::page_checksum(page, blkno) {
+        return value;
+    }
+    let mut page = Box::new(*page);
+    checksum::set_page_checksum(&mut page, blkno);
+    Bytes::from(page as Box<[u8]>)
 }
 
 #[cfg(test)]

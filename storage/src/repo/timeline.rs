@@ -31,7 +31,7 @@ use super::index::IndexFile;
 use super::inmem_layer::InMemoryLayer;
 use super::layer_file::{LayerKind, LayerName, LayerWriter};
 use super::layer_map::{LayerMap, PersistentLayer};
-use super::reconstruct::{Collector, Redo};
+use super::reconstruct::{with_checksum, Collector, Redo};
 use super::{CrashPoints, RepoConfig, RepoError, Result, TimelineId};
 use crate::key::{Key, KeyRange};
 use crate::lsn::Lsn;
@@ -297,9 +297,12 @@ impl Timeline {
         }
         collector.end_of_walk();
         let newest_record = collector.records.first().map(|(lsn, _)| *lsn);
-        let page = collector
+        let mut page = collector
             .reconstruct(key, self.shared.redo.as_ref())
             .map_err(|(lsn, msg)| RepoError::Redo { key, lsn, msg })?;
+        if self.shared.conf.data_checksums {
+            page = page.map(|value| with_checksum(key, value));
+        }
         if let (Some(record_lsn), Some(page)) = (newest_record, &page) {
             self.shared.page_cache.insert(self.id, key, record_lsn, page.clone());
         }

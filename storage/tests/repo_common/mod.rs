@@ -122,6 +122,7 @@ pub fn small_config() -> RepoConfig {
         page_cache_bytes: 64 * 1024,
         ancestor_wait_timeout: Duration::from_secs(10),
         fsync: false,
+        data_checksums: false,
     }
 }
 
