@@ -30,9 +30,19 @@
 //!   map page's LSN is only advanced by `visibilitymap_set`, i.e. by
 //!   `XLOG_HEAP2_VISIBLE` records, which go to the redo workers). The LSN
 //!   argument is used in error messages only.
-//! - **`MultixactOffset`** on a `pg_multixact/offsets` page: the 4-byte
-//!   starting offset of the multixact (`MULTIXACT_OFFSETS_PER_PAGE` = 2048
-//!   per page).
+//! - **`VmTruncate`** on a visibility-map page: the relation was truncated to
+//!   `heap_blocks` heap blocks; the bits of every heap block at or past it
+//!   that lie on this map page are cleared, the bits before it kept, as
+//!   `visibilitymap_prepare_truncate` does to the last map page that stays
+//!   (a new page is initialised first, as `vm_readbuf` does; `pd_lsn` is not
+//!   changed: with `wal_log_hints` or checksums the primary logs the page as
+//!   a full-page image before the truncation record, and that image arrives
+//!   as its own version).
+//! - **`MultixactOffsets`** on a `pg_multixact/offsets` page: 4-byte
+//!   starting offsets of multixacts (`MULTIXACT_OFFSETS_PER_PAGE` = 2048
+//!   per page). `RecordNewMultiXact` writes the new multixact's own offset
+//!   and, in PostgreSQL 15.15 and later, the next multixact's too; both go in
+//!   one record when they share a page.
 //! - **`MultixactMembers`** on a `pg_multixact/members` page: members at
 //!   offsets `first_offset, first_offset + 1, ...` that fall on this page, in
 //!   the member-group layout of `RecordNewMultiXact`: groups of 20 bytes (4
@@ -42,15 +52,12 @@
 //!
 //! Not covered here (see `ingest.rs`): page zeroing (`CLOG_ZEROPAGE`,
 //! `XLOG_MULTIXACT_ZERO_*_PAGE`) arrives as a zero image, not as a project
-//! record. PostgreSQL minor releases since late 2025 (15.15 and later,
-//! including the 15.20 of this machine) also store the *next* multixact's
-//! starting offset (`offset + nmembers`, skipping 0) when creating one; a
-//! `MultixactOffset` record carries no member count, so that entry is only
-//! written when the next multixact's own record comes.
+//! record.
 //!
 //! All multi-byte values are little-endian, as PostgreSQL writes them on the
 //! platforms it runs on here (x86-64, aarch64).
 
+use crate::checksum;
 use crate::key::{Key, KeyClass, SlruKind, VISIBILITYMAP_FORKNUM};
 use crate::lsn::Lsn;
 use crate::value::{
@@ -114,7 +121,8 @@ pub fn apply_project_record(key: Key, lsn: Lsn, page: &mut [u8], rec: &ProjectRe
         ProjectRecord::VmClearBits { flags, new_heap_blkno, old_heap_blkno } => {
             vm_clear_bits(key, page, *flags, [*new_heap_blkno, *old_heap_blkno])
         }
-        ProjectRecord::MultixactOffset { multi, offset } => multixact_offset(key, page, *multi, *offset),
+        ProjectRecord::VmTruncate { heap_blocks } => vm_truncate(key, page, *heap_blocks),
+        ProjectRecord::MultixactOffsets { entries } => multixact_offsets(key, page, entries),
         ProjectRecord::MultixactMembers { first_offset, members } => multixact_members(key, page, *first_offset, members),
     };
     result.map_err(|e| format!("{} at {lsn} on {key:?}: {e}", kind_name(rec)))
@@ -124,7 +132,8 @@ fn kind_name(rec: &ProjectRecord) -> &'static str {
     match rec {
         ProjectRecord::ClogSetStatus { .. } => "ClogSetStatus",
         ProjectRecord::VmClearBits { .. } => "VmClearBits",
-        ProjectRecord::MultixactOffset { .. } => "MultixactOffset",
+        ProjectRecord::VmTruncate { .. } => "VmTruncate",
+        ProjectRecord::MultixactOffsets { .. } => "MultixactOffsets",
         ProjectRecord::MultixactMembers { .. } => "MultixactMembers",
     }
 }
@@ -182,7 +191,7 @@ fn vm_clear_bits(key: Key, page: &mut [u8], flags: u8, heap_blocks: [Option<u32>
     if on_page.is_empty() {
         return Err(format!("no heap block of {heap_blocks:?} maps to visibility-map block {map_block}"));
     }
-    if page_is_new(page) {
+    if checksum::page_is_new(page) {
         page_init(page);
     }
     for heap_blk in on_page {
@@ -193,9 +202,24 @@ fn vm_clear_bits(key: Key, page: &mut [u8], flags: u8, heap_blocks: [Option<u32>
     Ok(())
 }
 
-/// `PageIsNew`: `pd_upper == 0`.
-fn page_is_new(page: &[u8]) -> bool {
-    page[14] == 0 && page[15] == 0
+/// `visibilitymap_prepare_truncate` on the map page holding the new end:
+/// bits of heap blocks `heap_blocks..` on this page cleared, earlier ones kept.
+fn vm_truncate(key: Key, page: &mut [u8], heap_blocks: u32) -> Result<(), String> {
+    let map_block = match key.classify() {
+        Some(KeyClass::RelBlock { rel, blkno }) if rel.fork == VISIBILITYMAP_FORKNUM => blkno,
+        _ => return Err("not a visibility-map block".into()),
+    };
+    if heap_blocks / HEAPBLOCKS_PER_VM_PAGE != map_block {
+        return Err(format!("heap block {heap_blocks} does not map to visibility-map block {map_block}"));
+    }
+    if checksum::page_is_new(page) {
+        page_init(page);
+    }
+    let first_byte = PAGE_HEADER_SIZE + ((heap_blocks % HEAPBLOCKS_PER_VM_PAGE) / VM_HEAPBLOCKS_PER_BYTE) as usize;
+    let kept_bits = (heap_blocks % VM_HEAPBLOCKS_PER_BYTE) * VM_BITS_PER_HEAPBLOCK;
+    page[first_byte] &= ((1u16 << kept_bits) - 1) as u8;
+    page[first_byte + 1..].fill(0);
+    Ok(())
 }
 
 /// `PageInit(page, BLCKSZ, 0)`: zeroes, then `pd_lower` = header size,
@@ -208,14 +232,20 @@ fn page_init(page: &mut [u8]) {
     page[18..20].copy_from_slice(&(BLCKSZ as u16 | PG_PAGE_LAYOUT_VERSION).to_le_bytes());
 }
 
-/// The offsets part of `RecordNewMultiXact`.
-fn multixact_offset(key: Key, page: &mut [u8], multi: u32, offset: u32) -> Result<(), String> {
+/// The offsets part of `RecordNewMultiXact`: every entry must be on this
+/// page; nothing is written unless all are.
+fn multixact_offsets(key: Key, page: &mut [u8], entries: &[(u32, u32)]) -> Result<(), String> {
     let pageno = slru_pageno(key, SlruKind::MultiXactOffsets)?;
-    if multi / MULTIXACT_OFFSETS_PER_PAGE != pageno {
+    if entries.is_empty() {
+        return Err("no multixact offsets".into());
+    }
+    if let Some((multi, _)) = entries.iter().find(|(multi, _)| multi / MULTIXACT_OFFSETS_PER_PAGE != pageno) {
         return Err(format!("multixact {multi} is not on offsets page {pageno}"));
     }
-    let at = (multi % MULTIXACT_OFFSETS_PER_PAGE) as usize * 4;
-    page[at..at + 4].copy_from_slice(&offset.to_le_bytes());
+    for (multi, offset) in entries {
+        let at = (multi % MULTIXACT_OFFSETS_PER_PAGE) as usize * 4;
+        page[at..at + 4].copy_from_slice(&offset.to_le_bytes());
+    }
     Ok(())
 }
 
@@ -399,7 +429,7 @@ mod tests {
     #[test]
     fn multixact_offsets_are_four_bytes_per_multi() {
         let mut page = vec![0u8; BLCKSZ];
-        let rec = |multi, offset| ProjectRecord::MultixactOffset { multi, offset };
+        let rec = |multi, offset| ProjectRecord::MultixactOffsets { entries: vec![(multi, offset)] };
         apply_project_record(offsets_key(0), LSN, &mut page, &rec(1, 1)).unwrap();
         apply_project_record(offsets_key(0), LSN, &mut page, &rec(2047, 0xA0B0C0D0)).unwrap();
         assert_eq!(page[4..8], [1, 0, 0, 0]);
@@ -411,6 +441,45 @@ mod tests {
         apply_project_record(offsets_key(32), LSN, &mut page, &rec(2048 * 32 + 2, 7)).unwrap();
         assert_eq!(page[8..12], [7, 0, 0, 0]);
         assert!(apply_project_record(clog_key(0), LSN, &mut page, &rec(1, 1)).is_err());
+    }
+
+    #[test]
+    fn a_new_multixact_writes_its_own_and_the_next_offset() {
+        // Multixact 1 with two members at offset 1: words 1 and 2 become 1 and 3.
+        let mut page = vec![0u8; BLCKSZ];
+        let both = ProjectRecord::MultixactOffsets { entries: vec![(1, 1), (2, 3)] };
+        apply_project_record(offsets_key(0), LSN, &mut page, &both).unwrap();
+        let words: Vec<u32> = page[..16].chunks(4).map(|w| u32::from_le_bytes(w.try_into().unwrap())).collect();
+        assert_eq!(words, [0, 1, 3, 0]);
+        // An entry off the page fails the whole record and changes nothing.
+        let mut page = vec![0u8; BLCKSZ];
+        let split = ProjectRecord::MultixactOffsets { entries: vec![(2047, 5), (2048, 6)] };
+        assert!(apply_project_record(offsets_key(0), LSN, &mut page, &split).is_err());
+        assert!(page.iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn vm_truncate_keeps_the_bits_of_remaining_heap_blocks() {
+        let truncate = |page: &mut [u8], key, heap_blocks| apply_project_record(key, LSN, page, &ProjectRecord::VmTruncate { heap_blocks });
+        // 1001 heap blocks remain: bytes 0..250 kept, byte 250 keeps heap block 1000 (bits 0-1).
+        let mut page = full_vm_page();
+        let lsn_before = page[0..8].to_vec();
+        truncate(&mut page, vm_key(0), 1001).unwrap();
+        assert!(page[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + 250].iter().all(|b| *b == 0xFF));
+        assert_eq!(page[PAGE_HEADER_SIZE + 250], 0b0000_0011);
+        assert!(page[PAGE_HEADER_SIZE + 251..].iter().all(|b| *b == 0));
+        assert_eq!(page[0..8], lsn_before[..], "pd_lsn unchanged");
+        // On the second map page: its first heap block is HEAPBLOCKS_PER_VM_PAGE.
+        let mut page = full_vm_page();
+        truncate(&mut page, vm_key(1), HEAPBLOCKS_PER_VM_PAGE + 2).unwrap();
+        assert_eq!(page[PAGE_HEADER_SIZE], 0b0000_1111);
+        assert!(page[PAGE_HEADER_SIZE + 1..].iter().all(|b| *b == 0));
+        // A new page is initialised; a heap end on another map page is refused.
+        let mut page = vec![0u8; BLCKSZ];
+        truncate(&mut page, vm_key(0), 5).unwrap();
+        assert!(!checksum::page_is_new(&page));
+        assert!(truncate(&mut full_vm_page(), vm_key(1), 5).is_err());
+        assert!(truncate(&mut full_vm_page(), clog_key(0), 5).is_err());
     }
 
     #[test]

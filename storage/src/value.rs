@@ -22,8 +22,10 @@
 //! ```text
 //! 0 ClogSetStatus     status u8 | n u32 | n × xid u32
 //! 1 VmClearBits       flags u8 | new_heap_blkno (0|1 u8, u32) | old_heap_blkno (0|1 u8, u32)
-//! 2 MultixactOffset   multi u32 | offset u32
+//! 2 (read only)       multi u32 | offset u32, read as a MultixactOffsets of one entry
 //! 3 MultixactMembers  first_offset u32 | n u32 | n × (xid u32, status u8)
+//! 4 MultixactOffsets  n u32 | n × (multi u32, offset u32)
+//! 5 VmTruncate        heap_blocks u32
 //! ```
 //!
 //! A decoder rejects an unknown tag, variant or version, and trailing or
@@ -77,10 +79,16 @@ pub enum ProjectRecord {
     ClogSetStatus { status: u8, xids: Vec<u32> },
     /// Clear visibility-map bits `flags` for the heap blocks whose VM bits are on this VM page.
     VmClearBits { flags: u8, new_heap_blkno: Option<u32>, old_heap_blkno: Option<u32> },
-    /// Set the offset of multixact `multi` in `pg_multixact/offsets`.
-    MultixactOffset { multi: u32, offset: u32 },
+    /// Set the starting offsets of multixacts in `pg_multixact/offsets`:
+    /// `(multi, offset)` pairs, all on this page. One record carries every
+    /// entry a WAL record writes on one page (a key has one version per LSN).
+    MultixactOffsets { entries: Vec<(u32, u32)> },
     /// Write members from `first_offset` on in `pg_multixact/members`.
     MultixactMembers { first_offset: u32, members: Vec<MultiXactMember> },
+    /// The relation was truncated to `heap_blocks` heap blocks: clear the
+    /// visibility-map bits of the heap blocks at and past it on this VM page
+    /// (`visibilitymap_prepare_truncate`).
+    VmTruncate { heap_blocks: u32 },
 }
 
 /// One member of a multixact.
@@ -186,10 +194,17 @@ impl ProjectRecord {
                     out.put_u32_le(blkno.unwrap_or(0));
                 }
             }
-            ProjectRecord::MultixactOffset { multi, offset } => {
-                out.put_u8(2);
-                out.put_u32_le(*multi);
-                out.put_u32_le(*offset);
+            ProjectRecord::MultixactOffsets { entries } => {
+                out.put_u8(4);
+                out.put_u32_le(entries.len() as u32);
+                for (multi, offset) in entries {
+                    out.put_u32_le(*multi);
+                    out.put_u32_le(*offset);
+                }
+            }
+            ProjectRecord::VmTruncate { heap_blocks } => {
+                out.put_u8(5);
+                out.put_u32_le(*heap_blocks);
             }
             ProjectRecord::MultixactMembers { first_offset, members } => {
                 out.put_u8(3);
@@ -222,7 +237,7 @@ impl ProjectRecord {
                 let old_heap_blkno = reader.optional_u32()?;
                 ProjectRecord::VmClearBits { flags, new_heap_blkno, old_heap_blkno }
             }
-            2 => ProjectRecord::MultixactOffset { multi: reader.u32()?, offset: reader.u32()? },
+            2 => ProjectRecord::MultixactOffsets { entries: vec![(reader.u32()?, reader.u32()?)] },
             3 => {
                 let first_offset = reader.u32()?;
                 let n = reader.count(5)?;
@@ -231,6 +246,12 @@ impl ProjectRecord {
                     .collect::<Result<_, ValueDecodeError>>()?;
                 ProjectRecord::MultixactMembers { first_offset, members }
             }
+            4 => {
+                let n = reader.count(8)?;
+                let entries = (0..n).map(|_| Ok((reader.u32()?, reader.u32()?))).collect::<Result<_, ValueDecodeError>>()?;
+                ProjectRecord::MultixactOffsets { entries }
+            }
+            5 => ProjectRecord::VmTruncate { heap_blocks: reader.u32()? },
             other => return Err(ValueDecodeError(format!("unknown project record variant {other}"))),
         };
         if reader.pos != bytes.len() {
@@ -298,7 +319,8 @@ mod tests {
                     old_heap_blkno: None,
                 }),
             ),
-            record(false, RecordPayload::Project(ProjectRecord::MultixactOffset { multi: 10, offset: 20 })),
+            record(false, RecordPayload::Project(ProjectRecord::MultixactOffsets { entries: vec![(10, 20), (11, 23)] })),
+            record(false, RecordPayload::Project(ProjectRecord::VmTruncate { heap_blocks: 1001 })),
             record(
                 false,
                 RecordPayload::Project(ProjectRecord::MultixactMembers {
@@ -307,6 +329,14 @@ mod tests {
                 }),
             ),
         ]
+    }
+
+    #[test]
+    fn single_multixact_offsets_of_older_files_still_decode() {
+        let mut bytes = vec![PROJECT_RECORD_VERSION, 2];
+        bytes.extend_from_slice(&7u32.to_le_bytes());
+        bytes.extend_from_slice(&9u32.to_le_bytes());
+        assert_eq!(ProjectRecord::decode(&bytes).unwrap(), ProjectRecord::MultixactOffsets { entries: vec![(7, 9)] });
     }
 
     #[test]

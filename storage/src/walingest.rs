@@ -282,11 +282,13 @@ impl WalIngest {
                                 self.checkpoint.advance_next_xid_past(*xid);
                             }
                         }
-                        ProjectRecord::MultixactOffset { multi: mid, offset } if rec.xl_rmid == rmgr::MULTIXACT => {
+                        ProjectRecord::MultixactOffsets { entries } if rec.xl_rmid == rmgr::MULTIXACT => {
                             // The record's own multixact comes first; the next
                             // one's starting offset (stored since 15.15) follows
                             // and does not move the counters.
-                            multi.offset.get_or_insert((*mid, *offset));
+                            if let Some(own) = entries.first() {
+                                multi.offset.get_or_insert(*own);
+                            }
                         }
                         ProjectRecord::MultixactMembers { members, .. } if rec.xl_rmid == rmgr::MULTIXACT => {
                             multi.members = multi.members.wrapping_add(members.len() as u32);

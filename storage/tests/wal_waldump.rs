@@ -212,7 +212,8 @@ impl IngestCheck {
                     match p {
                         ProjectRecord::ClogSetStatus { .. } => "put clog",
                         ProjectRecord::VmClearBits { .. } => "put vm clear",
-                        ProjectRecord::MultixactOffset { .. } => "put multixact offset",
+                        ProjectRecord::MultixactOffsets { .. } => "put multixact offsets",
+                        ProjectRecord::VmTruncate { .. } => "put vm truncate",
                         ProjectRecord::MultixactMembers { .. } => "put multixact members",
                     }
                 }
@@ -252,7 +253,7 @@ impl IngestCheck {
 
     fn check_against(&self, pg: &PgCluster) -> anyhow::Result<()> {
         eprintln!("ingest changes: {:?}", self.counts);
-        for what in ["put image", "put postgres record", "put clog", "put vm clear", "put multixact offset", "rel extend", "rel create", "rel truncate", "rel drop", "db create", "db drop", "twophase drop"] {
+        for what in ["put image", "put postgres record", "put clog", "put vm clear", "put multixact offsets", "rel extend", "rel create", "rel truncate", "rel drop", "db create", "db drop", "twophase drop"] {
             anyhow::ensure!(self.counts.get(what).copied().unwrap_or(0) > 0, "no {what} in {:?}", self.counts);
         }
         // Relation sizes: what the WAL says must never exceed the file, and

@@ -257,6 +257,12 @@ pub fn ingest_record(rec: &DecodedRecord) -> Result<IngestBatch, IngestError> {
         },
         _ => {}
     }
+    // A key keeps one version per LSN: a second version of a key from the
+    // same record would replace the first, silently.
+    let puts: Vec<Key> = cx.out.iter().filter_map(|c| if let IngestChange::Put { key, .. } = c { Some(*key) } else { None }).collect();
+    if let Some((i, key)) = puts.iter().enumerate().find(|(i, key)| puts[..*i].contains(key)) {
+        return Err(cx.err(format!("internal: the record gives key {key} two versions (change {i})")));
+    }
     Ok(IngestBatch { lsn: rec.end_lsn, changes: cx.out })
 }
 
@@ -495,8 +501,8 @@ fn ingest_smgr(cx: &mut Ctx<'_>, info: u8) -> Result<(), IngestError> {
                 let vm = tag(VISIBILITYMAP_FORKNUM);
                 let mut first_removed = blkno / HEAPBLOCKS_PER_VM_PAGE;
                 if blkno % HEAPBLOCKS_PER_VM_PAGE != 0 {
-                    // A zero VM page claims nothing all-visible: always safe.
-                    cx.put(Key::rel_block(vm, first_removed), Value::Image(zero_page()));
+                    // The last kept map page loses the bits past the new end only.
+                    cx.project(Key::rel_block(vm, first_removed), ProjectRecord::VmTruncate { heap_blocks: blkno });
                     first_removed += 1;
                 }
                 cx.out.push(IngestChange::RelTruncate { rel: vm, nblocks: first_removed });
@@ -518,24 +524,24 @@ fn ingest_multixact_create(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
     let moff = cx.u32(4, "moff")?;
     let n = cx.u32(8, "nmembers")? as usize;
     let raw = cx.data(12, n.saturating_mul(8), "members")?.to_vec();
-    let pageno = mid / MULTIXACT_OFFSETS_PER_PAGE;
-    cx.project(
-        Key::slru_block(SlruKind::MultiXactOffsets, pageno / SLRU_PAGES_PER_SEGMENT, pageno % SLRU_PAGES_PER_SEGMENT),
-        ProjectRecord::MultixactOffset { multi: mid, offset: moff },
-    );
-    // PostgreSQL 15.15 and later (RecordNewMultiXact, also in redo) store the
-    // next multixact's starting offset as well, so that a reader never sees
-    // a zero there; offset 0 is skipped like the primary skips it.
+    // RecordNewMultiXact writes the multixact's own starting offset and, in
+    // PostgreSQL 15.15 and later (also in redo), the next one's, so that a
+    // reader never sees a zero there; offset 0 and multixact 0 are skipped
+    // as the primary skips them. Entries on one page go in one record: a
+    // key has one version per LSN.
     let next = if mid.wrapping_add(1) < 1 { 1 } else { mid.wrapping_add(1) };
     let next_offset = match moff.wrapping_add(n as u32) {
         0 => 1,
         o => o,
     };
-    let next_page = next / MULTIXACT_OFFSETS_PER_PAGE;
-    cx.project(
-        Key::slru_block(SlruKind::MultiXactOffsets, next_page / SLRU_PAGES_PER_SEGMENT, next_page % SLRU_PAGES_PER_SEGMENT),
-        ProjectRecord::MultixactOffset { multi: next, offset: next_offset },
-    );
+    let offsets_key = |pageno: u32| Key::slru_block(SlruKind::MultiXactOffsets, pageno / SLRU_PAGES_PER_SEGMENT, pageno % SLRU_PAGES_PER_SEGMENT);
+    let (own_page, next_page) = (mid / MULTIXACT_OFFSETS_PER_PAGE, next / MULTIXACT_OFFSETS_PER_PAGE);
+    if own_page == next_page {
+        cx.project(offsets_key(own_page), ProjectRecord::MultixactOffsets { entries: vec![(mid, moff), (next, next_offset)] });
+    } else {
+        cx.project(offsets_key(own_page), ProjectRecord::MultixactOffsets { entries: vec![(mid, moff)] });
+        cx.project(offsets_key(next_page), ProjectRecord::MultixactOffsets { entries: vec![(next, next_offset)] });
+    }
     // Members, split at page boundaries of pg_multixact/members.
     let mut i = 0usize;
     while i < n {
@@ -621,7 +627,9 @@ mod tests {
         assert!(c.contains(&IngestChange::RelTruncate { rel: rel(MAIN_FORKNUM), nblocks: blkno }));
         assert!(c.contains(&IngestChange::RelTruncate { rel: rel(FSM_FORKNUM), nblocks: fsm_logical_to_physical(1) + 1 }));
         assert!(c.contains(&IngestChange::RelTruncate { rel: rel(VISIBILITYMAP_FORKNUM), nblocks: 1 }));
-        assert!(c.contains(&IngestChange::Put { key: Key::rel_block(rel(VISIBILITYMAP_FORKNUM), 0), value: Value::Image(zero_page()) }));
+        let vm_truncate = ProjectRecord::VmTruncate { heap_blocks: blkno };
+        let vm_truncate = Value::WalRecord(WalRecordValue { will_init: false, rec: RecordPayload::Project(vm_truncate) });
+        assert!(c.contains(&IngestChange::Put { key: Key::rel_block(rel(VISIBILITYMAP_FORKNUM), 0), value: vm_truncate }));
     }
 
     #[test]
@@ -661,9 +669,12 @@ mod tests {
         let moff = MULTIXACT_MEMBERS_PER_PAGE - 1;
         let rec = record(builder(rmgr::MULTIXACT, XLOG_MULTIXACT_CREATE_ID, le(&[5, moff, 2, 100, 1, 101, 2])));
         let c = ingest_record(&rec).unwrap().changes;
-        // The offset of 5, the starting offset of 6, members on two pages.
-        assert_eq!(c.len(), 4);
-        match &c[3] {
+        // The offsets of 5 and 6 (one record: same page), members on two pages.
+        assert_eq!(c.len(), 3);
+        let offsets = ProjectRecord::MultixactOffsets { entries: vec![(5, moff), (6, moff + 2)] };
+        let offsets = Value::WalRecord(WalRecordValue { will_init: false, rec: RecordPayload::Project(offsets) });
+        assert_eq!(c[0], IngestChange::Put { key: Key::slru_block(SlruKind::MultiXactOffsets, 0, 0), value: offsets });
+        match &c[2] {
             IngestChange::Put { key, value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Project(ProjectRecord::MultixactMembers { first_offset, members }), .. }) } => {
                 assert_eq!(*key, Key::slru_block(SlruKind::MultiXactMembers, 0, 1));
                 assert_eq!(*first_offset, MULTIXACT_MEMBERS_PER_PAGE);
@@ -671,5 +682,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The last multixact of an offsets page: the next one's offset goes on the next page.
+        let last = MULTIXACT_OFFSETS_PER_PAGE - 1;
+        let c = ingest_record(&record(builder(rmgr::MULTIXACT, XLOG_MULTIXACT_CREATE_ID, le(&[last, 9, 1, 100, 1])))).unwrap().changes;
+        let keys: Vec<Key> = c.iter().filter_map(|x| if let IngestChange::Put { key, .. } = x { Some(*key) } else { None }).collect();
+        assert_eq!(keys[..2], [Key::slru_block(SlruKind::MultiXactOffsets, 0, 0), Key::slru_block(SlruKind::MultiXactOffsets, 0, 1)]);
     }
 }
