@@ -21,6 +21,9 @@
 //! | 3 | DbSize | db u32 | 21 | 29 |
 //! | 4 | GetSlruSegment | kind u8, segno u32 | 22 | 30 |
 //!
+//! SLRU kinds are numbered as Neon numbers them: 0 `pg_xact`, 1
+//! `pg_multixact/members`, 2 `pg_multixact/offsets` ([`slru_kind_to_wire`]).
+//!
 //! # Responses (page server → frontend)
 //!
 //! A v2 response is its tag and its payload. A v3 response is its tag, the
@@ -57,6 +60,20 @@ use crate::key::{RelTag, SlruKind, INIT_FORKNUM};
 use crate::lsn::Lsn;
 use crate::wal::ingest::SLRU_PAGES_PER_SEGMENT;
 use crate::wal::BLCKSZ;
+
+/// An SLRU kind's number in GetSlruSegment (Neon's `SlruKind` order).
+pub fn slru_kind_to_wire(kind: SlruKind) -> u8 {
+    match kind {
+        SlruKind::Clog => 0,
+        SlruKind::MultiXactMembers => 1,
+        SlruKind::MultiXactOffsets => 2,
+    }
+}
+
+/// The SLRU kind a GetSlruSegment number names, if any.
+pub fn slru_kind_from_wire(kind: u8) -> Option<SlruKind> {
+    SlruKind::ALL.into_iter().find(|k| slru_kind_to_wire(*k) == kind)
+}
 
 /// Message tags (the values of Neon's `NeonMessageTag`): requests 0..=4, responses 100..=105.
 pub mod tag {
@@ -218,7 +235,7 @@ pub enum PagestreamError {
     #[error("invalid fork number {0} in pagestream {1} (expected 0 main, 1 fsm, 2 vm or 3 init)")]
     InvalidFork(u8, &'static str),
     #[error(
-        "unknown SLRU kind {0} in pagestream {1} (expected 0 pg_xact, 1 multixact offsets or 2 multixact members)"
+        "unknown SLRU kind {0} in pagestream {1} (expected 0 pg_xact, 1 multixact members or 2 multixact offsets)"
     )]
     UnknownSlruKind(u8, &'static str),
     #[error("invalid exists flag {0} in pagestream Exists response (expected 0 or 1)")]
@@ -302,7 +319,7 @@ impl<'a> Reader<'a> {
     }
     fn slru_kind(&mut self) -> Result<SlruKind, PagestreamError> {
         let kind = self.u8()?;
-        SlruKind::from_u32(u32::from(kind)).ok_or(PagestreamError::UnknownSlruKind(kind, self.what))
+        slru_kind_from_wire(kind).ok_or(PagestreamError::UnknownSlruKind(kind, self.what))
     }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
@@ -411,7 +428,7 @@ impl Request {
             }
             Request::DbSize { db_oid, .. } => buf.put_u32(*db_oid),
             Request::GetSlruSegment { kind, segno, .. } => {
-                buf.put_u8(*kind as u8);
+                buf.put_u8(slru_kind_to_wire(*kind));
                 buf.put_u32(*segno);
             }
         }
@@ -552,7 +569,7 @@ impl Response {
                 }
                 Response::DbSize { db_oid, .. } => buf.put_u32(*db_oid),
                 Response::GetSlruSegment { kind, segno, .. } => {
-                    buf.put_u8(*kind as u8);
+                    buf.put_u8(slru_kind_to_wire(*kind));
                     buf.put_u32(*segno);
                 }
                 Response::Error { .. } => {}
@@ -858,6 +875,19 @@ mod tests {
     const REL: &str = "0000067f 00000005 00004000 02";
 
     #[test]
+    fn slru_kinds_are_numbered_as_neon_numbers_them() {
+        assert_eq!(slru_kind_from_wire(0), Some(SlruKind::Clog));
+        assert_eq!(slru_kind_from_wire(1), Some(SlruKind::MultiXactMembers));
+        assert_eq!(slru_kind_from_wire(2), Some(SlruKind::MultiXactOffsets));
+        assert_eq!(slru_kind_from_wire(3), None);
+        for kind in SlruKind::ALL {
+            assert_eq!(slru_kind_from_wire(slru_kind_to_wire(kind)), Some(kind));
+        }
+        let v3 = hex(&format!("04 {H3} 01 00000000"));
+        assert!(matches!(Request::parse(V3, &v3).unwrap(), Request::GetSlruSegment { kind: SlruKind::MultiXactMembers, .. }));
+    }
+
+    #[test]
     fn golden_request_bytes() {
         let h = hdr();
         let cases = [
@@ -870,9 +900,10 @@ mod tests {
             ),
             (Request::DbSize { hdr: h, db_oid: 5 }, format!("03 {H2} 00000005"), format!("03 {H3} 00000005")),
             (
+                // Neon's numbering: 2 is pg_multixact/offsets.
                 Request::GetSlruSegment { hdr: h, kind: SlruKind::MultiXactOffsets, segno: 0x1234 },
-                format!("04 {H2} 01 00001234"),
-                format!("04 {H3} 01 00001234"),
+                format!("04 {H2} 02 00001234"),
+                format!("04 {H3} 02 00001234"),
             ),
         ];
         let lens = [(30, 38), (30, 38), (34, 42), (21, 29), (22, 30)];
@@ -903,9 +934,10 @@ mod tests {
                 format!("67 {H3} {}00", hex_of(b"no such relation")),
             ),
             (
+                // Neon's numbering: 1 is pg_multixact/members.
                 Response::GetSlruSegment { hdr: h, kind: SlruKind::MultiXactMembers, segno: 3, segment: Bytes::new() },
                 "69 00000000".to_string(),
-                format!("69 {H3} 02 00000003 00000000"),
+                format!("69 {H3} 01 00000003 00000000"),
             ),
         ];
         for (resp, v2, v3) in &cases {
