@@ -12,6 +12,12 @@
 //!   checkpoint never flushes them): the target gets the base image, every
 //!   other reference a page with `pd_lsn = FFFFFFFF/FFFFFFFF` so redo skips
 //!   it, heap records get zero FSM and VM pages to update;
+//! * blocks of an init fork are redone in the scratch relation's **main**
+//!   fork: PostgreSQL gives init-fork buffers `BM_PERMANENT` whatever the
+//!   caller asks and flushes them at once during redo (`FlushOneBuffer` in
+//!   `XLogReadBufferForRedoExtended` and hash redo), which would ask the
+//!   host's WAL to be flushed up to the tenant's LSN and fail; the page
+//!   contents do not depend on the fork;
 //! * no pin is held across `rm_redo`; afterwards the target is read back (a
 //!   buffer hit), copied out, and every scratch buffer is dropped by lookup;
 //! * an `ERROR` inside redo is caught: locks and pins are released through
@@ -42,6 +48,17 @@ const HEAPBLOCKS_PER_VM_PAGE: u32 = ((BLCKSZ - 24) * 4) as u32;
 const FSM_SLOTS_PER_PAGE: u32 = 4069;
 const BKPBLOCK_WILL_INIT: u8 = 0x40;
 const MAIN_FORKNUM: i32 = 0;
+const INIT_FORKNUM: i32 = 3;
+
+/// The fork a block of `fork` is redone in, in its scratch relation: the
+/// main fork for an init fork (see the module docs), the fork itself otherwise.
+fn scratch_fork(fork: i32) -> i32 {
+    if fork == INIT_FORKNUM {
+        MAIN_FORKNUM
+    } else {
+        fork
+    }
+}
 const FSM_FORKNUM: i32 = 1;
 const VISIBILITYMAP_FORKNUM: i32 = 2;
 
@@ -294,6 +311,7 @@ impl RedoEngine {
                     let node = self.scratch_node(scratch);
                     (*b).rnode = node;
                     let smgr = self.open_scratch(scratch);
+                    (*b).forknum = scratch_fork((*b).forknum);
                     let (fork, blkno) = ((*b).forknum, (*b).blkno);
                     (*smgr).smgr_cached_nblocks[fork as usize] = blkno + 1;
                     if is_heap && fork == MAIN_FORKNUM {
@@ -425,7 +443,7 @@ impl RedoEngine {
         unsafe {
             let buf = pg_sys::ReadBufferWithoutRelcache(
                 self.scratch_node(0),
-                target.fork as i32,
+                scratch_fork(target.fork as i32),
                 target.blkno,
                 pg_sys::ReadBufferMode::RBM_NORMAL,
                 null_mut(),
