@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::backup::BackupKind;
-use storage::key::{Key, RelTag};
+use storage::key::{Key, RelTag, FSM_FORKNUM, VISIBILITYMAP_FORKNUM};
 use storage::lsn::Lsn;
-use storage::pagestream::{ProtocolVersion, Request, Response};
+use storage::pagestream::{ProtocolVersion, Request, RequestHeader, Response};
 use storage::repo::{Timeline, TimelineId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -162,7 +162,11 @@ async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, time
                         send(stream, &mut out).await?;
                     }
                 }
-                b'c' | b'X' => {
+                b'c' => {
+                    // CopyBoth ends when both sides have sent CopyDone: ours
+                    // follows the last answer; the caller then sends
+                    // CommandComplete and ReadyForQuery.
+                    BackendWriter(&mut out).copy_done();
                     send(stream, &mut out).await?;
                     // The session goes on without this buffer: a client must
                     // wait for CommandComplete before sending more.
@@ -172,6 +176,10 @@ async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, time
                         )));
                     }
                     return Ok(());
+                }
+                b'X' => {
+                    send(stream, &mut out).await?;
+                    return Err(ProtocolError::Closed);
                 }
                 b'f' => return Ok(send(stream, &mut out).await?), // CopyFail
                 b'Q' | b'S' => {
@@ -193,10 +201,52 @@ async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, time
     }
 }
 
-/// True if the request's LSN is ingested, so answering it waits for no WAL.
+/// True if the request can be answered without waiting for WAL (a request
+/// that breaks the LSN rules is answered at once too, with an error).
 fn is_ingested(timeline: &Timeline, request: &Request) -> bool {
-    let lsn = request.header().request_lsn;
-    lsn == Lsn::MAX || normalize_lsn(lsn) <= timeline.last_record_lsn()
+    !matches!(read_at(request.header(), timeline.last_record_lsn()), Ok(ReadAt::After(_)))
+}
+
+/// Where a pagestream request reads, decided as Neon's page service decides
+/// it from the request's two LSNs and what the timeline has ingested.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadAt {
+    /// Read at this LSN now.
+    Ingested(Lsn),
+    /// Wait until this LSN is ingested, then read there.
+    After(Lsn),
+}
+
+/// The page cannot have changed between `not_modified_since` and
+/// `request_lsn`, so: a request whose `request_lsn` is below its
+/// `not_modified_since` is invalid; one whose `not_modified_since` is not
+/// yet ingested waits for it and reads there; any other reads at
+/// `request_lsn` or at what is ingested, whichever is lower (`Lsn::MAX`, the
+/// latest, reads at what is ingested).
+fn read_at(hdr: &RequestHeader, last_record_lsn: Lsn) -> Result<ReadAt, String> {
+    if hdr.request_lsn < hdr.not_modified_since {
+        return Err(format!(
+            "invalid request with request LSN {} and not_modified_since {}",
+            hdr.request_lsn, hdr.not_modified_since
+        ));
+    }
+    let since = normalize_lsn(hdr.not_modified_since);
+    if since > last_record_lsn {
+        return Ok(ReadAt::After(since));
+    }
+    let request = if hdr.request_lsn == Lsn::MAX { Lsn::MAX } else { normalize_lsn(hdr.request_lsn) };
+    Ok(ReadAt::Ingested(request.min(last_record_lsn)))
+}
+
+/// A fork's size for a request: a missing FSM or visibility-map fork has 0
+/// blocks (PostgreSQL may create one and ask its size before extending it;
+/// Neon answers 0 too), any other missing fork is an error.
+fn request_rel_size(timeline: &Timeline, rel: RelTag, lsn: Lsn) -> Result<u32, String> {
+    match timeline.get_rel_size(rel, lsn).map_err(|e| e.to_string())? {
+        Some(n) => Ok(n),
+        None if rel.fork == FSM_FORKNUM || rel.fork == VISIBILITYMAP_FORKNUM => Ok(0),
+        None => Err(missing(rel, lsn)),
+    }
 }
 
 /// Serves one request (blocking: may wait for ingest and redo).
@@ -209,23 +259,19 @@ fn answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) -> Res
 
 fn try_answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) -> Result<Response, String> {
     let hdr = *request.header();
-    let lsn = if hdr.request_lsn == Lsn::MAX {
-        timeline.last_record_lsn()
-    } else {
-        let lsn = normalize_lsn(hdr.request_lsn);
-        if lsn > timeline.last_record_lsn() {
+    let lsn = match read_at(&hdr, timeline.last_record_lsn())? {
+        ReadAt::Ingested(lsn) => lsn,
+        ReadAt::After(lsn) => {
             timeline.wait_lsn(lsn, wait_timeout).map_err(|e| e.to_string())?;
+            lsn
         }
-        lsn
     };
     let e = |e: storage::repo::RepoError| e.to_string();
     Ok(match *request {
         Request::Exists { rel, .. } => Response::Exists { hdr, rel, exists: timeline.rel_exists(rel, lsn).map_err(e)? },
-        Request::Nblocks { rel, .. } => {
-            Response::Nblocks { hdr, rel, n: timeline.get_rel_size(rel, lsn).map_err(e)?.ok_or_else(|| missing(rel, lsn))? }
-        }
+        Request::Nblocks { rel, .. } => Response::Nblocks { hdr, rel, n: request_rel_size(timeline, rel, lsn)? },
         Request::GetPage { rel, blkno, .. } => {
-            let nblocks = timeline.get_rel_size(rel, lsn).map_err(e)?.ok_or_else(|| missing(rel, lsn))?;
+            let nblocks = request_rel_size(timeline, rel, lsn)?;
             let page = if blkno >= nblocks {
                 Bytes::from_static(&ZERO_PAGE)
             } else {
@@ -382,6 +428,21 @@ mod tests {
         assert!(parse_command(&format!("basebackup {t}")).unwrap_err().contains("missing timeline id"));
         assert!(parse_command(&format!("basebackup {t} {t} zz")).unwrap_err().contains("invalid LSN"));
         assert!(parse_command(&format!("pagestream_v2 {t} {t} extra")).unwrap_err().contains("too many"));
+    }
+
+    #[test]
+    fn request_lsns_are_validated_and_read_as_neon_reads_them() {
+        let hdr = |request: u64, since: u64| RequestHeader { reqid: 0, request_lsn: Lsn(request), not_modified_since: Lsn(since) };
+        let last = Lsn(0x5000);
+        let err = read_at(&hdr(0x4000, 0x4800), last).unwrap_err();
+        assert_eq!(err, "invalid request with request LSN 0/4000 and not_modified_since 0/4800");
+        // Unchanged since an ingested LSN: read now, at the request LSN or what is ingested.
+        assert_eq!(read_at(&hdr(0x4000, 0x3000), last), Ok(ReadAt::Ingested(Lsn(0x4000))));
+        assert_eq!(read_at(&hdr(0x9000, 0x3000), last), Ok(ReadAt::Ingested(last)));
+        assert_eq!(read_at(&hdr(u64::MAX, 0), last), Ok(ReadAt::Ingested(last)));
+        // Changed after what is ingested: wait for not_modified_since.
+        assert_eq!(read_at(&hdr(0x9000, 0x6000), last), Ok(ReadAt::After(Lsn(0x6000))));
+        assert_eq!(read_at(&hdr(u64::MAX, 0x6000), last), Ok(ReadAt::After(Lsn(0x6000))));
     }
 
     #[test]
