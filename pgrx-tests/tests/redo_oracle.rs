@@ -1,5 +1,7 @@
-//! PostgreSQL's own oracle for WAL redo: a stock primary with
-//! `wal_consistency_checking = all` writes, with every page-level record, the
+//! PostgreSQL's own oracle for WAL redo: a stock primary (data checksums on)
+//! with `wal_consistency_checking = all` runs the end-to-end workload of
+//! every WAL-writing feature (`workloads/every_wal_feature.sql`) and
+//! pgbench, and writes, with every page-level record, the
 //! image each block must have after redo. The host's redo (through
 //! `pageserver.redo_apply`) must produce exactly that page, both masked by
 //! the resource manager's `rm_mask`. Also checks that redo flat out leaves
@@ -7,7 +9,6 @@
 //! file appears outside the scratch relations.
 
 use anyhow::{bail, Context, Result};
-use pageserver_harness::PgCluster;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -46,49 +47,20 @@ fn walk(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
-const WORKLOAD: &str = r#"
-CREATE TABLE docs (id serial PRIMARY KEY, tags text[], body text, pt point, rng int4range, n int, t tsvector);
-CREATE INDEX docs_hash ON docs USING hash (n);
-CREATE INDEX docs_gin ON docs USING gin (tags);
-CREATE INDEX docs_gin_fts ON docs USING gin (t);
-CREATE INDEX docs_gist ON docs USING gist (rng);
-CREATE INDEX docs_spgist ON docs USING spgist (pt);
-CREATE INDEX docs_brin ON docs USING brin (id) WITH (pages_per_range = 2);
-CREATE SEQUENCE counter CACHE 1;
-INSERT INTO docs (tags, body, pt, rng, n, t)
-  SELECT ARRAY['t' || (i % 17), 'u' || (i % 5)],
-         CASE WHEN i % 50 = 0 THEN repeat(md5(i::text), 400) ELSE md5(i::text) END,
-         point(i % 100, i / 100), int4range(i, i + 10), i % 1000,
-         to_tsvector('simple', 'word' || (i % 37) || ' other' || (i % 11))
-  FROM generate_series(1, 12000) i;
-UPDATE docs SET n = n + 1, tags = tags || 'v'::text WHERE id % 3 = 0;
-DELETE FROM docs WHERE id % 7 = 0;
-SELECT nextval('counter') FROM generate_series(1, 500);
-VACUUM docs;
-INSERT INTO docs (tags, body, pt, rng, n, t)
-  SELECT ARRAY['w'], md5(i::text), point(i, i), int4range(i, i + 1), i, to_tsvector('simple', 'x')
-  FROM generate_series(1, 5000) i;
-UPDATE docs SET body = body || 'x' WHERE id % 5 = 0;
-VACUUM FREEZE docs;
-"#;
-
 #[test]
 fn redo_matches_wal_consistency_checking_images() -> Result<()> {
-    let primary = PgCluster::start_primary(&[
-        ("wal_consistency_checking", "all"),
-        ("full_page_writes", "on"),
-        ("max_wal_size", "4GB"),
-        ("checkpoint_timeout", "1h"),
-    ])?;
-    let host = PgCluster::start_host(&[])?;
-    host.sql("CREATE EXTENSION pageserver_ext")?;
+    // Data checksums on both: redo then stamps LSNs on hint-bit changes and
+    // writes full-page images for hints, as PostgreSQL does.
+    let primary = common::e2e::start_primary(
+        true,
+        &[("wal_consistency_checking", "all"), ("full_page_writes", "on"), ("max_wal_size", "4GB"), ("checkpoint_timeout", "1h")],
+    )?;
+    let host = common::e2e::start_host(true, &[])?;
     let files_before = relation_files(host.data_dir())?;
 
     let start = common::start_capture(&primary)?;
-    // One statement at a time: VACUUM refuses the implicit transaction of a batch.
-    for statement in WORKLOAD.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
-        primary.sql(statement)?;
-    }
+    // Every WAL-writing feature, as the end-to-end tests run it.
+    common::e2e::run_workload(&primary, common::e2e::WORKLOAD)?;
     primary.run_as_postgres_checked("pgbench", &["-i", "-s", "3", "-q", "postgres"])?;
     primary.run_as_postgres_checked("pgbench", &["-c", "4", "-j", "2", "-T", "10", "postgres"])?;
     primary.sql("VACUUM")?;

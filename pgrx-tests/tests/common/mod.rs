@@ -1,6 +1,9 @@
-//! Helpers shared by the redo tests: capturing a primary's WAL and decoding
-//! it with the storage crate's decoder.
+//! Helpers shared by the tests against real servers: capturing a primary's
+//! WAL and decoding it with the storage crate's decoder; the end-to-end
+//! checks in [`e2e`].
 #![allow(dead_code)]
+
+pub mod e2e;
 
 use anyhow::{Context, Result};
 use pageserver_harness::PgCluster;
