@@ -69,7 +69,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             for (slot, (kind, number)) in slot_layout(redo).into_iter().enumerate() {
                 state.workers.assign(slot, kind, number);
             }
-            state.workers.carry_over_start_counts(&*(&raw const SAVED_START_COUNTS));
+            state.workers.carry_over_start_counts(&(&raw const SAVED_START_COUNTS).read());
             state.redo.set_worker_count(redo);
         }
         SHARED.store(ptr, Ordering::Release);

@@ -10,6 +10,7 @@ use shared_mem::{WorkerKind, WorkerState};
 /// served since the host started. A worker whose process is gone without
 /// saying so is shown as `dead`.
 #[pg_extern(parallel_safe)]
+#[allow(clippy::type_complexity)] // pgrx derives the SQL columns from this type
 fn status() -> TableIterator<
     'static,
     (

@@ -168,7 +168,7 @@ impl RedoEngine {
 
     fn scratch_node(&self, scratch: usize) -> pg_sys::RelFileNode {
         pg_sys::RelFileNode {
-            spcNode: pg_sys::Oid::from(pg_sys::DEFAULTTABLESPACE_OID),
+            spcNode: pg_sys::DEFAULTTABLESPACE_OID,
             dbNode: pg_sys::Oid::from(SCRATCH_DB),
             relNode: pg_sys::Oid::from(SCRATCH_REL_BASE + self.scratch_slot * SCRATCH_RELS_PER_ENGINE + scratch as u32),
         }

@@ -236,16 +236,14 @@ impl CommandQueue {
             let word = slot.word.load(Ordering::Acquire);
             let ticket = ticket_of(word);
             match state_of(word) {
-                IN_PROGRESS => {
-                    if slot.word.compare_exchange(word, pack(ticket, FAILED), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                IN_PROGRESS
+                    if slot.word.compare_exchange(word, pack(ticket, FAILED), Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
                         futex::wake_all(&slot.word);
                     }
-                }
-                ABANDONED => {
-                    if slot.word.compare_exchange(word, pack(ticket, FREE), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                ABANDONED
+                    if slot.word.compare_exchange(word, pack(ticket, FREE), Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
                         self.announce_free();
                     }
-                }
                 _ => {}
             }
         }

@@ -4,6 +4,8 @@
 //! the key space and keeps page versions in layers. It is tested with plain
 //! `cargo test`.
 
+#![forbid(unsafe_code)]
+
 pub mod checksum;
 pub mod import;
 pub mod key;

@@ -47,7 +47,7 @@ impl WalWriter {
 
     fn page_header(&mut self, rem_len: u32) {
         let addr = self.lsn().0;
-        let long = addr % self.seg_size == 0;
+        let long = addr.is_multiple_of(self.seg_size);
         let mut info: u16 = 0;
         if rem_len > 0 {
             info |= XLP_FIRST_IS_CONTRECORD;
@@ -84,13 +84,13 @@ impl WalWriter {
 
     /// Appends record bytes exactly as given (no fix-ups).
     pub fn append_raw(&mut self, rec: &[u8]) -> (Lsn, Lsn) {
-        if self.lsn().0 % XLOG_BLCKSZ == 0 {
+        if self.lsn().0.is_multiple_of(XLOG_BLCKSZ) {
             self.page_header(0);
         }
         let start = self.lsn();
         let mut written = 0usize;
         while written < rec.len() {
-            if self.lsn().0 % XLOG_BLCKSZ == 0 {
+            if self.lsn().0.is_multiple_of(XLOG_BLCKSZ) {
                 self.page_header((rec.len() - written) as u32);
             }
             let room = (XLOG_BLCKSZ - self.lsn().0 % XLOG_BLCKSZ) as usize;

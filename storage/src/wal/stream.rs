@@ -76,7 +76,7 @@ impl WalStreamDecoder {
             d.error = fail(format!("invalid WAL segment size {seg_size}"));
         } else if page_off != 0 && page_off < page_header_size(start_lsn, seg_size) as u64 {
             d.error = fail(format!("position lies inside the page header ({} bytes)", page_header_size(start_lsn, seg_size)));
-        } else if start_lsn.0 % 8 != 0 {
+        } else if !start_lsn.0.is_multiple_of(8) {
             d.error = fail("position is not MAXALIGNed".into());
         } else if start_lsn.0 > u64::MAX / 2 {
             d.error = fail("position beyond any real WAL".into());
@@ -155,7 +155,7 @@ impl WalStreamDecoder {
                 }
                 self.state = State::RecordStart;
             }
-            if self.lsn.0 % XLOG_BLCKSZ == 0 {
+            if self.lsn.0.is_multiple_of(XLOG_BLCKSZ) {
                 if !self.read_page_header()? {
                     return Ok(None);
                 }
@@ -172,7 +172,7 @@ impl WalStreamDecoder {
                     self.consume(n);
                     if done {
                         self.state = State::RecordStart;
-                    } else if self.lsn.0 % XLOG_BLCKSZ != 0 {
+                    } else if !self.lsn.0.is_multiple_of(XLOG_BLCKSZ) {
                         return Ok(None);
                     }
                 }
@@ -225,7 +225,7 @@ impl WalStreamDecoder {
         if info & !XLP_ALL_FLAGS != 0 {
             return fail(format!("invalid info bits {info:04X}"));
         }
-        let seg_start = page.0 % self.seg_size == 0;
+        let seg_start = page.0.is_multiple_of(self.seg_size);
         let hdr_len = if info & XLP_LONG_HEADER != 0 {
             if !seg_start {
                 return fail("long page header in the middle of a segment".into());

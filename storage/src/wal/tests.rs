@@ -23,8 +23,8 @@ fn heap_record(i: u32, data_len: usize, blocks: usize) -> RecordBuilder {
                 image: None,
             })
             .collect(),
-        origin: if i % 5 == 0 { Some(7) } else { None },
-        toplevel_xid: if i % 7 == 0 { Some(999) } else { None },
+        origin: if i.is_multiple_of(5) { Some(7) } else { None },
+        toplevel_xid: if i.is_multiple_of(7) { Some(999) } else { None },
         main_data: (0..(i % 300) as usize + data_len.saturating_sub(60_000)).map(|x| x as u8).collect(),
     }
 }
