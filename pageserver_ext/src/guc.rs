@@ -74,7 +74,12 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
-    let repo_int = |name: &'static std::ffi::CStr, short: &'static std::ffi::CStr, setting: &'static GucSetting<i32>, min: i32, max: i32, unit: GucFlags| {
+    let repo_int = |name: &'static std::ffi::CStr,
+                    short: &'static std::ffi::CStr,
+                    setting: &'static GucSetting<i32>,
+                    min: i32,
+                    max: i32,
+                    unit: GucFlags| {
         GucRegistry::define_int_guc(name, short, c"Needs a restart.", setting, min, max, GucContext::Postmaster, unit);
     };
     repo_int(

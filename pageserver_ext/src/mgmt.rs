@@ -13,7 +13,9 @@ use std::time::Duration;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    CreateTenant { tenant: Option<String> },
+    CreateTenant {
+        tenant: Option<String>,
+    },
     CreateTimeline {
         tenant: String,
         timeline: Option<String>,
@@ -22,7 +24,12 @@ pub enum Command {
         #[serde(default)]
         basebackup_tar: Option<String>,
     },
-    Branch { tenant: String, parent: String, lsn: Option<String>, timeline: Option<String> },
+    Branch {
+        tenant: String,
+        parent: String,
+        lsn: Option<String>,
+        timeline: Option<String>,
+    },
     ListTimelines,
     ListTenants,
 }

@@ -35,7 +35,9 @@ impl QueueRedo {
         let records = run
             .iter()
             .map(|(end, rec)| match &rec.rec {
-                RecordPayload::Postgres { raw, .. } => Ok(RedoRecord { start_lsn: approximate_start(*end, raw), end_lsn: end.0, raw: raw.clone() }),
+                RecordPayload::Postgres { raw, .. } => {
+                    Ok(RedoRecord { start_lsn: approximate_start(*end, raw), end_lsn: end.0, raw: raw.clone() })
+                }
                 RecordPayload::Project(_) => Err("internal: project record in a PostgreSQL run".to_string()),
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -46,9 +48,7 @@ impl QueueRedo {
             flags: 0,
         };
         self.queue.call(&request, self.timeout).map_err(|e| match e {
-            RedoCallError::Redo { lsn, rmgr, message } => {
-                redo_bgworker::RedoFailure { lsn, rmgr, message }.to_string()
-            }
+            RedoCallError::Redo { lsn, rmgr, message } => redo_bgworker::RedoFailure { lsn, rmgr, message }.to_string(),
             other => other.to_string(),
         })
     }
@@ -79,10 +79,8 @@ impl Redo for QueueRedo {
                     i += 1;
                 }
                 RecordPayload::Postgres { .. } => {
-                    let end = records[i..]
-                        .iter()
-                        .position(|(_, r)| matches!(r.rec, RecordPayload::Project(_)))
-                        .map_or(records.len(), |n| i + n);
+                    let end =
+                        records[i..].iter().position(|(_, r)| matches!(r.rec, RecordPayload::Project(_))).map_or(records.len(), |n| i + n);
                     page = Some(self.call_postgres(key, page, &records[i..end])?);
                     i = end;
                 }

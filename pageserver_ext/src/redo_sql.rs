@@ -8,9 +8,7 @@ use shared_mem::redo_queue::{wire::FLAG_MASK_RESULT, RedoCallError, RedoRecord, 
 use std::time::Duration;
 
 fn page_arg(name: &str, bytes: &[u8]) -> [u8; BLCKSZ] {
-    bytes
-        .try_into()
-        .unwrap_or_else(|_| error!("{name} must be exactly {BLCKSZ} bytes, got {}", bytes.len()))
+    bytes.try_into().unwrap_or_else(|_| error!("{name} must be exactly {BLCKSZ} bytes, got {}", bytes.len()))
 }
 
 fn lsn_arg(name: &str, v: i64) -> u64 {
@@ -79,12 +77,7 @@ fn build_request<'r>(
     mask: bool,
 ) -> RedoRequest<&'r [u8]> {
     if records.len() != start_lsns.len() || records.len() != end_lsns.len() {
-        error!(
-            "records, start_lsns and end_lsns must have the same length ({}, {}, {})",
-            records.len(),
-            start_lsns.len(),
-            end_lsns.len()
-        );
+        error!("records, start_lsns and end_lsns must have the same length ({}, {}, {})", records.len(), start_lsns.len(), end_lsns.len());
     }
     if !(0..=3).contains(&fork) {
         error!("fork must be 0 (main), 1 (fsm), 2 (vm) or 3 (init), got {fork}");

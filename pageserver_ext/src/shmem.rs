@@ -61,8 +61,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let ptr = pg_sys::ShmemInitStruct(c"pageserver_ext".as_ptr(), SharedState::size(), &mut found)
-            as *mut SharedState;
+        let ptr = pg_sys::ShmemInitStruct(c"pageserver_ext".as_ptr(), SharedState::size(), &mut found) as *mut SharedState;
         if !found {
             let state = SharedState::init_in_place(ptr);
             let redo = crate::guc::REDO_WORKERS.get().max(0) as usize;

@@ -441,7 +441,13 @@ impl Manager {
     }
 
     /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
-    pub fn branch(&self, tenant_id: TenantId, parent: TimelineId, lsn: Option<Lsn>, child: Option<TimelineId>) -> Result<(TimelineId, Lsn), String> {
+    pub fn branch(
+        &self,
+        tenant_id: TenantId,
+        parent: TimelineId,
+        lsn: Option<Lsn>,
+        child: Option<TimelineId>,
+    ) -> Result<(TimelineId, Lsn), String> {
         let tenant = self.tenant(tenant_id)?;
         let parent_entry = self.timeline(tenant_id, parent)?;
         let lsn = lsn.unwrap_or_else(|| parent_entry.timeline.last_record_lsn());

@@ -80,16 +80,12 @@ pub fn command(program: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Command {
         }
         Switch::Runuser(runuser) => {
             let mut cmd = Command::new(runuser);
-            cmd.args(["-u", POSTGRES_USER, "--", "/usr/bin/env"])
-                .args(&vars)
-                .arg(program);
+            cmd.args(["-u", POSTGRES_USER, "--", "/usr/bin/env"]).args(&vars).arg(program);
             cmd
         }
         Switch::Sudo(sudo) => {
             let mut cmd = Command::new(sudo);
-            cmd.args(["-n", "-u", POSTGRES_USER, "--", "/usr/bin/env"])
-                .args(&vars)
-                .arg(program);
+            cmd.args(["-n", "-u", POSTGRES_USER, "--", "/usr/bin/env"]).args(&vars).arg(program);
             cmd
         }
     }
@@ -109,15 +105,7 @@ pub fn owner_ids() -> anyhow::Result<(libc::uid_t, libc::gid_t)> {
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers point to live, correctly sized buffers.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
+    let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
     if rc != 0 || result.is_null() {
         bail!(
             "looking up OS user `{POSTGRES_USER}`: not found (rc {rc}); install PostgreSQL 15 \
@@ -133,8 +121,7 @@ pub fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let (uid, gid) = owner_ids()?;
-    let c = CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("path {} contains NUL", path.display()))?;
+    let c = CString::new(path.as_os_str().as_bytes()).with_context(|| format!("path {} contains NUL", path.display()))?;
     // SAFETY: c is a valid NUL-terminated string.
     if unsafe { libc::chown(c.as_ptr(), uid, gid) } != 0 {
         let err = std::io::Error::last_os_error();
@@ -169,11 +156,7 @@ mod tests {
         } else {
             assert_eq!(who, POSTGRES_USER);
         }
-        let out = crate::run_checked(
-            command("sh", &[("PS_X", "a b")]).args(["-c", "echo \"$PS_X\""]),
-            "env",
-        )
-        .unwrap();
+        let out = crate::run_checked(command("sh", &[("PS_X", "a b")]).args(["-c", "echo \"$PS_X\""]), "env").unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a b");
     }
 }

@@ -66,36 +66,22 @@ pub struct ClusterConfig {
 }
 
 fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
-    settings
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 impl ClusterConfig {
     /// A replication source: `wal_level = replica`, `max_wal_senders = 10`,
     /// `max_replication_slots = 10`, then `settings`.
     pub fn primary(settings: &[(&str, &str)]) -> ClusterConfig {
-        let mut all = owned(&[
-            ("wal_level", "replica"),
-            ("max_wal_senders", "10"),
-            ("max_replication_slots", "10"),
-        ]);
+        let mut all = owned(&[("wal_level", "replica"), ("max_wal_senders", "10"), ("max_replication_slots", "10")]);
         all.extend(owned(settings));
-        ClusterConfig {
-            settings: all,
-            ..Default::default()
-        }
+        ClusterConfig { settings: all, ..Default::default() }
     }
 
     /// A page-server host: `settings` plus the extension preloaded (see
     /// [`ClusterConfig::preload_pageserver`]).
     pub fn host(settings: &[(&str, &str)]) -> ClusterConfig {
-        ClusterConfig {
-            settings: owned(settings),
-            preload_pageserver: true,
-            ..Default::default()
-        }
+        ClusterConfig { settings: owned(settings), preload_pageserver: true, ..Default::default() }
     }
 
     /// Appends one setting (builder style).
@@ -119,24 +105,16 @@ impl ClusterConfig {
         let mut out = owned(&[("fsync", "off")]);
         out.extend(self.settings.iter().cloned());
         if self.preload_pageserver {
-            let given = last_value(&out, "shared_preload_libraries")
-                .map(|v| unquote(&v))
-                .unwrap_or_default();
-            let mut libs: Vec<String> = given
-                .split(',')
-                .map(|s| s.trim().trim_matches('"').to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
+            let given = last_value(&out, "shared_preload_libraries").map(|v| unquote(&v)).unwrap_or_default();
+            let mut libs: Vec<String> =
+                given.split(',').map(|s| s.trim().trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect();
             if !libs.iter().any(|l| l == "pageserver_ext") {
                 libs.insert(0, "pageserver_ext".to_string());
             }
             out.retain(|(k, _)| !k.eq_ignore_ascii_case("shared_preload_libraries"));
             out.push(("shared_preload_libraries".to_string(), libs.join(",")));
             if last_value(&out, "pageserver.listen_addr").is_none() {
-                out.push((
-                    "pageserver.listen_addr".to_string(),
-                    format!("127.0.0.1:{}", free_port()),
-                ));
+                out.push(("pageserver.listen_addr".to_string(), format!("127.0.0.1:{}", free_port())));
             }
         }
         out
@@ -145,11 +123,7 @@ impl ClusterConfig {
 
 /// The last value given for `name` (case-insensitive), as written.
 fn last_value(settings: &[(String, String)], name: &str) -> Option<String> {
-    settings
-        .iter()
-        .rev()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
+    settings.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 /// Removes one level of single quotes (and their `''` escapes) if present.
@@ -183,11 +157,7 @@ pub fn render_settings(settings: &[(String, String)], port: u16, socket_dir: &Pa
     }
     let _ = writeln!(s, "listen_addresses = '127.0.0.1'");
     let _ = writeln!(s, "port = {port}");
-    let _ = writeln!(
-        s,
-        "unix_socket_directories = {}",
-        quote_conf_value(&socket_dir.display().to_string())
-    );
+    let _ = writeln!(s, "unix_socket_directories = {}", quote_conf_value(&socket_dir.display().to_string()));
     s
 }
 
@@ -198,10 +168,7 @@ pub const REPLICATION_HBA_LINE: &str = "host replication all 127.0.0.1/32 trust"
 
 /// `$(pg_config --pkglibdir)` of the PostgreSQL 15 installation.
 pub fn pkglibdir() -> anyhow::Result<PathBuf> {
-    let out = run_checked(
-        Command::new(pg_bin("pg_config")).arg("--pkglibdir"),
-        "asking pg_config for the library directory",
-    )?;
+    let out = run_checked(Command::new(pg_bin("pg_config")).arg("--pkglibdir"), "asking pg_config for the library directory")?;
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
@@ -229,15 +196,9 @@ pub fn check_pageserver_installed() -> anyhow::Result<()> {
 fn new_root_dir() -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     for _ in 0..100 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/ps-harness-{}-{n}-{nanos:x}",
-            std::process::id()
-        ));
+        let dir = PathBuf::from(format!("/tmp/ps-harness-{}-{n}-{nanos:x}", std::process::id()));
         match std::fs::create_dir(&dir) {
             Ok(()) => {
                 let setup = || -> anyhow::Result<()> {
@@ -331,10 +292,7 @@ impl PgCluster {
     /// starts the server like [`PgCluster::start`]. `config.initdb_args`
     /// are not used. A failed start-up returns an error with the log tail;
     /// the directory is removed on drop as for any cluster.
-    pub fn start_on_data_dir(
-        config: ClusterConfig,
-        fill: impl FnOnce(&Path) -> anyhow::Result<()>,
-    ) -> anyhow::Result<PgCluster> {
+    pub fn start_on_data_dir(config: ClusterConfig, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<PgCluster> {
         let mut cluster = PgCluster::in_fresh_root(&config, None)?;
         let data = cluster.data.clone();
         std::fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -380,28 +338,13 @@ impl PgCluster {
 
     fn initdb(&mut self, config: &ClusterConfig) -> anyhow::Result<()> {
         let mut cmd = self.pg_command(&pg_bin("initdb").display().to_string());
-        cmd.arg("-D").arg(&self.data).args([
-            "-U",
-            SUPERUSER,
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        ]);
+        cmd.arg("-D").arg(&self.data).args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
         cmd.args(&config.initdb_args);
-        run_checked(
-            &mut cmd,
-            &format!("initdb of cluster {}", self.root.display()),
-        )?;
+        run_checked(&mut cmd, &format!("initdb of cluster {}", self.root.display()))?;
         let conf = self.data.join("postgresql.conf");
-        self.base_conf = std::fs::read_to_string(&conf)
-            .with_context(|| format!("reading {} after initdb", conf.display()))?;
+        self.base_conf = std::fs::read_to_string(&conf).with_context(|| format!("reading {} after initdb", conf.display()))?;
         let hba = self.data.join("pg_hba.conf");
-        let mut hba_text = std::fs::read_to_string(&hba)
-            .with_context(|| format!("reading {} after initdb", hba.display()))?;
+        let mut hba_text = std::fs::read_to_string(&hba).with_context(|| format!("reading {} after initdb", hba.display()))?;
         // First match wins: put ours in front of initdb's lines.
         hba_text = format!("# added by pageserver_harness\n{REPLICATION_HBA_LINE}\n{hba_text}");
         std::fs::write(&hba, hba_text).with_context(|| format!("writing {}", hba.display()))?;
@@ -410,11 +353,7 @@ impl PgCluster {
 
     fn write_conf(&self) -> anyhow::Result<()> {
         let conf = self.data.join("postgresql.conf");
-        let text = format!(
-            "{}{}",
-            self.base_conf,
-            render_settings(&self.settings, self.port, &self.root)
-        );
+        let text = format!("{}{}", self.base_conf, render_settings(&self.settings, self.port, &self.root));
         // Truncating an existing file keeps its owner (postgres).
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))
     }
@@ -428,14 +367,9 @@ impl PgCluster {
             }
             tried.push(self.port);
             self.write_conf()?;
-            let log_before = std::fs::metadata(&self.log_path)
-                .map(|m| m.len() as usize)
-                .unwrap_or(0);
+            let log_before = std::fs::metadata(&self.log_path).map(|m| m.len() as usize).unwrap_or(0);
             let mut cmd = self.pg_command(&pg_bin("pg_ctl").display().to_string());
-            cmd.args(["start", "-w", "-t", "60", "-D"])
-                .arg(&self.data)
-                .arg("-l")
-                .arg(&self.log_path);
+            cmd.args(["start", "-w", "-t", "60", "-D"]).arg(&self.data).arg("-l").arg(&self.log_path);
             let result = run_checked(&mut cmd, "pg_ctl start");
             match result {
                 Ok(_) => {
@@ -444,14 +378,11 @@ impl PgCluster {
                 Err(e) => {
                     let log = self.log();
                     let new_part = log.get(log_before..).unwrap_or(&log);
-                    let bind_failed = new_part.contains("could not bind")
-                        || new_part.contains("could not create any TCP/IP sockets");
+                    let bind_failed = new_part.contains("could not bind") || new_part.contains("could not create any TCP/IP sockets");
                     if bind_failed && attempt + 1 < START_ATTEMPTS && !self.postmaster_running() {
                         continue;
                     }
-                    return Err(e.context(
-                        self.context(&format!("starting PostgreSQL (ports tried: {tried:?})")),
-                    ));
+                    return Err(e.context(self.context(&format!("starting PostgreSQL (ports tried: {tried:?})"))));
                 }
             }
         }
@@ -542,11 +473,7 @@ impl PgCluster {
     /// `host=127.0.0.1 port=<port> user=postgres dbname=<db>`; append e.g.
     /// ` replication=true` as needed.
     pub fn connstr(&self, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} dbname={}",
-            self.port,
-            quote_conninfo(db)
-        )
+        format!("host=127.0.0.1 port={} user={SUPERUSER} dbname={}", self.port, quote_conninfo(db))
     }
 
     /// A new connection to database `db` (30 s connect timeout).
@@ -573,17 +500,12 @@ impl PgCluster {
                 Some(db_err) => format!("{db_err}"),
                 None => format!("{e}"),
             };
-            anyhow!("{detail}")
-                .context(self.context(&format!("running SQL on database {db}: {query}")))
+            anyhow!("{detail}").context(self.context(&format!("running SQL on database {db}: {query}")))
         })?;
         Ok(messages
             .into_iter()
             .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
+                postgres::SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect()),
                 _ => None,
             })
             .collect())
@@ -593,10 +515,7 @@ impl PgCluster {
     /// such as `SHOW wal_level`. Fails if there is no row.
     pub fn sql_one(&self, query: &str) -> anyhow::Result<Option<String>> {
         let rows = self.sql(query)?;
-        let row = rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("{}", self.context(&format!("no rows from {query}"))))?;
+        let row = rows.into_iter().next().ok_or_else(|| anyhow!("{}", self.context(&format!("no rows from {query}"))))?;
         Ok(row.into_iter().next().flatten())
     }
 
@@ -607,15 +526,11 @@ impl PgCluster {
     /// Returns its output whatever the exit status; see
     /// [`PgCluster::run_as_postgres_checked`].
     pub fn run_as_postgres(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let resolved = if program.contains('/') || !pg_bin(program).is_file() {
-            program.to_string()
-        } else {
-            pg_bin(program).display().to_string()
-        };
+        let resolved =
+            if program.contains('/') || !pg_bin(program).is_file() { program.to_string() } else { pg_bin(program).display().to_string() };
         let mut cmd = self.pg_command(&resolved);
         cmd.args(args);
-        cmd.output()
-            .with_context(|| self.context(&format!("running {program} {args:?}")))
+        cmd.output().with_context(|| self.context(&format!("running {program} {args:?}")))
     }
 
     /// [`PgCluster::run_as_postgres`] that fails (with stdout, stderr and
@@ -637,21 +552,12 @@ impl PgCluster {
     /// process after a crash).
     pub fn postmaster_pid(&self) -> anyhow::Result<i32> {
         let path = self.data.join("postmaster.pid");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            self.context(&format!(
-                "reading {} (is the server running?)",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| self.context(&format!("reading {} (is the server running?)", path.display())))?;
         text.lines()
             .next()
             .and_then(|l| l.trim().parse().ok())
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}",
-                    self.context(&format!("no pid in {}: {text:?}", path.display()))
-                )
-            })
+            .ok_or_else(|| anyhow!("{}", self.context(&format!("no pid in {}: {text:?}", path.display()))))
     }
 
     /// True if `postmaster.pid` names a live process.
@@ -666,17 +572,13 @@ impl PgCluster {
         if !self.postmaster_running() {
             let left = process::kill_all_in_dir(&self.data, Duration::from_secs(30));
             if !left.is_empty() {
-                bail!(
-                    "{}",
-                    self.context(&format!("processes {left:?} survived SIGKILL"))
-                );
+                bail!("{}", self.context(&format!("processes {left:?} survived SIGKILL")));
             }
             return Ok(());
         }
         let pid = self.postmaster_pid()?;
         let mut cmd = self.pg_command(&pg_bin("pg_ctl").display().to_string());
-        cmd.args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
-            .arg(&self.data);
+        cmd.args(["stop", "-m", "fast", "-w", "-t", "60", "-D"]).arg(&self.data);
         let result = run_checked(&mut cmd, "pg_ctl stop -m fast");
         if let Err(e) = result {
             if pid_alive(pid) {
@@ -685,11 +587,9 @@ impl PgCluster {
         }
         // pg_ctl returns once postmaster.pid is gone, which the postmaster
         // removes while it is still exiting: wait for the process itself.
-        let gone = self.wait_for(
-            "the stopped cluster's processes to exit",
-            Duration::from_secs(30),
-            || (!pid_alive(pid) && self.processes().is_empty()).then_some(()),
-        );
+        let gone = self.wait_for("the stopped cluster's processes to exit", Duration::from_secs(30), || {
+            (!pid_alive(pid) && self.processes().is_empty()).then_some(())
+        });
         gone?;
         Ok(())
     }
@@ -704,10 +604,7 @@ impl PgCluster {
         }
         let left = process::kill_all_in_dir(&self.data, Duration::from_secs(30));
         if !left.is_empty() {
-            bail!(
-                "{}",
-                self.context(&format!("leftover processes {left:?} would not die"))
-            );
+            bail!("{}", self.context(&format!("leftover processes {left:?} would not die")));
         }
         self.remove_stale_lock_files();
         self.start_server()
@@ -745,10 +642,7 @@ impl PgCluster {
         self.kill_postmaster_only()?;
         let left = process::kill_all_in_dir(&self.data, Duration::from_secs(30));
         if !left.is_empty() {
-            bail!(
-                "{}",
-                self.context(&format!("processes {left:?} survived SIGKILL"))
-            );
+            bail!("{}", self.context(&format!("processes {left:?} survived SIGKILL")));
         }
         Ok(())
     }
@@ -759,17 +653,11 @@ impl PgCluster {
     pub fn kill_postmaster_only(&mut self) -> anyhow::Result<i32> {
         let pid = self.postmaster_pid()?;
         if !pid_alive(pid) {
-            bail!(
-                "{}",
-                self.context(&format!("kill_postmaster: postmaster {pid} is not running"))
-            );
+            bail!("{}", self.context(&format!("kill_postmaster: postmaster {pid} is not running")));
         }
         process::signal(pid, libc::SIGKILL);
         if !process::wait_gone(&[pid], Duration::from_secs(30)) {
-            bail!(
-                "{}",
-                self.context(&format!("postmaster {pid} still alive 30 s after SIGKILL"))
-            );
+            bail!("{}", self.context(&format!("postmaster {pid} still alive 30 s after SIGKILL")));
         }
         Ok(pid)
     }
@@ -798,12 +686,7 @@ impl PgCluster {
     /// Calls `f` until it returns `Some`, sleeping 10 ms growing to 200 ms
     /// between calls; after `timeout` fails with "timed out ... waiting for
     /// `what`" and the server log tail.
-    pub fn wait_for<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> anyhow::Result<T> {
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
         let start = Instant::now();
         let mut sleep = Duration::from_millis(10);
         loop {
@@ -812,10 +695,7 @@ impl PgCluster {
             }
             let elapsed = start.elapsed();
             if elapsed >= timeout {
-                bail!(
-                    "{}",
-                    self.context(&format!("timed out after {elapsed:.1?} waiting for {what}"))
-                );
+                bail!("{}", self.context(&format!("timed out after {elapsed:.1?} waiting for {what}")));
             }
             std::thread::sleep(sleep.min(timeout - elapsed));
             sleep = (sleep * 2).min(Duration::from_millis(200));
@@ -825,8 +705,7 @@ impl PgCluster {
     fn shutdown_for_drop(&mut self) {
         if self.postmaster_running() {
             let mut cmd = self.pg_command(&pg_bin("pg_ctl").display().to_string());
-            cmd.args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
-                .arg(&self.data);
+            cmd.args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"]).arg(&self.data);
             if let Err(e) = run_checked(&mut cmd, "pg_ctl stop -m immediate") {
                 eprintln!("pageserver_harness: {e:#}");
                 if let Ok(pid) = self.postmaster_pid() {
@@ -836,10 +715,7 @@ impl PgCluster {
         }
         let left = process::kill_all_in_dir(&self.data, Duration::from_secs(30));
         if !left.is_empty() {
-            eprintln!(
-                "pageserver_harness: processes {left:?} of cluster {} survived SIGKILL",
-                self.root.display()
-            );
+            eprintln!("pageserver_harness: processes {left:?} of cluster {} survived SIGKILL", self.root.display());
         }
     }
 }
@@ -850,17 +726,10 @@ impl Drop for PgCluster {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.shutdown_for_drop();
             if std::env::var(KEEP_ENV).map(|v| v == "1").unwrap_or(false) {
-                eprintln!(
-                    "pageserver_harness: {KEEP_ENV}=1, keeping cluster {} (log: {})",
-                    self.root.display(),
-                    self.log_path.display()
-                );
+                eprintln!("pageserver_harness: {KEEP_ENV}=1, keeping cluster {} (log: {})", self.root.display(), self.log_path.display());
             } else if let Err(e) = std::fs::remove_dir_all(&self.root) {
                 if self.root.exists() {
-                    eprintln!(
-                        "pageserver_harness: could not remove {}: {e}",
-                        self.root.display()
-                    );
+                    eprintln!("pageserver_harness: could not remove {}: {e}", self.root.display());
                 }
             }
         }));
@@ -891,17 +760,12 @@ mod tests {
         assert_eq!(s[0], ("fsync".to_string(), "off".to_string()));
         assert_eq!(last_value(&s, "wal_level").as_deref(), Some("replica"));
         assert_eq!(last_value(&s, "max_wal_senders").as_deref(), Some("3"));
-        assert_eq!(
-            last_value(&s, "max_replication_slots").as_deref(),
-            Some("10")
-        );
+        assert_eq!(last_value(&s, "max_replication_slots").as_deref(), Some("10"));
         assert!(last_value(&s, "shared_preload_libraries").is_none());
         let text = render_settings(&s, 5433, Path::new("/tmp/x"));
         assert!(text.contains("wal_level = 'replica'\n"), "{text}");
         assert!(text.contains("work_mem = '8MB'\n"), "{text}");
-        assert!(text.ends_with(
-            "listen_addresses = '127.0.0.1'\nport = 5433\nunix_socket_directories = '/tmp/x'\n"
-        ));
+        assert!(text.ends_with("listen_addresses = '127.0.0.1'\nport = 5433\nunix_socket_directories = '/tmp/x'\n"));
         // later wins: ours come after the user's 3
         let pos3 = text.find("max_wal_senders = '3'").unwrap();
         let pos10 = text.find("max_wal_senders = '10'").unwrap();
@@ -913,60 +777,28 @@ mod tests {
         let c = ClusterConfig::host(&[("shared_buffers", "16MB")]);
         assert!(c.preload_pageserver);
         let s = c.resolved_settings();
-        assert_eq!(
-            last_value(&s, "shared_preload_libraries").as_deref(),
-            Some("pageserver_ext")
-        );
-        let addr: SocketAddr = last_value(&s, "pageserver.listen_addr")
-            .unwrap()
-            .parse()
-            .unwrap();
+        assert_eq!(last_value(&s, "shared_preload_libraries").as_deref(), Some("pageserver_ext"));
+        let addr: SocketAddr = last_value(&s, "pageserver.listen_addr").unwrap().parse().unwrap();
         assert_eq!(addr.ip(), std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
         assert_ne!(addr.port(), 0);
         assert_eq!(last_value(&s, "shared_buffers").as_deref(), Some("16MB"));
         let text = render_settings(&s, 1, Path::new("/s"));
-        assert!(
-            text.contains("shared_preload_libraries = 'pageserver_ext'\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("pageserver.listen_addr = '{addr}'\n")),
-            "{text}"
-        );
+        assert!(text.contains("shared_preload_libraries = 'pageserver_ext'\n"), "{text}");
+        assert!(text.contains(&format!("pageserver.listen_addr = '{addr}'\n")), "{text}");
 
         // merging with given libraries, and keeping a given listen address
-        let c = ClusterConfig::host(&[
-            ("shared_preload_libraries", "'pg_stat_statements'"),
-            ("pageserver.listen_addr", "127.0.0.1:6400"),
-        ]);
+        let c = ClusterConfig::host(&[("shared_preload_libraries", "'pg_stat_statements'"), ("pageserver.listen_addr", "127.0.0.1:6400")]);
         let s = c.resolved_settings();
-        assert_eq!(
-            last_value(&s, "shared_preload_libraries").as_deref(),
-            Some("pageserver_ext,pg_stat_statements")
-        );
-        assert_eq!(
-            s.iter()
-                .filter(|(k, _)| k == "shared_preload_libraries")
-                .count(),
-            1
-        );
-        assert_eq!(
-            last_value(&s, "pageserver.listen_addr").as_deref(),
-            Some("127.0.0.1:6400")
-        );
+        assert_eq!(last_value(&s, "shared_preload_libraries").as_deref(), Some("pageserver_ext,pg_stat_statements"));
+        assert_eq!(s.iter().filter(|(k, _)| k == "shared_preload_libraries").count(), 1);
+        assert_eq!(last_value(&s, "pageserver.listen_addr").as_deref(), Some("127.0.0.1:6400"));
         let c = ClusterConfig::host(&[]).setting("shared_preload_libraries", "pageserver_ext");
-        assert_eq!(
-            last_value(&c.resolved_settings(), "shared_preload_libraries").as_deref(),
-            Some("pageserver_ext")
-        );
+        assert_eq!(last_value(&c.resolved_settings(), "shared_preload_libraries").as_deref(), Some("pageserver_ext"));
     }
 
     #[test]
     fn missing_extension_names_cargo_pgrx_install() {
-        let dir = PathBuf::from(format!(
-            "/tmp/ps-harness-empty-libdir-{}",
-            std::process::id()
-        ));
+        let dir = PathBuf::from(format!("/tmp/ps-harness-empty-libdir-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = check_pageserver_installed_in(&dir).unwrap_err().to_string();
         std::fs::write(dir.join("pageserver_ext.so"), b"").unwrap();
@@ -988,15 +820,8 @@ mod tests {
         let taken = blocker.local_addr().unwrap().port();
         let cluster = PgCluster::start_impl(ClusterConfig::primary(&[]), Some(taken)).unwrap();
         assert_ne!(cluster.port(), taken);
-        assert!(
-            cluster.log().contains("could not bind"),
-            "{}",
-            cluster.log()
-        );
-        assert_eq!(
-            cluster.sql_one("SHOW port").unwrap(),
-            Some(cluster.port().to_string())
-        );
+        assert!(cluster.log().contains("could not bind"), "{}", cluster.log());
+        assert_eq!(cluster.sql_one("SHOW port").unwrap(), Some(cluster.port().to_string()));
         drop(blocker);
     }
 }

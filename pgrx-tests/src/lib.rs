@@ -80,9 +80,7 @@ pub fn free_port() -> u16 {
 /// with status 0. The error names `what` was being done, the command line,
 /// the exit status and the captured stdout and stderr.
 pub fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<Output> {
-    let output = cmd
-        .output()
-        .with_context(|| format!("{what}: could not run {cmd:?}"))?;
+    let output = cmd.output().with_context(|| format!("{what}: could not run {cmd:?}"))?;
     if !output.status.success() {
         bail!(
             "{what}: {cmd:?} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -101,10 +99,7 @@ mod tests {
     #[test]
     fn pg_bin_joins_dir() {
         if std::env::var_os("PS_PG_BIN").is_none() {
-            assert_eq!(
-                pg_bin("psql"),
-                PathBuf::from("/usr/lib/postgresql/15/bin/psql")
-            );
+            assert_eq!(pg_bin("psql"), PathBuf::from("/usr/lib/postgresql/15/bin/psql"));
         }
     }
 
@@ -120,11 +115,8 @@ mod tests {
 
     #[test]
     fn run_checked_reports_output() {
-        let err = run_checked(
-            Command::new("sh").args(["-c", "echo to-stdout; echo to-stderr >&2; exit 3"]),
-            "testing run_checked",
-        )
-        .unwrap_err();
+        let err =
+            run_checked(Command::new("sh").args(["-c", "echo to-stdout; echo to-stderr >&2; exit 3"]), "testing run_checked").unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("testing run_checked"), "{msg}");
         assert!(msg.contains("to-stdout"), "{msg}");

@@ -18,10 +18,7 @@ pub fn pid_alive(pid: i32) -> bool {
         // "pid (comm) S ..." -- comm may contain spaces and parentheses.
         Ok(stat) => match stat.rfind(')') {
             Some(i) => {
-                let zombie = matches!(
-                    stat[i + 1..].trim_start().chars().next(),
-                    Some('Z') | Some('X')
-                );
+                let zombie = matches!(stat[i + 1..].trim_start().chars().next(), Some('Z') | Some('X'));
                 // A killed multi-threaded process shows its leader as a
                 // zombie while other threads still exit (and keep its memory,
                 // shared memory included, attached): alive until they are gone.
@@ -36,9 +33,7 @@ pub fn pid_alive(pid: i32) -> bool {
 /// Pids of live processes whose working directory is `dir` or below it.
 /// True if the thread group of `pid` has threads besides its (zombie) leader.
 fn other_threads_left(pid: i32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| tasks.flatten().count() > 1)
-        .unwrap_or(false)
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| tasks.flatten().count() > 1).unwrap_or(false)
 }
 
 pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
@@ -49,11 +44,7 @@ pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
     };
     let mut pids = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         if pid == me {
@@ -61,10 +52,7 @@ pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
         }
         // A zombie leader has no cwd any more; its exiting threads still do.
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).or_else(|e| {
-            std::fs::read_dir(format!("/proc/{pid}/task"))?
-                .flatten()
-                .find_map(|t| std::fs::read_link(t.path().join("cwd")).ok())
-                .ok_or(e)
+            std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten().find_map(|t| std::fs::read_link(t.path().join("cwd")).ok()).ok_or(e)
         });
         let Ok(cwd) = cwd else {
             continue;
@@ -137,11 +125,7 @@ mod tests {
         assert!(!pid_alive(-1));
         let dir = std::env::temp_dir().join(format!("ps-harness-proc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .current_dir(&dir)
-            .spawn()
-            .unwrap();
+        let mut child = Command::new("sleep").arg("30").current_dir(&dir).spawn().unwrap();
         let pid = child.id() as i32;
         assert!(pid_alive(pid));
         assert_eq!(processes_in_dir(&dir), vec![pid]);

@@ -130,11 +130,15 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
     expect("tar with a missing slot", &msg, "replication slot \"nosuch\" does not exist")?;
     let msg = sql_error(
         &host,
-        &format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'tarslot', basebackup_tar => '/nonexistent.tar')"),
+        &format!(
+            "SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'tarslot', basebackup_tar => '/nonexistent.tar')"
+        ),
     )?;
     expect("missing tar", &msg, "cannot open basebackup_tar \"/nonexistent.tar\"")?;
     let from_tar = host
-        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'tarslot', basebackup_tar => '{tar}')"))?
+        .sql_one(&format!(
+            "SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'tarslot', basebackup_tar => '{tar}')"
+        ))?
         .unwrap();
     primary.sql("INSERT INTO t SELECT generate_series(1, 100)")?;
     let after_tar: Lsn = primary.sql_one("SELECT pg_current_wal_lsn()")?.unwrap().parse().map_err(|_| anyhow::anyhow!("lsn"))?;
@@ -184,19 +188,30 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
         other => bail!("future LSN got {other:?}"),
     }
     ensure!(matches!(client.request(Request::GetPage { hdr, rel, blkno: 0 })?, Response::GetPage { .. }));
-    ensure!(matches!(client.request(Request::Exists { hdr, rel: RelTag::new(1663, db, 999_999, 0) })?, Response::Exists { exists: false, .. }));
+    ensure!(matches!(
+        client.request(Request::Exists { hdr, rel: RelTag::new(1663, db, 999_999, 0) })?,
+        Response::Exists { exists: false, .. }
+    ));
     match client.request(Request::Nblocks { hdr, rel: RelTag::new(1663, db, 999_999, 0) })? {
         Response::Error { message, .. } => expect("missing relation", &message, "does not exist")?,
         other => bail!("Nblocks of a missing relation got {other:?}"),
     }
-    let out = host.run_as_postgres("psql", &["-X", "-w", "-d", &format!("host=127.0.0.1 port={} user=c", addr.rsplit(':').next().unwrap()), "-c", &format!("fullbackup {tenant} {timeline} FFFF/0")])?;
+    let out = host.run_as_postgres(
+        "psql",
+        &[
+            "-X",
+            "-w",
+            "-d",
+            &format!("host=127.0.0.1 port={} user=c", addr.rsplit(':').next().unwrap()),
+            "-c",
+            &format!("fullbackup {tenant} {timeline} FFFF/0"),
+        ],
+    )?;
     expect("fullbackup in the future", &String::from_utf8_lossy(&out.stderr), "timed out waiting for timeline")?;
 
     // The primary goes away mid-stream: the receiver says so and reconnects when it is back.
     primary.kill_postmaster()?;
-    host.wait_for("the receiver to notice", Duration::from_secs(60), || {
-        timeline_row(&host, &timeline).ok().filter(|r| !r.2.is_empty())
-    })?;
+    host.wait_for("the receiver to notice", Duration::from_secs(60), || timeline_row(&host, &timeline).ok().filter(|r| !r.2.is_empty()))?;
     let (_, state, error) = timeline_row(&host, &timeline)?;
     ensure!(state == "active", "state {state}");
     eprintln!("primary gone: {error}");

@@ -37,9 +37,8 @@ fn stock_postgres_starts_from_fullbackup_at_any_lsn_and_on_a_branch() -> Result<
     let last = points.last().unwrap().0;
     wait_ingested(&host, &timeline, last)?;
     let middle = points[1].0;
-    let branch = host
-        .sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}', '{middle}')"))?
-        .unwrap();
+    let branch =
+        host.sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}', '{middle}')"))?.unwrap();
     for (i, (lsn, expected)) in points.iter().enumerate() {
         check_fullbackup(&host, &tenant, &timeline, Some(*lsn), expected, false, &format!("timeline at LSN {i} ({lsn})"))?;
     }

@@ -27,7 +27,10 @@ pub fn timeline_lsn(host: &PgCluster, timeline: &str) -> Result<(Lsn, String)> {
         "SELECT last_record_lsn, state, coalesce(last_error, '') FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"
     ))?;
     let row = row.first().context("timeline not listed")?;
-    Ok((row[0].as_ref().unwrap().parse().map_err(|_| anyhow::anyhow!("bad lsn"))?, format!("{} {}", row[1].as_deref().unwrap(), row[2].as_deref().unwrap())))
+    Ok((
+        row[0].as_ref().unwrap().parse().map_err(|_| anyhow::anyhow!("bad lsn"))?,
+        format!("{} {}", row[1].as_deref().unwrap(), row[2].as_deref().unwrap()),
+    ))
 }
 
 #[test]
@@ -42,7 +45,10 @@ fn pages_equal_the_primarys_after_checkpoint() -> Result<()> {
         &[("pageserver.wait_lsn_timeout", "120s"), ("pageserver.checkpoint_distance", "16MB"), ("pageserver.checkpoint_timeout", "5s")],
     )?;
     primary.sql("CREATE DATABASE other")?;
-    primary.sql_db("other", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 5000) i")?;
+    primary.sql_db(
+        "other",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 5000) i",
+    )?;
 
     let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.unwrap();
     let conninfo = primary.connstr("postgres");

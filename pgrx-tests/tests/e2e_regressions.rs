@@ -94,7 +94,8 @@ impl Setup {
 }
 
 fn read_primary_block(primary: &PgCluster, rel: RelTag, blkno: u32) -> Result<Vec<u8>> {
-    let dir = if rel.spc_node == 1664 { primary.data_dir().join("global") } else { primary.data_dir().join(format!("base/{}", rel.db_node)) };
+    let dir =
+        if rel.spc_node == 1664 { primary.data_dir().join("global") } else { primary.data_dir().join(format!("base/{}", rel.db_node)) };
     let suffix = ["", "_fsm", "_vm", "_init"][rel.fork as usize];
     let bytes = std::fs::read(dir.join(format!("{}{suffix}", rel.rel_node)))?;
     Ok(bytes.get(blkno as usize * 8192..(blkno as usize + 1) * 8192).context("block past the end of the primary's file")?.to_vec())
@@ -144,7 +145,11 @@ fn init_fork_blocks_are_redone() -> Result<()> {
     }
     s.check_fullbackup(lsn, "fullbackup after unlogged relations")?;
     // ... and at a later LSN, after more work on the same relations.
-    let later = s.run_and_checkpoint(&["SELECT nextval('s')", "INSERT INTO u SELECT i, point(i, 0) FROM generate_series(1, 50) i", "CREATE TABLE after (i int)"])?;
+    let later = s.run_and_checkpoint(&[
+        "SELECT nextval('s')",
+        "INSERT INTO u SELECT i, point(i, 0) FROM generate_series(1, 50) i",
+        "CREATE TABLE after (i int)",
+    ])?;
     s.check_fullbackup(later, "fullbackup at a later LSN")
 }
 
@@ -284,7 +289,11 @@ fn copy_done_is_answered_in_kind(s: &Setup) -> Result<()> {
     ensure!(read_until(&mut stream, b'W')? == [b'W'], "no CopyBothResponse");
     stream.write_all(&[b'c', 0, 0, 0, 4])?;
     let tags = read_until(&mut stream, b'Z')?;
-    ensure!(tags == [b'c', b'C', b'Z'], "CopyDone answered with {:?}, want CopyDone, CommandComplete, ReadyForQuery", String::from_utf8_lossy(&tags));
+    ensure!(
+        tags == [b'c', b'C', b'Z'],
+        "CopyDone answered with {:?}, want CopyDone, CommandComplete, ReadyForQuery",
+        String::from_utf8_lossy(&tags)
+    );
     // The session is still usable.
     stream.write_all(&query("no such command"))?;
     let tags = read_until(&mut stream, b'Z')?;

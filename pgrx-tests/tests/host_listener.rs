@@ -9,12 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 fn psql(addr: SocketAddr, extra_conninfo: &str, command: &str) -> Result<Output> {
-    let conninfo =
-        format!("host={} port={} user=compute dbname=tenant connect_timeout=10 {extra_conninfo}", addr.ip(), addr.port());
-    Command::new(pg_bin("psql"))
-        .args(["-X", "-w", "-d", &conninfo, "-c", command])
-        .output()
-        .context("running psql")
+    let conninfo = format!("host={} port={} user=compute dbname=tenant connect_timeout=10 {extra_conninfo}", addr.ip(), addr.port());
+    Command::new(pg_bin("psql")).args(["-X", "-w", "-d", &conninfo, "-c", command]).output().context("running psql")
 }
 
 fn stderr(o: &Output) -> String {

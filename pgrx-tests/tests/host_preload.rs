@@ -11,10 +11,7 @@ fn create_extension_without_preload_says_to_add_it_to_shared_preload_libraries()
     for statement in ["CREATE EXTENSION pageserver_ext", "LOAD 'pageserver_ext'"] {
         let err = plain.sql(statement).expect_err("must fail without preload");
         let text = format!("{err:#}");
-        assert!(
-            text.contains("add pageserver_ext to shared_preload_libraries"),
-            "{statement}: unclear error: {text}"
-        );
+        assert!(text.contains("add pageserver_ext to shared_preload_libraries"), "{statement}: unclear error: {text}");
     }
     assert!(plain.sql("SELECT 1 FROM pg_extension WHERE extname = 'pageserver_ext'")?.is_empty());
     Ok(())

@@ -67,9 +67,8 @@ fn every_worker_runs_with_advancing_heartbeats_and_survives_reload() -> Result<(
     assert_eq!(kinds, [("backup", 0), ("layers", 0), ("main", 0), ("redo", 0), ("redo", 1), ("redo", 2)]);
     assert!(first.iter().all(|w| w.pid > 0 && w.restarts == 0), "{first:?}");
 
-    let advanced = wait_all_running(&host, "every heartbeat to advance", |now| {
-        now.iter().zip(&first).all(|(n, f)| n.heartbeat_s > f.heartbeat_s)
-    })?;
+    let advanced =
+        wait_all_running(&host, "every heartbeat to advance", |now| now.iter().zip(&first).all(|(n, f)| n.heartbeat_s > f.heartbeat_s))?;
 
     host.sql("SELECT pg_reload_conf()")?;
     std::thread::sleep(Duration::from_secs(2));

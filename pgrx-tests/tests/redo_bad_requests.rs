@@ -74,8 +74,7 @@ fn bad_requests_get_clear_errors_and_redo_survives_errors_and_panics() -> Result
     primary.sql("INSERT INTO t VALUES (3, 'third')")?; // first change after a checkpoint: a full-page image
     let end = common::end_capture(&primary)?;
     let all = common::records(&primary, start, end)?;
-    let heap_inserts: Vec<&DecodedRecord> =
-        all.iter().filter(|r| r.xl_rmid == rmgr::HEAP && r.rmgr_info() & 0x70 == 0x00).collect();
+    let heap_inserts: Vec<&DecodedRecord> = all.iter().filter(|r| r.xl_rmid == rmgr::HEAP && r.rmgr_info() & 0x70 == 0x00).collect();
     let [r1, r2, r3] = heap_inserts[..] else { bail!("expected 3 heap inserts, found {}", heap_inserts.len()) };
     let commit = all.iter().find(|r| r.xl_rmid == rmgr::XACT).context("no commit record")?;
     assert!(r1.blocks[0].will_init() && r3.blocks[0].apply_image(), "workload did not produce the expected records");
@@ -125,9 +124,8 @@ fn bad_requests_get_clear_errors_and_redo_survives_errors_and_panics() -> Result
     // A timeline streaming from the primary, to check that the PANIC below
     // loses nothing it ingested.
     let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("tenant")?;
-    let timeline = host
-        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?
-        .context("timeline")?;
+    let timeline =
+        host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?.context("timeline")?;
     primary.sql("INSERT INTO t SELECT i, repeat('x', 100) FROM generate_series(10, 5000) i")?;
     let ingested = common::lsn(&primary, "pg_current_wal_lsn()")?;
     let last_record_lsn = || -> Result<storage::lsn::Lsn> {

@@ -109,11 +109,17 @@ fn redo_matches_wal_consistency_checking_images() -> Result<()> {
                                 &&image[..],
                             ],
                         )
-                        .with_context(|| format!("redo of {} record at {} block {key:?}", storage::wal::rmgr::name(rec.xl_rmid), rec.start_lsn))?;
+                        .with_context(|| {
+                            format!("redo of {} record at {} block {key:?}", storage::wal::rmgr::name(rec.xl_rmid), rec.start_lsn)
+                        })?;
                     let (ours, theirs): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
                     if ours != theirs {
                         let at = ours.iter().zip(&theirs).position(|(a, b)| a != b).unwrap_or(0);
-                        mismatches.push(format!("{} at {} block {key:?}: first difference at byte {at}", storage::wal::rmgr::name(rec.xl_rmid), rec.start_lsn));
+                        mismatches.push(format!(
+                            "{} at {} block {key:?}: first difference at byte {at}",
+                            storage::wal::rmgr::name(rec.xl_rmid),
+                            rec.start_lsn
+                        ));
                     }
                     *compared.entry(storage::wal::rmgr::name(rec.xl_rmid)).or_default() += 1;
                     if compared.values().sum::<u64>() % 25_000 == 0 {

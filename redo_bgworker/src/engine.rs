@@ -186,11 +186,7 @@ impl RedoEngine {
         mask: bool,
     ) -> Result<[u8; BLCKSZ], RedoFailure> {
         let Some(first) = records.first() else {
-            return base.copied().ok_or_else(|| RedoFailure {
-                lsn: 0,
-                rmgr: 0,
-                message: "no records and no base image".into(),
-            });
+            return base.copied().ok_or_else(|| RedoFailure { lsn: 0, rmgr: 0, message: "no records and no base image".into() });
         };
         // Everything that can be checked in Rust is checked before PostgreSQL sees it.
         let mut headers = Vec::with_capacity(records.len());
@@ -206,13 +202,19 @@ impl RedoEngine {
                 return Err(RedoFailure {
                     lsn: pair[1].start_lsn,
                     rmgr: 0,
-                    message: format!("records out of order: this one starts before the previous one ends ({})", validate::Lsn(pair[0].end_lsn)),
+                    message: format!(
+                        "records out of order: this one starts before the previous one ends ({})",
+                        validate::Lsn(pair[0].end_lsn)
+                    ),
                 });
             }
         }
         if let Some(page) = base {
-            validate::check_base_page(page, headers[0].xl_rmid, target.fork, first.end_lsn)
-                .map_err(|e| RedoFailure { lsn: first.start_lsn, rmgr: headers[0].xl_rmid, message: e.to_string() })?;
+            validate::check_base_page(page, headers[0].xl_rmid, target.fork, first.end_lsn).map_err(|e| RedoFailure {
+                lsn: first.start_lsn,
+                rmgr: headers[0].xl_rmid,
+                message: e.to_string(),
+            })?;
         }
 
         let current = Cell::new(0usize);

@@ -13,10 +13,10 @@ const SIZE_OF_XLOG_RECORD: usize = 24;
 const SIZE_OF_PAGE_HEADER: u16 = 24;
 const PAGE_SIZE_VERSION: u16 = (BLCKSZ as u16) | 4;
 
-/// Resource manager ids and names (`rmgrlist.h`), shared with the decoder.
-pub use storage::wal::rmgr;
 /// LSNs print as PostgreSQL prints them (`16/B374D848`).
 pub use storage::lsn::Lsn;
+/// Resource manager ids and names (`rmgrlist.h`), shared with the decoder.
+pub use storage::wal::rmgr;
 
 const XLR_INFO_MASK: u8 = 0x0F;
 const XLOG_FPI_FOR_HINT: u8 = 0xA0;
@@ -146,10 +146,7 @@ pub fn check_base_page(page: &[u8; BLCKSZ], rmid: u8, fork: u8, end_lsn: u64) ->
     let Some((name, size, ids)) = expected_special(rmid) else { return Ok(()) };
     let found_size = BLCKSZ as u16 - special;
     if found_size != size {
-        return Err(Invalid::WrongPageKind {
-            expected: name,
-            found: format!("special space is {found_size} bytes, expected {size}"),
-        });
+        return Err(Invalid::WrongPageKind { expected: name, found: format!("special space is {found_size} bytes, expected {size}") });
     }
     if let Some(ids) = ids {
         let id = u16_at(BLCKSZ - 2);

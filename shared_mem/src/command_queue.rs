@@ -111,12 +111,7 @@ impl CommandQueue {
     /// Sends `request` to the server and waits up to `timeout` for its reply.
     /// `is_cancelled` is asked at least every 100 ms while waiting (a backend
     /// passes a read of `InterruptPending`).
-    pub fn call(
-        &self,
-        request: &[u8],
-        timeout: Duration,
-        is_cancelled: &mut dyn FnMut() -> bool,
-    ) -> Result<Vec<u8>, CommandError> {
+    pub fn call(&self, request: &[u8], timeout: Duration, is_cancelled: &mut dyn FnMut() -> bool) -> Result<Vec<u8>, CommandError> {
         if request.len() > COMMAND_BUFFER {
             return Err(CommandError::TooLarge { len: request.len() });
         }
@@ -172,12 +167,7 @@ impl CommandQueue {
         }
     }
 
-    fn claim(
-        &self,
-        started: Instant,
-        deadline: Instant,
-        is_cancelled: &mut dyn FnMut() -> bool,
-    ) -> Result<(usize, u32), CommandError> {
+    fn claim(&self, started: Instant, deadline: Instant, is_cancelled: &mut dyn FnMut() -> bool) -> Result<(usize, u32), CommandError> {
         loop {
             let seq = self.free_seq.load(Ordering::Acquire);
             for (index, slot) in self.slots.iter().enumerate() {
@@ -186,11 +176,7 @@ impl CommandQueue {
                     continue;
                 }
                 let ticket = (ticket_of(word) + 1) & 0x0FFF_FFFF;
-                if slot
-                    .word
-                    .compare_exchange(word, pack(ticket, FILLING), Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if slot.word.compare_exchange(word, pack(ticket, FILLING), Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     return Ok((index, ticket));
                 }
             }
@@ -236,14 +222,12 @@ impl CommandQueue {
             let word = slot.word.load(Ordering::Acquire);
             let ticket = ticket_of(word);
             match state_of(word) {
-                IN_PROGRESS
-                    if slot.word.compare_exchange(word, pack(ticket, FAILED), Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
-                        futex::wake_all(&slot.word);
-                    }
-                ABANDONED
-                    if slot.word.compare_exchange(word, pack(ticket, FREE), Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
-                        self.announce_free();
-                    }
+                IN_PROGRESS if slot.word.compare_exchange(word, pack(ticket, FAILED), Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
+                    futex::wake_all(&slot.word);
+                }
+                ABANDONED if slot.word.compare_exchange(word, pack(ticket, FREE), Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
+                    self.announce_free();
+                }
                 _ => {}
             }
         }
@@ -276,11 +260,7 @@ impl<'q> CommandServer<'q> {
                     continue;
                 }
                 let ticket = ticket_of(word);
-                if slot
-                    .word
-                    .compare_exchange(word, pack(ticket, IN_PROGRESS), Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if slot.word.compare_exchange(word, pack(ticket, IN_PROGRESS), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                     let len = (slot.len.load(Ordering::Relaxed) as usize).min(COMMAND_BUFFER);
                     // SAFETY: IN_PROGRESS under this ticket: the server owns the buffer.
                     let request = unsafe { &*slot.buffer.get() }[..len].to_vec();
@@ -313,11 +293,7 @@ impl CommandJob<'_> {
             let buffer = unsafe { &mut *slot.buffer.get() };
             buffer[..len].copy_from_slice(&reply[..len]);
             slot.len.store(len as u32, Ordering::Relaxed);
-            if slot
-                .word
-                .compare_exchange(taken, pack(self.ticket, DONE), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if slot.word.compare_exchange(taken, pack(self.ticket, DONE), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 futex::wake_all(&slot.word);
                 return;
             }

@@ -60,10 +60,8 @@ impl Spinner {
 /// wake-up, on a timeout, on a signal, or at once if the value differs:
 /// callers always re-check their condition.
 pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let timeout = libc::timespec {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
+    let timeout =
+        libc::timespec { tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: FUTEX_WAIT only reads the aligned 32-bit word, which the
     // reference keeps alive for the call, and the timespec on our stack; the
     // two unused arguments are ignored by FUTEX_WAIT. The kernel compares the

@@ -107,7 +107,6 @@
 //! [`RedoQueue::call`] blocks its thread (spin, then futex): from async code
 //! run it in `spawn_blocking` or `block_in_place`.
 
-
 pub mod wire;
 
 #[cfg(test)]
@@ -122,9 +121,8 @@ use crate::futex::{self, Spinner};
 
 pub use crate::futex::{POLLS_PER_YIELD, SPIN_POLLS};
 pub use wire::{
-    decode_reply, decode_request, encode_reply_err, encode_reply_ok, encode_request, encode_request_into,
-    encoded_request_len, DecodeError, RedoRecord, RedoRecordView, RedoReply, RedoRequest, RedoRequestView, RelBlock,
-    FLAG_MASK_RESULT, PAGE_SIZE,
+    decode_reply, decode_request, encode_reply_err, encode_reply_ok, encode_request, encode_request_into, encoded_request_len, DecodeError,
+    RedoRecord, RedoRecordView, RedoReply, RedoRequest, RedoRequestView, RelBlock, FLAG_MASK_RESULT, PAGE_SIZE,
 };
 
 /// Slots in the queue: the most requests in flight at once.
@@ -287,12 +285,9 @@ impl fmt::Display for RedoCallError {
             RedoCallError::WorkerDied { worker, reason } => {
                 write!(f, "redo worker {worker} failed: {reason}")
             }
-            RedoCallError::Redo { lsn, rmgr, message } => write!(
-                f,
-                "redo of the record at {:X}/{:X} (resource manager {rmgr}) failed: {message}",
-                lsn >> 32,
-                lsn & 0xffff_ffff
-            ),
+            RedoCallError::Redo { lsn, rmgr, message } => {
+                write!(f, "redo of the record at {:X}/{:X} (resource manager {rmgr}) failed: {message}", lsn >> 32, lsn & 0xffff_ffff)
+            }
             RedoCallError::TooLarge { message } => f.write_str(message),
             RedoCallError::NoWorkers => f.write_str("no redo workers are configured"),
             RedoCallError::Cancelled => f.write_str("redo request cancelled"),
@@ -352,10 +347,7 @@ impl RedoQueue {
     /// # Panics
     /// If `worker_count` exceeds [`MAX_REDO_WORKERS`].
     pub fn set_worker_count(&self, worker_count: usize) {
-        assert!(
-            worker_count <= MAX_REDO_WORKERS,
-            "{worker_count} redo workers requested, the queue has room for {MAX_REDO_WORKERS}"
-        );
+        assert!(worker_count <= MAX_REDO_WORKERS, "{worker_count} redo workers requested, the queue has room for {MAX_REDO_WORKERS}");
         self.worker_count.store(worker_count as u32, Ordering::Release);
     }
 
@@ -396,11 +388,7 @@ impl RedoQueue {
     /// in all. Any thread of any process may call it. Requests larger than a
     /// slot are split into chunks; a worker that dies costs one retry on
     /// another worker.
-    pub fn call<R: AsRef<[u8]>>(
-        &self,
-        request: &RedoRequest<R>,
-        timeout: Duration,
-    ) -> Result<[u8; PAGE_SIZE], RedoCallError> {
+    pub fn call<R: AsRef<[u8]>>(&self, request: &RedoRequest<R>, timeout: Duration) -> Result<[u8; PAGE_SIZE], RedoCallError> {
         self.call_cancellable(request, timeout, &mut || false)
     }
 
@@ -428,15 +416,9 @@ impl RedoQueue {
         while first || chunk_start < records.len() {
             let has_base = if first { request.base_image.is_some() } else { true };
             let chunk_end = chunk_end(records, chunk_start, has_base)?;
-            let flags =
-                if chunk_end == records.len() { request.flags } else { request.flags & !wire::FINAL_CHUNK_ONLY_FLAGS };
+            let flags = if chunk_end == records.len() { request.flags } else { request.flags & !wire::FINAL_CHUNK_ONLY_FLAGS };
             let base = if first { request.base_image.as_deref().copied() } else { Some(page) };
-            let chunk = Chunk {
-                target: &request.target,
-                base_image: base.as_ref(),
-                records: &records[chunk_start..chunk_end],
-                flags,
-            };
+            let chunk = Chunk { target: &request.target, base_image: base.as_ref(), records: &records[chunk_start..chunk_end], flags };
             let mut wait = Wait { started, deadline, is_cancelled: &mut *is_cancelled };
             let result = self.call_with_retry(&chunk, &mut wait, &mut page);
             if let Err(e) = result {
@@ -486,10 +468,7 @@ impl RedoQueue {
             Err(too_small) => {
                 self.release_slot(claim);
                 return Err(RedoCallError::TooLarge {
-                    message: format!(
-                        "redo request of {} bytes does not fit in a queue slot of {REDO_SLOT_BUFFER} bytes",
-                        too_small.needed
-                    ),
+                    message: format!("redo request of {} bytes does not fit in a queue slot of {REDO_SLOT_BUFFER} bytes", too_small.needed),
                 });
             }
         };
@@ -506,13 +485,7 @@ impl RedoQueue {
         self.wait_for_reply(claim, worker, wait, page)
     }
 
-    fn wait_for_reply(
-        &self,
-        claim: Claim,
-        worker: usize,
-        wait: &mut Wait<'_>,
-        page: &mut [u8; PAGE_SIZE],
-    ) -> Result<(), RedoCallError> {
+    fn wait_for_reply(&self, claim: Claim, worker: usize, wait: &mut Wait<'_>, page: &mut [u8; PAGE_SIZE]) -> Result<(), RedoCallError> {
         let deadline = wait.deadline;
         let header = &self.headers[claim.slot];
         let mut spinner = Spinner::new();
@@ -615,10 +588,7 @@ impl RedoQueue {
         let reason = failure_reason(FAILED_WORKER_GONE).unwrap_or("");
         match state_of(word) {
             SUBMITTED => {
-                let freed = header
-                    .word
-                    .compare_exchange(word, pack(claim.ticket, FREE), Ordering::SeqCst, Ordering::Acquire)
-                    .is_ok();
+                let freed = header.word.compare_exchange(word, pack(claim.ticket, FREE), Ordering::SeqCst, Ordering::Acquire).is_ok();
                 if freed {
                     self.notify_slot_freed();
                     return Some(RedoCallError::WorkerDied { worker, reason });
@@ -626,12 +596,7 @@ impl RedoQueue {
                 None
             }
             IN_PROGRESS | REPLYING => {
-                let _ = header.word.compare_exchange(
-                    word,
-                    pack(claim.ticket, FAILED_WORKER_GONE),
-                    Ordering::SeqCst,
-                    Ordering::Acquire,
-                );
+                let _ = header.word.compare_exchange(word, pack(claim.ticket, FAILED_WORKER_GONE), Ordering::SeqCst, Ordering::Acquire);
                 None
             }
             _ => None,
@@ -725,10 +690,7 @@ impl RedoQueue {
                 ABANDONED if worker_gone() => FREE,
                 _ => continue,
             };
-            let moved = header
-                .word
-                .compare_exchange(word, pack(ticket_of(word), to), Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok();
+            let moved = header.word.compare_exchange(word, pack(ticket_of(word), to), Ordering::SeqCst, Ordering::Relaxed).is_ok();
             if moved {
                 reaped += 1;
                 if to == FREE {
@@ -849,9 +811,7 @@ impl RedoQueue {
             let header = &self.headers[slot];
             loop {
                 let word = header.word.load(Ordering::Acquire);
-                if !matches!(state_of(word), IN_PROGRESS | REPLYING | ABANDONED)
-                    || header.worker.load(Ordering::Relaxed) != worker as u32
-                {
+                if !matches!(state_of(word), IN_PROGRESS | REPLYING | ABANDONED) || header.worker.load(Ordering::Relaxed) != worker as u32 {
                     break;
                 }
                 if self.fail_worker_owned(slot, word, FAILED_WORKER_RESTARTED) {
@@ -894,11 +854,7 @@ fn process_exists(pid: i32) -> bool {
 }
 
 /// Where a request chunk starting at `start` ends so that it fits in a slot.
-fn chunk_end<R: AsRef<[u8]>>(
-    records: &[RedoRecord<R>],
-    start: usize,
-    has_base_image: bool,
-) -> Result<usize, RedoCallError> {
+fn chunk_end<R: AsRef<[u8]>>(records: &[RedoRecord<R>], start: usize, has_base_image: bool) -> Result<usize, RedoCallError> {
     let mut len = wire::REQUEST_HEADER_LEN + wire::RECORD_COUNT_LEN + if has_base_image { PAGE_SIZE } else { 0 };
     let mut end = start;
     while end < records.len() {
@@ -998,11 +954,7 @@ impl<'q> WorkerEnd<'q> {
             let ticket = ticket_of(word);
             // Acquire: the caller's request bytes, written before its
             // Release of SUBMITTED, are visible once we own the slot.
-            if header
-                .word
-                .compare_exchange(word, pack(ticket, IN_PROGRESS), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if header.word.compare_exchange(word, pack(ticket, IN_PROGRESS), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 self.next_scan.set((slot + 1) % REDO_SLOTS);
                 return Some(Job { end: self, slot, ticket, finished: false });
             }

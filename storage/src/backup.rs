@@ -103,13 +103,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::key::{
-    Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM,
-    VISIBILITYMAP_FORKNUM,
+    Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM,
 };
 use crate::lsn::Lsn;
-use crate::pg_control::{
-    CheckPoint, ControlFile, DB_SHUTDOWNED, PG_CONTROL_FILE_SIZE, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_SHUTDOWN,
-};
+use crate::pg_control::{CheckPoint, ControlFile, DB_SHUTDOWNED, PG_CONTROL_FILE_SIZE, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_SHUTDOWN};
 use crate::repo::{RepoError, Timeline};
 use crate::wal::encode::{RecordBuilder, WalWriter};
 use crate::wal::record::record_crc;
@@ -252,8 +249,8 @@ pub fn shutdown_checkpoint(
     let cp = CheckPoint { redo: pos, time: now_secs, oldest_active_xid: 0, ..*checkpoint };
 
     // The record, as WriteEmptyXLOG builds it: xl_xid 0, xl_prev 0.
-    let mut record = RecordBuilder { rmid: rmgr::XLOG, info: XLOG_CHECKPOINT_SHUTDOWN, main_data: cp.encode().to_vec(), ..Default::default() }
-        .build();
+    let mut record =
+        RecordBuilder { rmid: rmgr::XLOG, info: XLOG_CHECKPOINT_SHUTDOWN, main_data: cp.encode().to_vec(), ..Default::default() }.build();
     debug_assert_eq!(record.len(), CHECKPOINT_RECORD_LEN);
     let crc = record_crc(&record);
     record[20..24].copy_from_slice(&crc.to_le_bytes());
@@ -722,7 +719,15 @@ mod tests {
     }
 
     fn checkpoint() -> CheckPoint {
-        CheckPoint { this_timeline_id: 1, prev_timeline_id: 1, full_page_writes: true, next_xid: 740, next_oid: 16400, oldest_active_xid: 739, ..Default::default() }
+        CheckPoint {
+            this_timeline_id: 1,
+            prev_timeline_id: 1,
+            full_page_writes: true,
+            next_xid: 740,
+            next_oid: 16400,
+            oldest_active_xid: 739,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -744,7 +749,8 @@ mod tests {
         let seg: u64 = 16 << 20;
         let control = control_file(seg as u32);
         for lsn in [0x0300_0000u64, 0x0300_0028, 0x0300_2000, 0x0300_2f00, 0x0300_4000 - 56, 0x0400_0000 - 64] {
-            let s = shutdown_checkpoint(&control, &checkpoint(), Lsn(lsn), UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)).unwrap();
+            let s =
+                shutdown_checkpoint(&control, &checkpoint(), Lsn(lsn), UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)).unwrap();
             let parsed = ControlFile::parse(&s.control_file).unwrap();
             let rewritten = ControlFile {
                 state: DB_SHUTDOWNED,

@@ -51,8 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::key::{
-    Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM,
-    VISIBILITYMAP_FORKNUM,
+    Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM,
 };
 use crate::lsn::Lsn;
 use crate::pg_control::{offsets, ControlFile, PG_CONTROL_FILE_SIZE, SIZE_OF_CHECKPOINT};
@@ -130,10 +129,7 @@ fn parse_control_file(bytes: &[u8]) -> Result<ControlFile, String> {
 
 /// The `START WAL LOCATION` of a `backup_label`.
 pub fn parse_backup_label(text: &str) -> Result<Lsn, String> {
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("START WAL LOCATION:"))
-        .ok_or("no START WAL LOCATION line")?;
+    let line = text.lines().find_map(|l| l.strip_prefix("START WAL LOCATION:")).ok_or("no START WAL LOCATION line")?;
     let lsn = line.split_whitespace().next().ok_or("START WAL LOCATION is empty")?;
     lsn.parse::<Lsn>().map_err(|e| format!("START WAL LOCATION {lsn:?}: {e}"))
 }
@@ -142,13 +138,27 @@ pub fn parse_backup_label(text: &str) -> Result<Lsn, String> {
 #[derive(Debug, PartialEq, Eq)]
 enum Entry {
     /// A segment of a relation fork.
-    Rel { rel: RelTag, segno: u32 },
+    Rel {
+        rel: RelTag,
+        segno: u32,
+    },
     /// The directory of a database, or a file in it that is not a relation.
-    DbMarker { spc: u32, db: u32 },
-    RelMap { spc: u32, db: u32 },
+    DbMarker {
+        spc: u32,
+        db: u32,
+    },
+    RelMap {
+        spc: u32,
+        db: u32,
+    },
     Control,
-    Slru { kind: SlruKind, segno: u32 },
-    TwoPhase { xid: u32 },
+    Slru {
+        kind: SlruKind,
+        segno: u32,
+    },
+    TwoPhase {
+        xid: u32,
+    },
     BackupLabel,
     TablespaceMap,
     Tablespace,
@@ -179,9 +189,9 @@ fn parse_rel_file_name(name: &str) -> Option<(u32, u8, u32)> {
 
 /// `t<backend>_<relnode>...`: a temporary relation's file.
 fn is_temp_rel_file(name: &str) -> bool {
-    name.strip_prefix('t')
-        .and_then(|rest| rest.split_once('_'))
-        .is_some_and(|(backend, rest)| !backend.is_empty() && backend.bytes().all(|b| b.is_ascii_digit()) && parse_rel_file_name(rest).is_some())
+    name.strip_prefix('t').and_then(|rest| rest.split_once('_')).is_some_and(|(backend, rest)| {
+        !backend.is_empty() && backend.bytes().all(|b| b.is_ascii_digit()) && parse_rel_file_name(rest).is_some()
+    })
 }
 
 fn hex_name(name: &str, min: usize, max: usize) -> Option<u32> {
@@ -223,7 +233,9 @@ fn classify(path: &str, is_dir: bool) -> Result<Entry, ImportError> {
         }
         ["base", ..] => return Err(invalid(path, "unexpected entry under base/")),
         ["pg_xact"] | ["pg_multixact"] | ["pg_multixact", "offsets"] | ["pg_multixact", "members"] | ["pg_twophase"] => Entry::Skip,
-        ["pg_xact", seg] => Entry::Slru { kind: SlruKind::Clog, segno: hex_name(seg, 4, 6).ok_or_else(|| invalid(path, "not an SLRU segment name"))? },
+        ["pg_xact", seg] => {
+            Entry::Slru { kind: SlruKind::Clog, segno: hex_name(seg, 4, 6).ok_or_else(|| invalid(path, "not an SLRU segment name"))? }
+        }
         ["pg_multixact", "offsets", seg] => Entry::Slru {
             kind: SlruKind::MultiXactOffsets,
             segno: hex_name(seg, 4, 6).ok_or_else(|| invalid(path, "not an SLRU segment name"))?,
@@ -232,7 +244,9 @@ fn classify(path: &str, is_dir: bool) -> Result<Entry, ImportError> {
             kind: SlruKind::MultiXactMembers,
             segno: hex_name(seg, 4, 6).ok_or_else(|| invalid(path, "not an SLRU segment name"))?,
         },
-        ["pg_twophase", name] => Entry::TwoPhase { xid: hex_name(name, 8, 8).ok_or_else(|| invalid(path, "not a two-phase state file name"))? },
+        ["pg_twophase", name] => {
+            Entry::TwoPhase { xid: hex_name(name, 8, 8).ok_or_else(|| invalid(path, "not a two-phase state file name"))? }
+        }
         ["backup_label"] => Entry::BackupLabel,
         ["tablespace_map"] => Entry::TablespaceMap,
         ["pg_tblspc"] => Entry::Skip,
@@ -315,7 +329,8 @@ pub fn import_basebackup_tar<R: Read>(
     let entries = archive.entries().map_err(|source| ImportError::Read { at: None, source })?;
     let mut last_path: Option<String> = None;
     for entry in entries {
-        let mut entry = entry.map_err(|source| ImportError::Read { at: last_path.as_ref().map(|p| format!("the entry after {p}")), source })?;
+        let mut entry =
+            entry.map_err(|source| ImportError::Read { at: last_path.as_ref().map(|p| format!("the entry after {p}")), source })?;
         let path = match std::str::from_utf8(&entry.path_bytes()) {
             Ok(p) => p.to_string(),
             Err(_) => return Err(invalid(&String::from_utf8_lossy(&entry.path_bytes()), "path is not UTF-8")),
@@ -676,7 +691,12 @@ mod tests {
         let rel = |db, rel, fork| RelTag::new(if db == 0 { 1664 } else { 1663 }, db, rel, fork);
         assert_eq!(
             tl.list_rels(1663, 1, LSN).unwrap(),
-            vec![rel(1, 16384, MAIN_FORKNUM), rel(1, 16384, FSM_FORKNUM), rel(1, 16384, VISIBILITYMAP_FORKNUM), rel(1, 16390, INIT_FORKNUM)]
+            vec![
+                rel(1, 16384, MAIN_FORKNUM),
+                rel(1, 16384, FSM_FORKNUM),
+                rel(1, 16384, VISIBILITYMAP_FORKNUM),
+                rel(1, 16390, INIT_FORKNUM)
+            ]
         );
         assert_eq!(tl.list_rels(1663, 5, LSN).unwrap(), vec![]);
         assert_eq!(tl.list_rels(1664, 0, LSN).unwrap(), vec![rel(0, 1262, MAIN_FORKNUM)]);
@@ -726,10 +746,8 @@ mod tests {
     }
 
     fn with(replace: &'static str, new: Option<E>) -> Vec<E> {
-        let mut entries: Vec<E> = good_entries()
-            .into_iter()
-            .filter(|e| !matches!(e, E::File(p, _) | E::Dir(p) | E::Symlink(p, _) if *p == replace))
-            .collect();
+        let mut entries: Vec<E> =
+            good_entries().into_iter().filter(|e| !matches!(e, E::File(p, _) | E::Dir(p) | E::Symlink(p, _) if *p == replace)).collect();
         entries.extend(new);
         entries
     }
@@ -821,8 +839,9 @@ mod tests {
     #[test]
     fn only_into_an_empty_timeline() {
         let (_stats, tl, _repo, _dir) = import(&good_entries()).unwrap();
-        let err = import_basebackup_tar(&mut tl.writer(), tar_of(&good_entries()).as_slice(), Lsn(LSN.0 + 0x1000), &ImportProgress::default())
-            .unwrap_err();
+        let err =
+            import_basebackup_tar(&mut tl.writer(), tar_of(&good_entries()).as_slice(), Lsn(LSN.0 + 0x1000), &ImportProgress::default())
+                .unwrap_err();
         assert!(err.to_string().contains("is not empty"), "{err}");
     }
 

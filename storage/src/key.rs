@@ -167,8 +167,7 @@ impl Key {
     /// The smallest key.
     pub const MIN: Key = Key { kind: 0, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0 };
     /// The largest key; no real key uses it, so it can end a half-open range.
-    pub const MAX: Key =
-        Key { kind: u8::MAX, field2: u32::MAX, field3: u32::MAX, field4: u32::MAX, field5: u8::MAX, field6: u32::MAX };
+    pub const MAX: Key = Key { kind: u8::MAX, field2: u32::MAX, field3: u32::MAX, field4: u32::MAX, field5: u8::MAX, field6: u32::MAX };
 
     const fn new(kind: u8, field2: u32, field3: u32, field4: u32, field5: u8, field6: u32) -> Key {
         Key { kind, field2, field3, field4, field5, field6 }
@@ -291,13 +290,9 @@ impl Key {
                 let rel = RelTag::new(field2, field3, field4, field5);
                 Some(if field6 == SIZE_MARKER { KeyClass::RelSize { rel } } else { KeyClass::RelBlock { rel, blkno: field6 } })
             }
-            KIND_REL_DIR if (field4, field5, field6) == (0, 0, 0) => {
-                Some(KeyClass::RelDir { spc_node: field2, db_node: field3 })
-            }
+            KIND_REL_DIR if (field4, field5, field6) == (0, 0, 0) => Some(KeyClass::RelDir { spc_node: field2, db_node: field3 }),
             KIND_DB_DIR if self == Key::db_dir() => Some(KeyClass::DbDir),
-            KIND_RELMAP if (field4, field5, field6) == (0, 0, 0) => {
-                Some(KeyClass::RelMapFile { spc_node: field2, db_node: field3 })
-            }
+            KIND_RELMAP if (field4, field5, field6) == (0, 0, 0) => Some(KeyClass::RelMapFile { spc_node: field2, db_node: field3 }),
             KIND_SLRU if field3 == 0 => {
                 let kind = SlruKind::from_u32(field2)?;
                 match (field5, field6) {

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod checksum;
 pub mod import;
 pub mod key;
@@ -13,8 +14,7 @@ pub mod lsn;
 pub mod pagestream;
 pub mod pg_control;
 pub mod project_redo;
+pub mod repo;
 pub mod value;
 pub mod wal;
 pub mod walingest;
-pub mod repo;
-pub mod backup;

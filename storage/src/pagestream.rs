@@ -220,9 +220,7 @@ pub enum Response {
 pub enum PagestreamError {
     #[error("empty pagestream {0}: no message tag")]
     Empty(&'static str),
-    #[error(
-        "unknown pagestream request tag {0} (expected 0 Exists, 1 Nblocks, 2 GetPage, 3 DbSize or 4 GetSlruSegment)"
-    )]
+    #[error("unknown pagestream request tag {0} (expected 0 Exists, 1 Nblocks, 2 GetPage, 3 DbSize or 4 GetSlruSegment)")]
     UnknownRequestTag(u8),
     #[error(
         "unknown pagestream response tag {0} (expected 100 Exists, 101 Nblocks, 102 GetPage, 103 Error, 104 DbSize or 105 GetSlruSegment)"
@@ -234,9 +232,7 @@ pub enum PagestreamError {
     TooShort { version: ProtocolVersion, message: &'static str, minimum: usize, actual: usize },
     #[error("invalid fork number {0} in pagestream {1} (expected 0 main, 1 fsm, 2 vm or 3 init)")]
     InvalidFork(u8, &'static str),
-    #[error(
-        "unknown SLRU kind {0} in pagestream {1} (expected 0 pg_xact, 1 multixact members or 2 multixact offsets)"
-    )]
+    #[error("unknown SLRU kind {0} in pagestream {1} (expected 0 pg_xact, 1 multixact members or 2 multixact offsets)")]
     UnknownSlruKind(u8, &'static str),
     #[error("invalid exists flag {0} in pagestream Exists response (expected 0 or 1)")]
     InvalidExistsFlag(u8),
@@ -341,12 +337,7 @@ fn put_rel(buf: &mut BytesMut, rel: &RelTag) {
     buf.put_u8(rel.fork);
 }
 
-fn check_len(
-    buf: &[u8],
-    version: ProtocolVersion,
-    message: &'static str,
-    expected: usize,
-) -> Result<(), PagestreamError> {
+fn check_len(buf: &[u8], version: ProtocolVersion, message: &'static str, expected: usize) -> Result<(), PagestreamError> {
     if buf.len() != expected {
         return Err(PagestreamError::WrongLength { version, message, expected, actual: buf.len() });
     }
@@ -606,13 +597,9 @@ impl Response {
         let (name, fixed_len, exact) = match tag {
             tag::EXISTS_RESPONSE => ("Exists response", 1 + if v3 { hdr_len + RELTAG_LEN } else { 0 } + 1, true),
             tag::NBLOCKS_RESPONSE => ("Nblocks response", 1 + if v3 { hdr_len + RELTAG_LEN } else { 0 } + 4, true),
-            tag::GET_PAGE_RESPONSE => {
-                ("GetPage response", 1 + if v3 { hdr_len + RELTAG_LEN + 4 } else { 0 } + BLCKSZ, true)
-            }
+            tag::GET_PAGE_RESPONSE => ("GetPage response", 1 + if v3 { hdr_len + RELTAG_LEN + 4 } else { 0 } + BLCKSZ, true),
             tag::DB_SIZE_RESPONSE => ("DbSize response", 1 + if v3 { hdr_len + 4 } else { 0 } + 8, true),
-            tag::GET_SLRU_SEGMENT_RESPONSE => {
-                ("GetSlruSegment response", 1 + if v3 { hdr_len + 5 } else { 0 } + 4, false)
-            }
+            tag::GET_SLRU_SEGMENT_RESPONSE => ("GetSlruSegment response", 1 + if v3 { hdr_len + 5 } else { 0 } + 4, false),
             tag::ERROR_RESPONSE => ("Error response", 1 + hdr_len + 1, false),
             other => return Err(PagestreamError::UnknownResponseTag(other)),
         };
@@ -637,12 +624,9 @@ impl Response {
                 Response::Exists { hdr, rel, exists }
             }
             tag::NBLOCKS_RESPONSE => Response::Nblocks { hdr, rel: rel(&mut r)?, n: r.u32()? },
-            tag::GET_PAGE_RESPONSE => Response::GetPage {
-                hdr,
-                rel: rel(&mut r)?,
-                blkno: u32_echo(&mut r)?,
-                page: Bytes::copy_from_slice(r.rest()),
-            },
+            tag::GET_PAGE_RESPONSE => {
+                Response::GetPage { hdr, rel: rel(&mut r)?, blkno: u32_echo(&mut r)?, page: Bytes::copy_from_slice(r.rest()) }
+            }
             tag::DB_SIZE_RESPONSE => Response::DbSize { hdr, db_oid: u32_echo(&mut r)?, bytes: r.i64()? },
             tag::GET_SLRU_SEGMENT_RESPONSE => {
                 let kind = if v3 { r.slru_kind()? } else { SlruKind::Clog };
@@ -663,8 +647,7 @@ impl Response {
                 if nul + 1 != text.len() {
                     return Err(PagestreamError::TrailingAfterErrorMessage(text.len() - nul - 1));
                 }
-                let message =
-                    std::str::from_utf8(&text[..nul]).map_err(|_| PagestreamError::ErrorMessageNotUtf8)?.to_string();
+                let message = std::str::from_utf8(&text[..nul]).map_err(|_| PagestreamError::ErrorMessageNotUtf8)?.to_string();
                 Response::Error { hdr, message }
             }
         })
@@ -686,8 +669,7 @@ impl Response {
 
     /// Copies the request's header and body into this response's echo fields.
     fn fill_echo(&mut self, request: &Request) -> Result<(), PagestreamError> {
-        let mismatch =
-            || PagestreamError::UnexpectedResponse { request: request.kind_name(), response: self.kind_name() };
+        let mismatch = || PagestreamError::UnexpectedResponse { request: request.kind_name(), response: self.kind_name() };
         let err = mismatch();
         match (&mut *self, request) {
             (Response::Error { hdr, .. }, req) => *hdr = *req.header(),
@@ -705,10 +687,7 @@ impl Response {
                 *hdr = *h;
                 *db_oid = *d;
             }
-            (
-                Response::GetSlruSegment { hdr, kind, segno, .. },
-                Request::GetSlruSegment { hdr: h, kind: k, segno: s },
-            ) => {
+            (Response::GetSlruSegment { hdr, kind, segno, .. }, Request::GetSlruSegment { hdr: h, kind: k, segno: s }) => {
                 *hdr = *h;
                 *kind = *k;
                 *segno = *s;
@@ -736,16 +715,12 @@ impl Response {
         match (self, request) {
             (Response::Error { .. }, _) => Ok(()),
             (Response::Exists { rel, .. }, Request::Exists { rel: r, .. })
-            | (Response::Nblocks { rel, .. }, Request::Nblocks { rel: r, .. }) => {
-                echo("relation", format!("{r:?}"), format!("{rel:?}"))
-            }
+            | (Response::Nblocks { rel, .. }, Request::Nblocks { rel: r, .. }) => echo("relation", format!("{r:?}"), format!("{rel:?}")),
             (Response::GetPage { rel, blkno, .. }, Request::GetPage { rel: r, blkno: b, .. }) => {
                 echo("relation", format!("{r:?}"), format!("{rel:?}"))?;
                 echo("block", b.to_string(), blkno.to_string())
             }
-            (Response::DbSize { db_oid, .. }, Request::DbSize { db_oid: d, .. }) => {
-                echo("database", d.to_string(), db_oid.to_string())
-            }
+            (Response::DbSize { db_oid, .. }, Request::DbSize { db_oid: d, .. }) => echo("database", d.to_string(), db_oid.to_string()),
             (Response::GetSlruSegment { kind, segno, .. }, Request::GetSlruSegment { kind: k, segno: s, .. }) => {
                 echo("SLRU kind", format!("{k:?}"), format!("{kind:?}"))?;
                 echo("segment number", s.to_string(), segno.to_string())
@@ -798,12 +773,7 @@ mod tests {
             Request::DbSize { db_oid, .. } => vec![Response::DbSize { hdr, db_oid, bytes: -2 }],
             Request::GetSlruSegment { kind, segno, .. } => vec![
                 Response::GetSlruSegment { hdr, kind, segno, segment: Bytes::new() },
-                Response::GetSlruSegment {
-                    hdr,
-                    kind,
-                    segno,
-                    segment: Bytes::from(vec![7u8; BLCKSZ * MAX_SLRU_SEGMENT_BLOCKS as usize]),
-                },
+                Response::GetSlruSegment { hdr, kind, segno, segment: Bytes::from(vec![7u8; BLCKSZ * MAX_SLRU_SEGMENT_BLOCKS as usize]) },
             ],
         };
         let mut all = ok;
@@ -991,10 +961,7 @@ mod tests {
                 let mut long = bytes.clone();
                 long.push(0);
                 let err = Request::parse(v, &long).unwrap_err();
-                assert!(
-                    err.to_string().contains(&format!("expected {} bytes, got {}", bytes.len(), long.len())),
-                    "{err}"
-                );
+                assert!(err.to_string().contains(&format!("expected {} bytes, got {}", bytes.len(), long.len())), "{err}");
             }
         }
         // A v3 request read as v2 (or the other way) has the wrong length.
@@ -1089,10 +1056,7 @@ mod tests {
         let seg = Response::GetSlruSegment { hdr: hdr(), kind: SlruKind::Clog, segno: 0, segment: Bytes::new() };
         let mut bytes = encode_resp(&seg, V3);
         bytes[25] = 7;
-        assert_eq!(
-            Response::parse(V3, &bytes).unwrap_err(),
-            PagestreamError::UnknownSlruKind(7, "GetSlruSegment response")
-        );
+        assert_eq!(Response::parse(V3, &bytes).unwrap_err(), PagestreamError::UnknownSlruKind(7, "GetSlruSegment response"));
     }
 
     #[test]
@@ -1121,15 +1085,8 @@ mod tests {
     #[test]
     fn check_flags_bad_payload_sizes() {
         let h = hdr();
-        assert!(Response::GetPage { hdr: h, rel: rel(), blkno: 0, page: Bytes::from_static(b"short") }
-            .check()
-            .is_err());
-        let seg = |len| Response::GetSlruSegment {
-            hdr: h,
-            kind: SlruKind::Clog,
-            segno: 0,
-            segment: Bytes::from(vec![0; len]),
-        };
+        assert!(Response::GetPage { hdr: h, rel: rel(), blkno: 0, page: Bytes::from_static(b"short") }.check().is_err());
+        let seg = |len| Response::GetSlruSegment { hdr: h, kind: SlruKind::Clog, segno: 0, segment: Bytes::from(vec![0; len]) };
         assert!(seg(BLCKSZ + 1).check().is_err());
         assert!(seg(BLCKSZ * 33).check().is_err());
         assert!(seg(BLCKSZ * 32).check().is_ok());

@@ -162,8 +162,7 @@ impl Value {
                 let will_init = flags & FLAG_WILL_INIT != 0;
                 let rec = match bytes[2] {
                     PAYLOAD_POSTGRES => {
-                        let target_block_id =
-                            *bytes.get(3).ok_or_else(|| ValueDecodeError("postgres record truncated".into()))?;
+                        let target_block_id = *bytes.get(3).ok_or_else(|| ValueDecodeError("postgres record truncated".into()))?;
                         RecordPayload::Postgres { target_block_id, raw: bytes.slice(4..) }
                     }
                     PAYLOAD_PROJECT => RecordPayload::Project(ProjectRecord::decode(&bytes[3..])?),
@@ -268,10 +267,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], ValueDecodeError> {
-        let slice = self
-            .bytes
-            .get(self.pos..self.pos + n)
-            .ok_or_else(|| ValueDecodeError("project record truncated".into()))?;
+        let slice = self.bytes.get(self.pos..self.pos + n).ok_or_else(|| ValueDecodeError("project record truncated".into()))?;
         self.pos += n;
         Ok(slice)
     }
@@ -311,14 +307,7 @@ mod tests {
             Value::Image(Bytes::new()),
             record(false, RecordPayload::Postgres { target_block_id: 2, raw: Bytes::from_static(b"raw record") }),
             record(true, RecordPayload::Project(ProjectRecord::ClogSetStatus { status: 1, xids: vec![3, 4, 5] })),
-            record(
-                false,
-                RecordPayload::Project(ProjectRecord::VmClearBits {
-                    flags: 3,
-                    new_heap_blkno: Some(9),
-                    old_heap_blkno: None,
-                }),
-            ),
+            record(false, RecordPayload::Project(ProjectRecord::VmClearBits { flags: 3, new_heap_blkno: Some(9), old_heap_blkno: None })),
             record(false, RecordPayload::Project(ProjectRecord::MultixactOffsets { entries: vec![(10, 20), (11, 23)] })),
             record(false, RecordPayload::Project(ProjectRecord::VmTruncate { heap_blocks: 1001 })),
             record(

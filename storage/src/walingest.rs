@@ -52,12 +52,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::key::{Key, KeyClass, RelTag, SlruKind, INIT_FORKNUM, MAIN_FORKNUM};
 use crate::lsn::Lsn;
 use crate::pg_control::{
-    multixact_id_precedes, transaction_id_precedes, CheckPoint, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_ONLINE,
-    XLOG_CHECKPOINT_SHUTDOWN,
+    multixact_id_precedes, transaction_id_precedes, CheckPoint, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_ONLINE, XLOG_CHECKPOINT_SHUTDOWN,
 };
 use crate::repo::dirs::{
-    decode_db_dir, decode_nblocks, decode_rel_dir, decode_u32_dir, encode_db_dir, encode_nblocks, encode_rel_dir,
-    encode_u32_dir,
+    decode_db_dir, decode_nblocks, decode_rel_dir, decode_u32_dir, encode_db_dir, encode_nblocks, encode_rel_dir, encode_u32_dir,
 };
 use crate::repo::{RepoError, Timeline, TimelineId, TimelineWriter};
 use crate::value::{ProjectRecord, RecordPayload, Value, WalRecordValue};
@@ -138,11 +136,11 @@ impl WalIngest {
     pub fn new(timeline: &Timeline) -> Result<WalIngest, RepoError> {
         let lsn = timeline.last_record_lsn();
         let id = timeline.id();
-        let bytes = timeline.get(Key::checkpoint(), lsn)?.ok_or_else(|| {
-            RepoError::Invalid(format!("timeline {id} has no checkpoint at {lsn}: import a base backup first"))
-        })?;
-        let checkpoint = CheckPoint::decode(&bytes)
-            .map_err(|e| RepoError::Invalid(format!("checkpoint of timeline {id} at {lsn}: {e}")))?;
+        let bytes = timeline
+            .get(Key::checkpoint(), lsn)?
+            .ok_or_else(|| RepoError::Invalid(format!("timeline {id} has no checkpoint at {lsn}: import a base backup first")))?;
+        let checkpoint =
+            CheckPoint::decode(&bytes).map_err(|e| RepoError::Invalid(format!("checkpoint of timeline {id} at {lsn}: {e}")))?;
         let db_dir = match timeline.get(Key::db_dir(), lsn)? {
             Some(v) => decode_db_dir(&v)?,
             None => BTreeSet::new(),
@@ -306,8 +304,8 @@ impl WalIngest {
                 let Value::Image(bytes) = value else {
                     return Err(IngestApplyError::Invalid(format!("record at {}: checkpoint value is not an image", rec.start_lsn)));
                 };
-                let record = CheckPoint::decode(&bytes)
-                    .map_err(|e| IngestApplyError::Invalid(format!("record at {}: {e}", rec.start_lsn)))?;
+                let record =
+                    CheckPoint::decode(&bytes).map_err(|e| IngestApplyError::Invalid(format!("record at {}: {e}", rec.start_lsn)))?;
                 self.merge_checkpoint_record(rec.rmgr_info(), record);
                 return Ok(());
             }
@@ -662,7 +660,8 @@ mod tests {
 
     fn heap_insert(xid: u32, r: RelTag, blkno: u32) -> RecordBuilder {
         let mut b = rb(rmgr::HEAP, 0x00, xid, vec![1, 0, 0]);
-        b.blocks = vec![BlockSpec { id: 0, fork_flags: r.fork, rel: (r.spc_node, r.db_node, r.rel_node), blkno, data: vec![1; 30], image: None }];
+        b.blocks =
+            vec![BlockSpec { id: 0, fork_flags: r.fork, rel: (r.spc_node, r.db_node, r.rel_node), blkno, data: vec![1; 30], image: None }];
         b
     }
 

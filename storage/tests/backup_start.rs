@@ -78,10 +78,7 @@ fn output_text(out: &std::process::Output) -> String {
 fn pg_controldata(dir: &Path) -> anyhow::Result<(BTreeMap<String, String>, String)> {
     let out = run_checked(Command::new(pg_bin("pg_controldata")).arg("-D").arg(dir), "pg_controldata")?;
     let text = output_text(&out);
-    let fields = text
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
+    let fields = text.lines().filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     Ok((fields, text))
 }
 
@@ -142,10 +139,7 @@ fn untar(tar: &Path, into: &Path) -> anyhow::Result<()> {
 
 fn one(pg: &PgCluster, db: &str, query: &str) -> anyhow::Result<String> {
     let rows = pg.sql_db(db, query)?;
-    rows.into_iter()
-        .next()
-        .and_then(|r| r.into_iter().next().flatten())
-        .with_context(|| format!("no value from {query}"))
+    rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).with_context(|| format!("no value from {query}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -179,7 +173,20 @@ fn layout_of_a_synthetic_timeline() {
     let repo = open(dir.path(), small_config());
     let timeline = repo.create_timeline(TimelineId(1)).unwrap();
     let lsn = Lsn(0x0300_1238);
-    let cp = CheckPoint { redo: Lsn(0x0300_0028), this_timeline_id: 1, prev_timeline_id: 1, full_page_writes: true, next_xid: 800, next_oid: 20000, next_multi: 1, oldest_xid: 700, oldest_xid_db: 1, oldest_multi: 1, oldest_multi_db: 1, ..Default::default() };
+    let cp = CheckPoint {
+        redo: Lsn(0x0300_0028),
+        this_timeline_id: 1,
+        prev_timeline_id: 1,
+        full_page_writes: true,
+        next_xid: 800,
+        next_oid: 20000,
+        next_multi: 1,
+        oldest_xid: 700,
+        oldest_xid_db: 1,
+        oldest_multi: 1,
+        oldest_multi_db: 1,
+        ..Default::default()
+    };
 
     let mut v: Vec<(Key, Value)> = Vec::new();
     let mut img = |k: Key, b: Bytes| v.push((k, Value::Image(b)));
@@ -234,9 +241,23 @@ fn layout_of_a_synthetic_timeline() {
     let dirs: Vec<&str> = entries.iter().filter(|e| e.1 == b'5').map(|e| e.0.as_str()).collect();
     assert_eq!(stats.files as usize, files.len());
     assert_eq!(stats.dirs as usize, dirs.len());
-    for d in ["global/", "base/", "base/1/", "base/5/", "pg_wal/", "pg_wal/archive_status/", "pg_xact/", "pg_multixact/offsets/", "pg_twophase/",
-        "pg_tblspc/1700/", "pg_tblspc/1700/PG_15_202209061/", "pg_tblspc/1700/PG_15_202209061/5/", "pg_logical/snapshots/", "pg_replslot/", "pg_subtrans/"]
-    {
+    for d in [
+        "global/",
+        "base/",
+        "base/1/",
+        "base/5/",
+        "pg_wal/",
+        "pg_wal/archive_status/",
+        "pg_xact/",
+        "pg_multixact/offsets/",
+        "pg_twophase/",
+        "pg_tblspc/1700/",
+        "pg_tblspc/1700/PG_15_202209061/",
+        "pg_tblspc/1700/PG_15_202209061/5/",
+        "pg_logical/snapshots/",
+        "pg_replslot/",
+        "pg_subtrans/",
+    ] {
         assert!(dirs.contains(&d), "{d} missing from {dirs:?}");
     }
     // Every entry's parent directory comes before it.
@@ -378,7 +399,11 @@ fn checkpoint_passes_pg_controldata_pg_waldump_and_starts_postgres() -> anyhow::
         let words = line.split_whitespace().collect::<Vec<_>>().join(" ");
         ensure!(words.starts_with("rmgr: XLOG len (rec/tot): 114/ 114, tx: 0,"), "{what}: {line}");
         ensure!(line.contains(&format!("lsn: {:X}/{:08X}", s.checkpoint_lsn.0 >> 32, s.checkpoint_lsn.0 as u32)), "{what}: {line}");
-        ensure!(line.contains(&format!("desc: {}", waldump_desc(&s.checkpoint))), "{what}:\n{line}\nexpected desc: {}", waldump_desc(&s.checkpoint));
+        ensure!(
+            line.contains(&format!("desc: {}", waldump_desc(&s.checkpoint))),
+            "{what}:\n{line}\nexpected desc: {}",
+            waldump_desc(&s.checkpoint)
+        );
     }
 
     // The oracles can fail: a flipped byte in pg_control, a flipped byte in the record.
@@ -467,7 +492,10 @@ const SETUP: &[(&str, &str)] = &[
          CREATE INDEX docs_meta ON docs USING gin (meta)",
     ),
     ("postgres", "CREATE SEQUENCE ticket START 1000 INCREMENT 7; SELECT count(nextval('ticket')) FROM generate_series(1, 77)"),
-    ("postgres", "CREATE UNLOGGED TABLE scratch (a int PRIMARY KEY, b text); INSERT INTO scratch SELECT g, 'u' FROM generate_series(1, 500) g"),
+    (
+        "postgres",
+        "CREATE UNLOGGED TABLE scratch (a int PRIMARY KEY, b text); INSERT INTO scratch SELECT g, 'u' FROM generate_series(1, 500) g",
+    ),
     ("postgres", "CREATE MATERIALIZED VIEW item_counts AS SELECT qty, count(*) FROM app.items GROUP BY qty"),
     ("postgres", "CREATE DATABASE second"),
     (
@@ -528,11 +556,8 @@ fn fullbackup_of_imported_basebackup_starts_stock_postgres() -> anyhow::Result<(
     // Open during the backup: must read as aborted in the restored cluster.
     let mut open_tx = primary.client("postgres")?;
     open_tx.batch_execute("BEGIN; INSERT INTO app.items VALUES (-2, 'in progress', 2); INSERT INTO docs (body) VALUES ('in progress')")?;
-    let dbs: Vec<String> = primary
-        .sql("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")?
-        .into_iter()
-        .map(|r| r[0].clone().unwrap())
-        .collect();
+    let dbs: Vec<String> =
+        primary.sql("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")?.into_iter().map(|r| r[0].clone().unwrap()).collect();
     let before = dump_all(&primary, &dbs)?;
     let backup_dir = primary.root_dir().join("backup");
     let backup_arg = backup_dir.display().to_string();
@@ -579,7 +604,12 @@ fn fullbackup_of_imported_basebackup_starts_stock_postgres() -> anyhow::Result<(
     compare_dumps(&before, &restored_dumps).context("restored cluster against the primary")?;
     let amcheck = restored.run_as_postgres("pg_amcheck", &["--all", "--heapallindexed", "--install-missing"])?;
     let amcheck_out = String::from_utf8_lossy(&amcheck.stdout).to_string();
-    ensure!(amcheck.status.success() && amcheck_out.trim().is_empty(), "pg_amcheck: {}\n{amcheck_out}\n{}", amcheck.status, String::from_utf8_lossy(&amcheck.stderr));
+    ensure!(
+        amcheck.status.success() && amcheck_out.trim().is_empty(),
+        "pg_amcheck: {}\n{amcheck_out}\n{}",
+        amcheck.status,
+        String::from_utf8_lossy(&amcheck.stderr)
+    );
     let t_check = t0.elapsed();
 
     // What the dump does not show.

@@ -72,7 +72,8 @@ const SETUP: &[&str] = &[
     "BEGIN; INSERT INTO big VALUES (-1, 'prepared'); PREPARE TRANSACTION 'before_backup'",
 ];
 
-const SETUP_DB2: &str = "CREATE TABLE t2 (a int PRIMARY KEY, b text); INSERT INTO t2 SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g";
+const SETUP_DB2: &str =
+    "CREATE TABLE t2 (a int PRIMARY KEY, b text); INSERT INTO t2 SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g";
 
 /// After the backup. Statements run one at a time (CREATE DATABASE, VACUUM refuse blocks).
 const WORKLOAD: &[&str] = &[
@@ -275,8 +276,7 @@ fn compare_blocks(tl: &Timeline, lsn: Lsn, rel: RelTag, dir: &Path) -> anyhow::R
         VISIBILITYMAP_FORKNUM => "_vm",
         _ => "_init",
     };
-    let bytes = std::fs::read(dir.join(format!("{}{suffix}", rel.rel_node)))
-        .with_context(|| format!("{rel} in {}", dir.display()))?;
+    let bytes = std::fs::read(dir.join(format!("{}{suffix}", rel.rel_node))).with_context(|| format!("{rel} in {}", dir.display()))?;
     let nblocks = tl.get_rel_size(rel, lsn)?.ok_or_else(|| anyhow!("{rel} missing on the timeline"))?;
     ensure!(bytes.len() == nblocks as usize * 8192, "{rel}: file {} bytes, timeline {nblocks} blocks", bytes.len());
     for blkno in 0..nblocks {
@@ -469,11 +469,7 @@ fn import_base_backup_then_ingest_wal() -> anyhow::Result<()> {
     })?;
     let end = tl.last_record_lsn();
     ensure!(end == last_end && end > ckpt, "ingest ended at {end}, checkpoint record at {ckpt}");
-    eprintln!(
-        "ingested {records} records in {:?} ({} layers frozen); per rmgr {rmgrs:?}",
-        t.elapsed(),
-        frozen
-    );
+    eprintln!("ingested {records} records in {:?} ({} layers frozen); per rmgr {rmgrs:?}", t.elapsed(), frozen);
     for rmgr in ["Database", "Storage", "RelMap", "MultiXact", "Heap", "Heap2", "Btree", "Hash", "Gin", "Transaction", "XLOG"] {
         ensure!(rmgrs.get(rmgr).copied().unwrap_or(0) > 0, "no {rmgr} records: {rmgrs:?}");
     }
@@ -486,7 +482,12 @@ fn import_base_backup_then_ingest_wal() -> anyhow::Result<()> {
     ensure!(dbs.contains(&(1663, db_fc)) && dbs.contains(&(1663, db_wl)) && dbs.len() == 7, "{dbs:?}");
     let lagging = compare_rels("after ingest vs primary files", &forks, &primary_forks, true)?;
     let fsm = primary_forks.keys().filter(|r| r.fork == FSM_FORKNUM).count();
-    eprintln!("after ingest: {} databases, {} forks match; FSM forks behind the files ({} of {fsm}): {lagging:?}", dbs.len(), forks.len(), lagging.len());
+    eprintln!(
+        "after ingest: {} databases, {} forks match; FSM forks behind the files ({} of {fsm}): {lagging:?}",
+        dbs.len(),
+        forks.len(),
+        lagging.len()
+    );
     ensure!(lagging.len() * 10 <= fsm, "too many FSM forks behind the files");
     // The workload's own relations must be there with their real sizes.
     let w_vac = RelTag::new(1663, postgres_db, filenode(&pg, "postgres", "w_vac")?, MAIN_FORKNUM);
@@ -509,10 +510,19 @@ fn import_base_backup_then_ingest_wal() -> anyhow::Result<()> {
     let before = CheckPoint::decode(&tl.get(Key::checkpoint(), ckpt)?.unwrap()).map_err(|e| anyhow!(e))?;
     let get = |k: &str| cd[&format!("Latest checkpoint's {k}")].clone();
     let counters = |cp: &CheckPoint| {
-        (format!("{}:{}", cp.next_xid >> 32, cp.next_xid as u32), cp.next_oid.to_string(), cp.next_multi.to_string(), cp.next_multi_offset.to_string())
+        (
+            format!("{}:{}", cp.next_xid >> 32, cp.next_xid as u32),
+            cp.next_oid.to_string(),
+            cp.next_multi.to_string(),
+            cp.next_multi_offset.to_string(),
+        )
     };
     let expected = (get("NextXID"), get("NextOID"), get("NextMultiXactId"), get("NextMultiOffset"));
-    ensure!(counters(&before) == expected, "before the checkpoint record: (next xid, oid, multi, offset) {:?}, pg_controldata {expected:?}", counters(&before));
+    ensure!(
+        counters(&before) == expected,
+        "before the checkpoint record: (next xid, oid, multi, offset) {:?}, pg_controldata {expected:?}",
+        counters(&before)
+    );
     // The checkpoint, SLRUs and prepared transactions at the checkpoint record.
     let cp = CheckPoint::decode(&tl.get(Key::checkpoint(), end)?.unwrap()).map_err(|e| anyhow!(e))?;
     ensure!(ingest.checkpoint() == &cp);

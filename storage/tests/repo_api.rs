@@ -52,20 +52,23 @@ fn directory_reads() {
         writer.finish_lsn(Lsn(lsn)).unwrap();
     };
     put(0x10, vec![(Key::db_dir(), encode_db_dir(&BTreeSet::from([(1663, 5)])))]);
-    put(0x20, vec![
-        (Key::rel_dir(1663, 5), encode_rel_dir(&BTreeSet::from([(16384, 0)]))),
-        (Key::rel_size(rel), encode_nblocks(3)),
-    ]);
-    put(0x30, vec![
-        (Key::rel_dir(1663, 5), encode_rel_dir(&BTreeSet::from([(16384, 0), (16384, 1)]))),
-        (Key::rel_size(fsm), encode_nblocks(1)),
-        (Key::rel_size(rel), encode_nblocks(5)),
-    ]);
-    put(0x40, vec![
-        (Key::slru_dir(SlruKind::Clog), encode_u32_dir(&BTreeSet::from([0]))),
-        (Key::slru_segment_size(SlruKind::Clog, 0), encode_nblocks(2)),
-        (Key::slru_block(SlruKind::Clog, 0, 1), Bytes::from(vec![0x55; 8192])),
-    ]);
+    put(0x20, vec![(Key::rel_dir(1663, 5), encode_rel_dir(&BTreeSet::from([(16384, 0)]))), (Key::rel_size(rel), encode_nblocks(3))]);
+    put(
+        0x30,
+        vec![
+            (Key::rel_dir(1663, 5), encode_rel_dir(&BTreeSet::from([(16384, 0), (16384, 1)]))),
+            (Key::rel_size(fsm), encode_nblocks(1)),
+            (Key::rel_size(rel), encode_nblocks(5)),
+        ],
+    );
+    put(
+        0x40,
+        vec![
+            (Key::slru_dir(SlruKind::Clog), encode_u32_dir(&BTreeSet::from([0]))),
+            (Key::slru_segment_size(SlruKind::Clog, 0), encode_nblocks(2)),
+            (Key::slru_block(SlruKind::Clog, 0, 1), Bytes::from(vec![0x55; 8192])),
+        ],
+    );
     timeline.writer().freeze().unwrap();
     timeline.flush_frozen_layers().unwrap();
 

@@ -24,12 +24,7 @@ const LIMIT: u64 = 2 * CHECKPOINT_DISTANCE;
 const BLOCKS: u32 = 1024;
 
 fn config() -> RepoConfig {
-    RepoConfig {
-        checkpoint_distance: CHECKPOINT_DISTANCE,
-        max_inmem_bytes: Some(LIMIT),
-        page_cache_bytes: 0,
-        ..small_config()
-    }
+    RepoConfig { checkpoint_distance: CHECKPOINT_DISTANCE, max_inmem_bytes: Some(LIMIT), page_cache_bytes: 0, ..small_config() }
 }
 
 /// 64 distinct pages; version `i` of the workload is `pages[i % 64]`.
@@ -59,11 +54,7 @@ fn write(timeline: &Timeline, n: u64, pages: &[Bytes], limit: u64) -> u64 {
         // Only this thread adds to the in-memory layers: what holds now held
         // when finish_lsn returned, or the flusher has since made it smaller.
         let (open, frozen) = timeline.inmem_bytes();
-        assert!(
-            frozen == 0 || open + frozen <= limit,
-            "after LSN {}: open {open} + frozen {frozen} bytes above the limit {limit}",
-            lsn(i)
-        );
+        assert!(frozen == 0 || open + frozen <= limit, "after LSN {}: open {open} + frozen {frozen} bytes above the limit {limit}", lsn(i));
         max_frozen = max_frozen.max(frozen);
     }
     max_frozen
@@ -137,10 +128,7 @@ fn fast_writer_waits_for_slow_flusher() {
     assert!(monitor_max <= LIMIT + one_layer, "frozen layers reached {monitor_max} bytes");
     assert!(writer_max <= LIMIT, "frozen layers held {writer_max} bytes after finish_lsn");
     assert!(stats.waits > 0, "the writer never waited for the flusher: {stats:?}");
-    assert!(
-        stats.writer_flushed_layers < timeline.layer_names().len() as u64,
-        "the writer flushed every layer itself: {stats:?}"
-    );
+    assert!(stats.writer_flushed_layers < timeline.layer_names().len() as u64, "the writer flushed every layer itself: {stats:?}");
     timeline.writer().freeze().unwrap();
     timeline.flush_frozen_layers().unwrap();
     assert_eq!(timeline.disk_consistent_lsn(), lsn(n - 1));
@@ -152,10 +140,9 @@ fn fast_writer_waits_for_slow_flusher() {
 /// the limit; also with a limit below checkpoint_distance.
 #[test]
 fn writer_without_flusher_flushes_itself() {
-    for (conf, limit) in [
-        (config(), LIMIT),
-        (RepoConfig { max_inmem_bytes: Some(CHECKPOINT_DISTANCE / 4), ..config() }, CHECKPOINT_DISTANCE / 4),
-    ] {
+    for (conf, limit) in
+        [(config(), LIMIT), (RepoConfig { max_inmem_bytes: Some(CHECKPOINT_DISTANCE / 4), ..config() }, CHECKPOINT_DISTANCE / 4)]
+    {
         let dir = tempfile::tempdir().unwrap();
         let repo = open(dir.path(), conf);
         let timeline = repo.create_timeline(TimelineId(1)).unwrap();

@@ -36,11 +36,8 @@ fn flipped_bytes_are_reported_with_the_file_name() {
         model.check_all(&repo, &keys);
     }
     let tl_dir = dir.path().join("timelines").join(root.to_string());
-    let layer_files: Vec<_> = std::fs::read_dir(&tl_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap() != "index")
-        .collect();
+    let layer_files: Vec<_> =
+        std::fs::read_dir(&tl_dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap() != "index").collect();
     assert!(layer_files.len() >= 3);
     let mut failed_reads = 0;
     for trial in 0..60 {
@@ -71,7 +68,9 @@ fn flipped_bytes_are_reported_with_the_file_name() {
             for key in &keys {
                 let expected = model.expected(root, *key, *lsn);
                 match timeline.get(*key, *lsn) {
-                    Ok(value) => assert_eq!(Expected::Value(value), expected, "wrong data after flipping byte {offset} of {}", path.display()),
+                    Ok(value) => {
+                        assert_eq!(Expected::Value(value), expected, "wrong data after flipping byte {offset} of {}", path.display())
+                    }
                     Err(RepoError::Corrupt { path: named, msg }) => {
                         assert_eq!(&named, path, "error names another file: {msg}");
                         let text = timeline.get(*key, *lsn).unwrap_err().to_string();

@@ -138,7 +138,13 @@ fn crashes_lose_nothing() {
     eprintln!("crash points hit: {crashed_at:?}");
     let crashes: usize = crashed_at.values().sum();
     assert!(crashes >= 200, "only {crashes} runs crashed");
-    for point in ["layer: written under temp name", "layer: renamed", "index: written under temp name", "compaction: L1 layers written", "gc: layers chosen"] {
+    for point in [
+        "layer: written under temp name",
+        "layer: renamed",
+        "index: written under temp name",
+        "compaction: L1 layers written",
+        "gc: layers chosen",
+    ] {
         assert!(crashed_at.contains_key(point), "never crashed at {point}: {crashed_at:?}");
     }
 }

@@ -57,10 +57,7 @@ fn run(seed: u64, ops: usize) -> (usize, [usize; 4]) {
                 let bp = Lsn(rng.range(low.0, parent.last_lsn.0 + 1));
                 let child = TimelineId(ids.iter().max().unwrap().0 + 1);
                 repo.branch_timeline(id, child, bp).unwrap();
-                model.timelines.insert(
-                    child,
-                    ModelTimeline { ancestor: Some((id, bp)), last_lsn: bp, ..Default::default() },
-                );
+                model.timelines.insert(child, ModelTimeline { ancestor: Some((id, bp)), last_lsn: bp, ..Default::default() });
                 // Branching below the parent's cutoff must be refused.
                 if parent.cutoff.0 > 0 {
                     assert!(repo.branch_timeline(id, TimelineId(child.0 + 1000), Lsn(parent.cutoff.0 - 1)).is_err());

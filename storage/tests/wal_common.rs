@@ -25,9 +25,10 @@ impl Rng {
         Rng(seed.max(1))
     }
     pub fn from_time() -> Rng {
-        let seed = std::env::var("WAL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        });
+        let seed = std::env::var("WAL_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
         eprintln!("rng seed {seed} (set WAL_TEST_SEED to replay)");
         Rng::new(seed)
     }
@@ -373,15 +374,8 @@ pub fn compare_with_waldump(
     mut extra: impl FnMut(&DecodedRecord) -> anyhow::Result<()>,
 ) -> anyhow::Result<CompareStats> {
     let mut dump = WaldumpReader::spawn(wal_dir, start, end)?;
-    let mut stats = CompareStats {
-        records: 0,
-        bytes: 0,
-        fpis: 0,
-        per_rmgr: Default::default(),
-        with_toplevel_xid: 0,
-        with_origin: 0,
-        multi_page: 0,
-    };
+    let mut stats =
+        CompareStats { records: 0, bytes: 0, fpis: 0, per_rmgr: Default::default(), with_toplevel_xid: 0, with_origin: 0, multi_page: 0 };
     let mut mismatches = Vec::new();
     let bytes = decode_wal_dir(wal_dir, start, end, rng, |rec| {
         let theirs = dump.next_record()?.ok_or_else(|| anyhow!("pg_waldump ended before our record at {}", rec.start_lsn))?;

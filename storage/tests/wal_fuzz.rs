@@ -110,9 +110,7 @@ fn collect_seeds() -> anyhow::Result<Seeds> {
         pg.sql("SELECT pg_reload_conf()")?;
         pg.sql("CHECKPOINT")?;
         pg.run_as_postgres_checked("pgbench", &["-n", "-c", "2", "-t", "100"])?;
-        pg.sql(&format!(
-            "CREATE TABLE f_{method} AS SELECT g, ARRAY[g % 10] AS a, point(g, g) AS p FROM generate_series(1, 3000) g"
-        ))?;
+        pg.sql(&format!("CREATE TABLE f_{method} AS SELECT g, ARRAY[g % 10] AS a, point(g, g) AS p FROM generate_series(1, 3000) g"))?;
         pg.sql(&format!("CREATE INDEX ON f_{method} USING gin (a)"))?;
         pg.sql(&format!("CREATE INDEX ON f_{method} USING gist (p)"))?;
         pg.sql(&format!("VACUUM FULL f_{method}"))?;
@@ -344,7 +342,13 @@ fn fuzz_decoder_with_mutated_real_wal() -> anyhow::Result<()> {
         if let Some(what) = failure {
             let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("wal-fuzz-crash-{}.bin", executions));
             std::fs::write(&path, &input.bytes)?;
-            panic!("{what} on a {} input starting at {} ({} bytes), saved to {}", input.kind, input.start, input.bytes.len(), path.display());
+            panic!(
+                "{what} on a {} input starting at {} ({} bytes), saved to {}",
+                input.kind,
+                input.start,
+                input.bytes.len(),
+                path.display()
+            );
         }
     }
     eprintln!(

@@ -127,7 +127,14 @@ fn decoder_agrees_with_pg_waldump_on_pgbench_and_ddl() -> anyhow::Result<()> {
         b.batch_execute("COMMIT")?;
     }
     let out = pg.run_as_postgres_checked("pgbench", &["-c", "4", "-j", "2", "-T", &secs.to_string(), "-n"])?;
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("tps") || l.contains("processed")).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("tps") || l.contains("processed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     pg.sql("DROP TABLE ddl_trunc; DROP TABLE in_ts")?;
     pg.sql("DROP TABLESPACE ts_wal_test")?;
     let end = sql_lsn(&pg, "pg_current_wal_insert_lsn()")?;
@@ -168,8 +175,25 @@ fn decoder_agrees_with_pg_waldump_on_pgbench_and_ddl() -> anyhow::Result<()> {
     assert!(bad_images.is_empty(), "images that do not restore to a sane page:\n{}", bad_images.join("\n"));
     // The workload must have produced what it is meant to cover.
     for rmgr in [
-        "XLOG", "Transaction", "Storage", "Database", "Tablespace", "RelMap", "Standby", "Heap2", "Heap", "Btree", "Hash", "Gin",
-        "Gist", "Sequence", "SPGist", "BRIN", "Generic", "LogicalMessage", "MultiXact",
+        "XLOG",
+        "Transaction",
+        "Storage",
+        "Database",
+        "Tablespace",
+        "RelMap",
+        "Standby",
+        "Heap2",
+        "Heap",
+        "Btree",
+        "Hash",
+        "Gin",
+        "Gist",
+        "Sequence",
+        "SPGist",
+        "BRIN",
+        "Generic",
+        "LogicalMessage",
+        "MultiXact",
     ] {
         assert!(stats.per_rmgr.get(rmgr).copied().unwrap_or(0) > 0, "no {rmgr} records in {:?}", stats.per_rmgr);
     }
@@ -202,7 +226,9 @@ impl IngestCheck {
         for c in batch.changes {
             let name = match c {
                 IngestChange::Put { value: Value::Image(_), .. } => "put image",
-                IngestChange::Put { value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Postgres { .. }, .. }), .. } => "put postgres record",
+                IngestChange::Put { value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Postgres { .. }, .. }), .. } => {
+                    "put postgres record"
+                }
                 IngestChange::Put { value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Project(ref p), .. }), .. } => {
                     if let ProjectRecord::ClogSetStatus { status, xids } = p {
                         for x in xids {
@@ -253,7 +279,20 @@ impl IngestCheck {
 
     fn check_against(&self, pg: &PgCluster) -> anyhow::Result<()> {
         eprintln!("ingest changes: {:?}", self.counts);
-        for what in ["put image", "put postgres record", "put clog", "put vm clear", "put multixact offsets", "rel extend", "rel create", "rel truncate", "rel drop", "db create", "db drop", "twophase drop"] {
+        for what in [
+            "put image",
+            "put postgres record",
+            "put clog",
+            "put vm clear",
+            "put multixact offsets",
+            "rel extend",
+            "rel create",
+            "rel truncate",
+            "rel drop",
+            "db create",
+            "db drop",
+            "twophase drop",
+        ] {
             anyhow::ensure!(self.counts.get(what).copied().unwrap_or(0) > 0, "no {what} in {:?}", self.counts);
         }
         // Relation sizes: what the WAL says must never exceed the file, and
@@ -296,7 +335,8 @@ impl IngestCheck {
         sample.extend(xids.iter().copied().filter(|(_, s)| *s == TRANSACTION_STATUS_COMMITTED).step_by(step));
         let list = sample.iter().map(|(x, _)| x.to_string()).collect::<Vec<_>>().join(",");
         let rows = pg.sql(&format!("SELECT x, pg_xact_status(x::text::xid8) FROM unnest(ARRAY[{list}]::bigint[]) x"))?;
-        let theirs: HashMap<u32, String> = rows.into_iter().map(|r| (r[0].clone().unwrap().parse().unwrap(), r[1].clone().unwrap_or_default())).collect();
+        let theirs: HashMap<u32, String> =
+            rows.into_iter().map(|r| (r[0].clone().unwrap().parse().unwrap(), r[1].clone().unwrap_or_default())).collect();
         let (mut committed, mut aborted, mut unknown) = (0, 0, 0);
         for (x, s) in &sample {
             let want = if *s == TRANSACTION_STATUS_COMMITTED { "committed" } else { "aborted" };
@@ -311,7 +351,10 @@ impl IngestCheck {
                 }
             }
         }
-        eprintln!("transaction status: {} xids sampled: {committed} committed, {aborted} aborted, agree; {unknown} too old to ask", sample.len());
+        eprintln!(
+            "transaction status: {} xids sampled: {committed} committed, {aborted} aborted, agree; {unknown} too old to ask",
+            sample.len()
+        );
         anyhow::ensure!(unknown * 20 < sample.len(), "{unknown} of {} xids have no status", sample.len());
         anyhow::ensure!(committed > 0 && aborted > 0);
         Ok(())

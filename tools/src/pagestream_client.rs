@@ -80,13 +80,7 @@ impl fmt::Display for ServerError {
 
 impl ServerError {
     fn parse(body: &[u8]) -> ServerError {
-        let mut e = ServerError {
-            severity: String::new(),
-            code: String::new(),
-            message: String::new(),
-            detail: None,
-            hint: None,
-        };
+        let mut e = ServerError { severity: String::new(), code: String::new(), message: String::new(), detail: None, hint: None };
         let mut rest = body;
         while let Some((&field, tail)) = rest.split_first() {
             if field == 0 {
@@ -151,10 +145,7 @@ pub struct PagestreamClient {
 
 impl fmt::Debug for PagestreamClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PagestreamClient")
-            .field("version", &self.version)
-            .field("in_flight", &self.in_flight.len())
-            .finish_non_exhaustive()
+        f.debug_struct("PagestreamClient").field("version", &self.version).field("in_flight", &self.in_flight.len()).finish_non_exhaustive()
     }
 }
 
@@ -220,21 +211,14 @@ impl PagestreamClient {
                         }
                         Some(5) => return Err(ClientError::UnsupportedAuth("MD5 password authentication".into())),
                         Some(10) => return Err(ClientError::UnsupportedAuth("SASL authentication".into())),
-                        Some(other) => {
-                            return Err(ClientError::UnsupportedAuth(format!("authentication method {other}")))
-                        }
+                        Some(other) => return Err(ClientError::UnsupportedAuth(format!("authentication method {other}"))),
                         None => return Err(ClientError::Protocol("Authentication message without a code".into())),
                     }
                 }
                 b'E' => return Err(ClientError::Server("during startup", Box::new(ServerError::parse(&body)))),
                 b'S' | b'K' | b'N' => {}
                 b'Z' => break,
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected message '{}' during startup",
-                        other.escape_ascii()
-                    )))
-                }
+                other => return Err(ClientError::Protocol(format!("unexpected message '{}' during startup", other.escape_ascii()))),
             }
         }
 
@@ -345,9 +329,7 @@ impl PagestreamClient {
     /// Reads one whole backend message: its tag and body.
     async fn read_message(&mut self, when: &'static str) -> Result<(u8, BytesMut), ClientError> {
         loop {
-            if let Some(header) =
-                backend::Header::parse(&self.rbuf).map_err(|e| ClientError::Protocol(format!("{e} {when}")))?
-            {
+            if let Some(header) = backend::Header::parse(&self.rbuf).map_err(|e| ClientError::Protocol(format!("{e} {when}")))? {
                 let len = header.len() as usize; // >= 4, checked by parse
                 if len > MAX_MESSAGE_LEN {
                     return Err(ClientError::Protocol(format!(
@@ -381,12 +363,7 @@ pub struct BlockingClient {
 }
 
 impl BlockingClient {
-    pub fn connect(
-        addr: &str,
-        version: ProtocolVersion,
-        tenant: &str,
-        timeline: &str,
-    ) -> Result<BlockingClient, ClientError> {
+    pub fn connect(addr: &str, version: ProtocolVersion, tenant: &str, timeline: &str) -> Result<BlockingClient, ClientError> {
         Self::connect_with(addr, version, tenant, timeline, &ConnectOptions::default())
     }
 
@@ -397,10 +374,7 @@ impl BlockingClient {
         timeline: &str,
         options: &ConnectOptions,
     ) -> Result<BlockingClient, ClientError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io_err("starting a tokio runtime"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_err("starting a tokio runtime"))?;
         let client = runtime.block_on(PagestreamClient::connect_with(addr, version, tenant, timeline, options))?;
         Ok(BlockingClient { runtime, client })
     }

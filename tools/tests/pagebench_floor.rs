@@ -16,12 +16,7 @@ const PAGEBENCH: &str = env!("CARGO_BIN_EXE_pagebench");
 
 /// Runs pagebench with `args`, killing it if it runs past `limit`.
 fn pagebench(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(PAGEBENCH)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pagebench starts");
+    let mut child = Command::new(PAGEBENCH).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("pagebench starts");
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > limit {
@@ -56,12 +51,8 @@ fn floor_run_reports_pages_and_ordered_percentiles() {
     assert!(pages > 0, "{j}");
     let rate = j["pages_per_s"].as_f64().unwrap();
     assert!(rate > 0.0, "{j}");
-    let (p50, p99, p999, max) = (
-        j["p50_us"].as_f64().unwrap(),
-        j["p99_us"].as_f64().unwrap(),
-        j["p999_us"].as_f64().unwrap(),
-        j["max_us"].as_f64().unwrap(),
-    );
+    let (p50, p99, p999, max) =
+        (j["p50_us"].as_f64().unwrap(), j["p99_us"].as_f64().unwrap(), j["p999_us"].as_f64().unwrap(), j["max_us"].as_f64().unwrap());
     assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{j}");
     let secs = j["duration_s"].as_f64().unwrap();
     assert!((1.5..=2.5).contains(&secs), "{j}");
@@ -208,10 +199,7 @@ fn malformed_response_makes_pagebench_fail_clearly() {
     let out = pagebench(&args.iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("pagebench: error: connection 0: malformed pagestream response from the server"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("pagebench: error: connection 0: malformed pagestream response from the server"), "{stderr}");
     assert!(stderr.contains("GetPage response: expected 8234 bytes, got 6"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
@@ -228,10 +216,7 @@ fn pagestream_error_response_makes_pagebench_fail_clearly() {
     let out = pagebench(&args.iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("answered a GetPage request with an error: relation 1663/5/16384 does not exist"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("answered a GetPage request with an error: relation 1663/5/16384 does not exist"), "{stderr}");
 }
 
 fn get_page(blkno: u32) -> Request {
@@ -252,9 +237,7 @@ fn client_reports_a_rejected_pagestream_query() {
 fn client_checks_the_v3_echo() {
     // The server answers block 3 when block 4 was asked for.
     let addr = bad_server(Behaviour::Reply(|request| {
-        let Request::GetPage { hdr, rel, .. } = Request::parse(ProtocolVersion::V3, request).unwrap() else {
-            panic!("GetPage expected")
-        };
+        let Request::GetPage { hdr, rel, .. } = Request::parse(ProtocolVersion::V3, request).unwrap() else { panic!("GetPage expected") };
         let mut out = BytesMut::new();
         let page = bytes::Bytes::from(vec![0u8; 8192]);
         Response::GetPage { hdr, rel, blkno: 3, page }.encode(ProtocolVersion::V3, &mut out);

@@ -135,7 +135,12 @@ pub async fn run(stream: &mut TcpStream, out: &mut BytesMut, ctx: &ServiceContex
 /// whole request in it in order, write the answers in one go, read again.
 /// At depth 1 that is one read and one write per request and no hand-off
 /// between tasks; with many requests in flight answers go out in batches.
-async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, timeline: Arc<Timeline>, ctx: &ServiceContext) -> Result<(), ProtocolError> {
+async fn serve_pagestream(
+    stream: &mut TcpStream,
+    version: ProtocolVersion,
+    timeline: Arc<Timeline>,
+    ctx: &ServiceContext,
+) -> Result<(), ProtocolError> {
     let wait_timeout = ctx.wait_lsn_timeout();
     let mut input = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::with_capacity(WRITE_BATCH);
@@ -149,9 +154,9 @@ async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, time
                             // Ahead of ingest: send what is ready, then wait off the runtime.
                             send(stream, &mut out).await?;
                             let timeline = timeline.clone();
-                            tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout)).await.unwrap_or_else(
-                                |e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") },
-                            )
+                            tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout))
+                                .await
+                                .unwrap_or_else(|e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") })
                         }
                         // Not a request we understand: answer with an error in
                         // order; the stream stays usable.
@@ -182,9 +187,7 @@ async fn serve_pagestream(stream: &mut TcpStream, version: ProtocolVersion, time
                     return Err(ProtocolError::Closed);
                 }
                 b'f' => return Ok(send(stream, &mut out).await?), // CopyFail
-                b'Q' | b'S' => {
-                    return Err(ProtocolError::Io(std::io::Error::other("query inside a pagestream: send CopyDone first")))
-                }
+                b'Q' | b'S' => return Err(ProtocolError::Io(std::io::Error::other("query inside a pagestream: send CopyDone first"))),
                 tag => {
                     return Err(ProtocolError::Io(std::io::Error::other(format!(
                         "message type '{}' inside a pagestream: only CopyData and CopyDone are allowed",
@@ -225,10 +228,7 @@ enum ReadAt {
 /// latest, reads at what is ingested).
 fn read_at(hdr: &RequestHeader, last_record_lsn: Lsn) -> Result<ReadAt, String> {
     if hdr.request_lsn < hdr.not_modified_since {
-        return Err(format!(
-            "invalid request with request LSN {} and not_modified_since {}",
-            hdr.request_lsn, hdr.not_modified_since
-        ));
+        return Err(format!("invalid request with request LSN {} and not_modified_since {}", hdr.request_lsn, hdr.not_modified_since));
     }
     let since = normalize_lsn(hdr.not_modified_since);
     if since > last_record_lsn {
@@ -279,7 +279,9 @@ fn try_answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) ->
             };
             Response::GetPage { hdr, rel, blkno, page }
         }
-        Request::DbSize { db_oid, .. } => Response::DbSize { hdr, db_oid, bytes: timeline.db_size(DEFAULT_TABLESPACE, db_oid, lsn).map_err(e)? as i64 },
+        Request::DbSize { db_oid, .. } => {
+            Response::DbSize { hdr, db_oid, bytes: timeline.db_size(DEFAULT_TABLESPACE, db_oid, lsn).map_err(e)? as i64 }
+        }
         Request::GetSlruSegment { kind, segno, .. } => {
             let segment = timeline
                 .get_slru_segment(kind, segno, lsn)
@@ -418,7 +420,10 @@ mod tests {
     #[test]
     fn commands_parse_with_clear_errors() {
         let t = "0123456789abcdef0123456789abcdef";
-        assert!(matches!(parse_command(&format!("pagestream_v2 {t} {t}")), Ok(Some(Command::Pagestream { version: ProtocolVersion::V2, .. }))));
+        assert!(matches!(
+            parse_command(&format!("pagestream_v2 {t} {t}")),
+            Ok(Some(Command::Pagestream { version: ProtocolVersion::V2, .. }))
+        ));
         assert!(matches!(
             parse_command(&format!("fullbackup {t} {t} 0/16B3748")),
             Ok(Some(Command::Backup { kind: BackupKind::Fullbackup, lsn: Some(Lsn(0x16B3748)), .. }))

@@ -198,19 +198,13 @@ fn run_simple_query(w: &mut BackendWriter<'_>, query: &str) {
     }
     let command = query.split_whitespace().next().unwrap_or_default();
     let shown: String = command.chars().take(64).collect();
-    w.error(
-        sqlstate::SYNTAX_ERROR,
-        &format!("pageserver_ext: unknown page service command \"{shown}\""),
-        Some(COMMANDS_HINT),
-    );
+    w.error(sqlstate::SYNTAX_ERROR, &format!("pageserver_ext: unknown page service command \"{shown}\""), Some(COMMANDS_HINT));
 }
 
 /// The address the page service would listen on, checked at start-up so a
 /// typo in `pageserver.listen_addr` is reported clearly.
 pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|e| {
-        format!("invalid pageserver.listen_addr \"{value}\": {e} (expected host:port, e.g. 127.0.0.1:6400)")
-    })
+    value.parse().map_err(|e| format!("invalid pageserver.listen_addr \"{value}\": {e} (expected host:port, e.g. 127.0.0.1:6400)"))
 }
 
 #[cfg(test)]

@@ -58,9 +58,7 @@ pub enum Startup {
 
 /// Reads the startup phase: answers SSL and GSS encryption requests with 'N'
 /// (not supported) and returns the startup packet.
-pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-) -> Result<Startup, ProtocolError> {
+pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<Startup, ProtocolError> {
     loop {
         let len = stream.read_u32().await.map_err(ProtocolError::from_read)?;
         if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
@@ -79,9 +77,7 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             }
             CANCEL_REQUEST_CODE => return Ok(Startup::Cancel),
             PROTOCOL_V3 => return parse_startup_params(&body).map(Startup::Session),
-            other => {
-                return Err(ProtocolError::UnsupportedProtocol { major: other >> 16, minor: other & 0xFFFF })
-            }
+            other => return Err(ProtocolError::UnsupportedProtocol { major: other >> 16, minor: other & 0xFFFF }),
         }
     }
 }
@@ -354,10 +350,7 @@ mod tests {
         client.write_all(b"Q\0\0\0\x0dhello!!!\0").await.unwrap();
         assert_eq!(read_message(&mut server).await.unwrap(), FrontendMessage::Query("hello!!!".into()));
         client.write_all(b"Q\x40\0\0\0").await.unwrap();
-        assert!(matches!(
-            read_message(&mut server).await.unwrap_err(),
-            ProtocolError::BadMessageLength { tag: 'Q', .. }
-        ));
+        assert!(matches!(read_message(&mut server).await.unwrap_err(), ProtocolError::BadMessageLength { tag: 'Q', .. }));
     }
 
     #[test]

@@ -121,12 +121,8 @@ impl ReplicationConn {
             Box::new(stream)
         };
         let mut conn = ReplicationConn { stream, inbuf: BytesMut::with_capacity(256 * 1024), out: BytesMut::new() };
-        let params = [
-            ("user", s.user.as_str()),
-            ("replication", "true"),
-            ("application_name", "pageserver_ext"),
-            ("client_encoding", "UTF8"),
-        ];
+        let params =
+            [("user", s.user.as_str()), ("replication", "true"), ("application_name", "pageserver_ext"), ("client_encoding", "UTF8")];
         frontend::startup_message(params.iter().copied(), &mut conn.out)?;
         conn.flush().await?;
         conn.authenticate(&s.user, s.password.as_deref()).await?;
@@ -276,9 +272,7 @@ impl ReplicationConn {
     /// A setting of the primary (`SHOW` works in replication connections).
     pub async fn show(&mut self, name: &str) -> Result<String, ReplError> {
         let rows = self.query(&format!("SHOW {name}")).await?;
-        rows.first()
-            .and_then(|r| r.first().cloned().flatten())
-            .ok_or_else(|| ReplError::Protocol(format!("SHOW {name} returned nothing")))
+        rows.first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| ReplError::Protocol(format!("SHOW {name} returned nothing")))
     }
 
     /// Streams a base backup of the primary's main tablespace. Calls
@@ -388,9 +382,7 @@ impl ReplicationConn {
                             let reply_requested = body.get_u8() != 0;
                             return Ok(Some(StreamMessage::Keepalive { wal_end, reply_requested }));
                         }
-                        other => {
-                            return Err(ReplError::Protocol(format!("unknown or short stream message '{}'", other.escape_ascii())))
-                        }
+                        other => return Err(ReplError::Protocol(format!("unknown or short stream message '{}'", other.escape_ascii()))),
                     }
                 }
                 b'c' => return Ok(None),
@@ -423,10 +415,7 @@ fn pg_now_micros() -> i64 {
 
 /// The first column of the first row, as an LSN.
 fn first_lsn(rows: &[Vec<Option<String>>], missing: &str) -> Result<Lsn, ReplError> {
-    rows.first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ReplError::Protocol(missing.into()))
+    rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|s| s.parse().ok()).ok_or_else(|| ReplError::Protocol(missing.into()))
 }
 
 /// A CopyData body of the replication protocol: its kind byte and the rest.

@@ -32,11 +32,7 @@ pub fn run(ctx: &WorkerContext) {
     }
 
     let runtime = with_signals_blocked(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_THREADS)
-            .thread_name("pageserver-tokio")
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(RUNTIME_THREADS).thread_name("pageserver-tokio").enable_all().build()
     })
     .unwrap_or_else(|e| error!("cannot start the tokio runtime: {e}"));
     let (log, log_lines) = LogSink::new();
@@ -55,9 +51,7 @@ pub fn run(ctx: &WorkerContext) {
     }
     let commands_manager = manager.clone();
     with_signals_blocked(|| {
-        std::thread::Builder::new()
-            .name("pageserver-commands".into())
-            .spawn(move || crate::mgmt::serve(&shared.commands, commands_manager))
+        std::thread::Builder::new().name("pageserver-commands".into()).spawn(move || crate::mgmt::serve(&shared.commands, commands_manager))
     })
     .unwrap_or_else(|e| error!("cannot start the command thread: {e}"));
     ctx.slot.set_state(WorkerState::Running);

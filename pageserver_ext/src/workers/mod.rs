@@ -59,10 +59,7 @@ impl WorkerContext {
         BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
         let slot_no = arg.value();
         let state = crate::shmem::state();
-        let slot = state
-            .workers
-            .slot(slot_no)
-            .unwrap_or_else(|| error!("pageserver worker started with slot {slot_no} out of range"));
+        let slot = state.workers.slot(slot_no).unwrap_or_else(|| error!("pageserver worker started with slot {slot_no} out of range"));
         if slot.kind() != expected {
             error!("pageserver worker slot {slot_no} is {:?}, expected {:?}", slot.kind(), expected);
         }

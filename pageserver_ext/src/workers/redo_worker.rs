@@ -38,10 +38,8 @@ fn serve(engine: &mut RedoEngine, job: Job<'_>) {
         Ok(request) => {
             let t = request.target;
             let target = BlockTag { spc: t.spc_node, db: t.db_node, rel: t.rel_node, fork: t.fork, blkno: t.blkno };
-            let recs: Vec<Record<'_>> = request
-                .records()
-                .map(|r| Record { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw })
-                .collect();
+            let recs: Vec<Record<'_>> =
+                request.records().map(|r| Record { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw }).collect();
             let base: Option<&[u8; BLCKSZ]> = request.base_image;
             let mask = request.flags & FLAG_MASK_RESULT != 0;
             engine.apply(target, base, &recs, mask).map_err(|f| (f.lsn, f.rmgr, f.message))

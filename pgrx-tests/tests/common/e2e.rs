@@ -81,9 +81,8 @@ pub fn start_host(checksums: bool, settings: &[(&str, &str)]) -> Result<PgCluste
 /// A new tenant and a timeline streaming from `primary`.
 pub fn create_timeline(host: &PgCluster, primary: &PgCluster) -> Result<(String, String)> {
     let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("tenant")?;
-    let timeline = host
-        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?
-        .context("timeline")?;
+    let timeline =
+        host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?.context("timeline")?;
     Ok((tenant, timeline))
 }
 
@@ -312,7 +311,12 @@ impl PageReport {
             "{} forks, {} blocks: {} equal, {} equal after masking, allowed differences {:?}; {} checksums verified; {} SLRU pages",
             self.forks, self.blocks, self.raw_equal, self.masked_equal, self.allowed, self.checksums_checked, self.slru_pages
         );
-        ensure!(self.mismatches.is_empty(), "{} mismatches:\n{}", self.mismatches.len(), self.mismatches.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
+        ensure!(
+            self.mismatches.is_empty(),
+            "{} mismatches:\n{}",
+            self.mismatches.len(),
+            self.mismatches.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+        );
         Ok(())
     }
 }
@@ -411,7 +415,11 @@ fn compare_fork(
         let expected = read_block(&rel.path(fork), blkno)?;
         if checksums {
             let (ours, theirs): (&[u8; BLCKSZ], &[u8; BLCKSZ]) = (page.as_ref().try_into()?, expected.as_slice().try_into()?);
-            ensure!(page_checksum_is_valid(theirs, blkno), "the primary's {} block {blkno} fails our checksum check: the checksum code is wrong", rel_name(&tag));
+            ensure!(
+                page_checksum_is_valid(theirs, blkno),
+                "the primary's {} block {blkno} fails our checksum check: the checksum code is wrong",
+                rel_name(&tag)
+            );
             if !page_checksum_is_valid(ours, blkno) {
                 report.mismatch(format!("{} block {blkno}: invalid checksum from the page server", rel_name(&tag)));
             }
@@ -530,7 +538,12 @@ fn setval_value(line: &str) -> Option<(String, i64)> {
 /// of `nextval`): counted, not a difference.
 pub fn compare_dumps(got: &str, expected: &str, what: &str) -> Result<u64> {
     let (got_lines, expected_lines): (Vec<&str>, Vec<&str>) = (got.lines().collect(), expected.lines().collect());
-    ensure!(got_lines.len() == expected_lines.len(), "{what}: pg_dumpall has {} lines, the primary's {}", got_lines.len(), expected_lines.len());
+    ensure!(
+        got_lines.len() == expected_lines.len(),
+        "{what}: pg_dumpall has {} lines, the primary's {}",
+        got_lines.len(),
+        expected_lines.len()
+    );
     let mut ahead = 0;
     for (g, e) in got_lines.iter().zip(&expected_lines) {
         if g == e {
@@ -548,7 +561,15 @@ pub fn compare_dumps(got: &str, expected: &str, what: &str) -> Result<u64> {
 /// (`pg_checksums --check`, checksums on), starts a stock PostgreSQL 15 on
 /// it, and checks `pg_amcheck --heapallindexed` and `pg_dumpall` against
 /// `expected_dump`.
-pub fn check_fullbackup(host: &PgCluster, tenant: &str, timeline: &str, lsn: Option<Lsn>, expected_dump: &str, checksums: bool, what: &str) -> Result<()> {
+pub fn check_fullbackup(
+    host: &PgCluster,
+    tenant: &str,
+    timeline: &str,
+    lsn: Option<Lsn>,
+    expected_dump: &str,
+    checksums: bool,
+    what: &str,
+) -> Result<()> {
     let started = Instant::now();
     let addr = host.listener_addr().context("listener")?;
     let command = match lsn {
@@ -567,7 +588,12 @@ pub fn check_fullbackup(host: &PgCluster, tenant: &str, timeline: &str, lsn: Opt
         if checksums {
             let out = std::process::Command::new(pageserver_harness::pg_bin("pg_checksums")).args(["--check", "-D"]).arg(dir).output()?;
             checksum_report = String::from_utf8_lossy(&out.stdout).into_owned();
-            ensure!(out.status.success(), "{what}: pg_checksums --check failed:\n{}{}", checksum_report, String::from_utf8_lossy(&out.stderr));
+            ensure!(
+                out.status.success(),
+                "{what}: pg_checksums --check failed:\n{}{}",
+                checksum_report,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     });

@@ -39,12 +39,7 @@ pub fn end_capture(primary: &PgCluster) -> Result<Lsn> {
 }
 
 /// Decodes every record starting in [start, end) from the primary's pg_wal.
-pub fn for_each_record(
-    primary: &PgCluster,
-    start: Lsn,
-    end: Lsn,
-    mut f: impl FnMut(DecodedRecord) -> Result<()>,
-) -> Result<()> {
+pub fn for_each_record(primary: &PgCluster, start: Lsn, end: Lsn, mut f: impl FnMut(DecodedRecord) -> Result<()>) -> Result<()> {
     let wal_dir = primary.data_dir().join("pg_wal");
     let mut decoder = WalStreamDecoder::new(start);
     let mut segno = start.0 / SEG;

@@ -75,14 +75,7 @@ impl Rng {
     }
 }
 
-fn request_with(
-    rng: &mut Rng,
-    blkno: u32,
-    records: usize,
-    record_len: usize,
-    with_base: bool,
-    flags: u32,
-) -> RedoRequest {
+fn request_with(rng: &mut Rng, blkno: u32, records: usize, record_len: usize, with_base: bool, flags: u32) -> RedoRequest {
     let mut lsn = 0x0100_0000 + rng.next() % 0x10_0000;
     RedoRequest {
         target: RelBlock { spc_node: 1663, db_node: 5, rel_node: 16384, fork: 0, blkno },
@@ -153,10 +146,7 @@ fn redo_error_reaches_the_caller_without_retry() {
         s.spawn(|| serve_until(&queue, 0, &stop));
         let request = request_with(&mut Rng(7), ERROR_BLOCK, 2, 40, true, 0);
         let err = queue.call(&request, LONG).unwrap_err();
-        assert_eq!(
-            err,
-            RedoCallError::Redo { lsn: request.records[0].start_lsn, rmgr: 10, message: "invalid lp".into() }
-        );
+        assert_eq!(err, RedoCallError::Redo { lsn: request.records[0].start_lsn, rmgr: 10, message: "invalid lp".into() });
         assert!(err.to_string().contains("invalid lp"));
         stop.store(true, Ordering::Release);
     });
@@ -312,8 +302,7 @@ fn callers_wait_for_a_free_slot() {
     let queue = RedoQueue::new_boxed(2);
     let stop = AtomicBool::new(false);
     let callers = REDO_SLOTS + 8;
-    let requests: Vec<_> =
-        (0..callers).map(|i| request_with(&mut Rng(100 + i as u64), i as u32, 2, 100, true, 0)).collect();
+    let requests: Vec<_> = (0..callers).map(|i| request_with(&mut Rng(100 + i as u64), i as u32, 2, 100, true, 0)).collect();
     thread::scope(|s| {
         let handles: Vec<_> = requests.iter().map(|r| s.spawn(|| queue.call(r, LONG))).collect();
         // No worker yet: every slot fills up and the rest of the callers wait.
@@ -398,11 +387,7 @@ fn records_may_borrow_their_bytes() {
     let borrowed: RedoRequest<&[u8]> = RedoRequest {
         target: owned.target,
         base_image: owned.base_image.clone(),
-        records: owned
-            .records
-            .iter()
-            .map(|r| RedoRecord { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw.as_slice() })
-            .collect(),
+        records: owned.records.iter().map(|r| RedoRecord { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw.as_slice() }).collect(),
         flags: owned.flags,
     };
     assert_eq!(encode_request(&borrowed), encode_request(&owned));
@@ -445,14 +430,7 @@ impl SharedQueue {
         let len = Self::STOP_OFFSET + 64;
         // SAFETY: a fresh anonymous mapping; no existing memory is affected.
         let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
         };
         assert_ne!(base, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
         let shared = SharedQueue { base: base as *mut u8, len };
@@ -781,13 +759,7 @@ fn summary(latencies: &mut [Duration]) -> String {
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
     let us = |d: Duration| d.as_nanos() as f64 / 1000.0;
-    format!(
-        "median {:.2} µs, p90 {:.2} µs, p99 {:.2} µs, mean {:.2} µs",
-        us(at(0.5)),
-        us(at(0.9)),
-        us(at(0.99)),
-        us(mean)
-    )
+    format!("median {:.2} µs, p90 {:.2} µs, p99 {:.2} µs, mean {:.2} µs", us(at(0.5)), us(at(0.9)), us(at(0.99)), us(mean))
 }
 
 /// Spins as the queue does ([`futex::Spinner`]), then sleeps on the futex, until `word == value`.

@@ -192,10 +192,7 @@ pub fn encode_request_parts<R: AsRef<[u8]>>(
     buf: &mut [u8],
 ) -> Result<usize, BufferTooSmall> {
     let needed = encoded_request_len(base_image.is_some(), records);
-    if needed > buf.len()
-        || records.len() > u32::MAX as usize
-        || records.iter().any(|r| r.raw.as_ref().len() > u32::MAX as usize)
-    {
+    if needed > buf.len() || records.len() > u32::MAX as usize || records.iter().any(|r| r.raw.as_ref().len() > u32::MAX as usize) {
         return Err(BufferTooSmall { needed, available: buf.len() });
     }
     let mut w = Writer { buf, pos: 0 };
@@ -287,10 +284,7 @@ impl<'a> RedoRequestView<'a> {
         RedoRequest {
             target: self.target,
             base_image: self.base_image.map(|p| Box::new(*p)),
-            records: self
-                .records()
-                .map(|r| RedoRecord { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw.to_vec() })
-                .collect(),
+            records: self.records().map(|r| RedoRecord { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw.to_vec() }).collect(),
             flags: self.flags,
         }
     }
@@ -372,8 +366,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<RedoReply, DecodeError> {
             let lsn = r.u64("error LSN")?;
             let rmgr = r.u8("error resource manager")?;
             let len = r.u32("error message length")? as usize;
-            let message =
-                std::str::from_utf8(r.take(len, "error message")?).map_err(|_| DecodeError::MessageNotUtf8)?.to_owned();
+            let message = std::str::from_utf8(r.take(len, "error message")?).map_err(|_| DecodeError::MessageNotUtf8)?.to_owned();
             RedoReply::Err { lsn, rmgr, message }
         }
         other => return Err(DecodeError::BadReplyTag(other)),
@@ -384,10 +377,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<RedoReply, DecodeError> {
 
 /// Decodes an OK reply straight into `page` without allocating; an error
 /// reply is returned as `Err(Ok(RedoReply::Err))`.
-pub(crate) fn decode_reply_into(
-    bytes: &[u8],
-    page: &mut [u8; PAGE_SIZE],
-) -> Result<(), Result<RedoReply, DecodeError>> {
+pub(crate) fn decode_reply_into(bytes: &[u8], page: &mut [u8; PAGE_SIZE]) -> Result<(), Result<RedoReply, DecodeError>> {
     if bytes.len() == REPLY_OK_LEN && bytes[0] == REPLY_OK {
         page.copy_from_slice(&bytes[1..]);
         return Ok(());

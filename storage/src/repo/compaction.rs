@@ -20,12 +20,12 @@
 //! Both write their new files first, then swap them into the layer map and the
 //! index in one step; replaced files are unlinked once no reader holds them.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::layer_file::{LayerIter, LayerKind, LayerName, LayerReader, LayerWriter, LsnRange, RawEntry};
 use super::gc::covered;
+use super::layer_file::{LayerIter, LayerKind, LayerName, LayerReader, LayerWriter, LsnRange, RawEntry};
 use super::layer_map::PersistentLayer;
 use super::timeline::Timeline;
 use super::Result;
@@ -194,26 +194,18 @@ impl Timeline {
             return Ok(0);
         }
         self.shared.crash.hit("image creation: layers written")?;
-        self.replace_layers(
-            |map| add_new_layers(&mut map.historic, &written),
-            None,
-            None,
-        )?;
+        self.replace_layers(|map| add_new_layers(&mut map.historic, &written), None, None)?;
         Ok(written.len())
     }
 }
-
 
 /// The newest LSN at or below `lsn` whose image layers together cover
 /// `partition`. Partitions are cut afresh from the keys of each run, so a
 /// new key moves the boundaries of every later partition: the images an
 /// earlier run wrote still cover them, but only together.
 fn newest_covering_image(historic: &[Arc<PersistentLayer>], partition: &KeyRange, lsn: Lsn) -> Option<Lsn> {
-    let mut images: Vec<&LayerName> = historic
-        .iter()
-        .map(|l| &l.name)
-        .filter(|n| n.is_image() && n.image_lsn() <= lsn && n.key_range.overlaps(partition))
-        .collect();
+    let mut images: Vec<&LayerName> =
+        historic.iter().map(|l| &l.name).filter(|n| n.is_image() && n.image_lsn() <= lsn && n.key_range.overlaps(partition)).collect();
     images.sort_by_key(|n| Reverse(n.image_lsn()));
     images
         .chunk_by(|a, b| a.image_lsn() == b.image_lsn())

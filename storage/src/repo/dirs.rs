@@ -115,9 +115,8 @@ pub fn encode_nblocks(nblocks: u32) -> Bytes {
 }
 
 pub fn decode_nblocks(key: Key, bytes: &[u8]) -> Result<u32> {
-    let bytes: [u8; 4] = bytes
-        .try_into()
-        .map_err(|_| RepoError::Invalid(format!("size value of {key:?} is {} bytes, not 4", bytes.len())))?;
+    let bytes: [u8; 4] =
+        bytes.try_into().map_err(|_| RepoError::Invalid(format!("size value of {key:?} is {} bytes, not 4", bytes.len())))?;
     Ok(u32::from_le_bytes(bytes))
 }
 
@@ -144,10 +143,7 @@ impl Timeline {
     /// The relation forks of a database at `lsn`.
     pub fn list_rels(&self, spc_node: u32, db_node: u32, lsn: Lsn) -> Result<Vec<RelTag>> {
         Ok(match self.get(Key::rel_dir(spc_node, db_node), lsn)? {
-            Some(dir) => decode_rel_dir(&dir)?
-                .into_iter()
-                .map(|(rel_node, fork)| RelTag { spc_node, db_node, rel_node, fork })
-                .collect(),
+            Some(dir) => decode_rel_dir(&dir)?.into_iter().map(|(rel_node, fork)| RelTag { spc_node, db_node, rel_node, fork }).collect(),
             None => Vec::new(),
         })
     }

@@ -96,11 +96,7 @@ impl Timeline {
             layers_kept: map.historic.len() - removed.len(),
         };
         self.shared.crash.hit("gc: layers chosen")?;
-        self.replace_layers(
-            |map| map.historic.retain(|h| !removed.iter().any(|gone| Arc::ptr_eq(h, gone))),
-            None,
-            Some(cutoff),
-        )?;
+        self.replace_layers(|map| map.historic.retain(|h| !removed.iter().any(|gone| Arc::ptr_eq(h, gone))), None, Some(cutoff))?;
         Ok(stats)
     }
 }

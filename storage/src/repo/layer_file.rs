@@ -137,10 +137,9 @@ impl LayerName {
     pub fn file_name(&self) -> String {
         let KeyRange { start, end } = self.key_range;
         match self.kind {
-            LayerKind::Delta => format!(
-                "D{}_{start}-{end}_{:016X}-{:016X}_{:016X}",
-                self.level, self.lsn_range.start.0, self.lsn_range.end.0, self.seq
-            ),
+            LayerKind::Delta => {
+                format!("D{}_{start}-{end}_{:016X}-{:016X}_{:016X}", self.level, self.lsn_range.start.0, self.lsn_range.end.0, self.seq)
+            }
             LayerKind::Image => format!("I_{start}-{end}_{:016X}_{:016X}", self.lsn_range.start.0, self.seq),
         }
     }
@@ -339,10 +338,7 @@ impl LayerWriter {
             }
         }
         if !self.name.key_range.contains(key) || !self.name.lsn_range.contains(&lsn) {
-            return Err(RepoError::Invalid(format!(
-                "layer {}: entry ({key}, {lsn}) outside its ranges",
-                self.name.file_name()
-            )));
+            return Err(RepoError::Invalid(format!("layer {}: entry ({key}, {lsn}) outside its ranges", self.name.file_name())));
         }
         self.last = Some((key, lsn));
         self.block_first_key.get_or_insert(key);
@@ -597,8 +593,8 @@ impl LayerReader {
                 return Err(self.corrupt(format!("compressed value of {} at {} truncated", entry.key, entry.lsn)));
             }
             let len = u32::from_le_bytes(entry.bytes[0..4].try_into().unwrap()) as usize;
-            let out = decompress(&entry.bytes[4..], len)
-                .map_err(|e| self.corrupt(format!("value of {} at {}: {e}", entry.key, entry.lsn)))?;
+            let out =
+                decompress(&entry.bytes[4..], len).map_err(|e| self.corrupt(format!("value of {} at {}: {e}", entry.key, entry.lsn)))?;
             if out.len() != len {
                 return Err(self.corrupt(format!("value of {} at {} decompressed to the wrong length", entry.key, entry.lsn)));
             }
@@ -711,13 +707,7 @@ mod tests {
     use crate::key::RelTag;
 
     fn name() -> LayerName {
-        LayerName {
-            kind: LayerKind::Delta,
-            level: 1,
-            key_range: KeyRange::ALL,
-            lsn_range: (Lsn(0x10)..Lsn(0x1000)).into(),
-            seq: 7,
-        }
+        LayerName { kind: LayerKind::Delta, level: 1, key_range: KeyRange::ALL, lsn_range: (Lsn(0x10)..Lsn(0x1000)).into(), seq: 7 }
     }
 
     #[test]

@@ -75,7 +75,13 @@ impl Repository {
                 timelines.insert(id, Arc::new(Timeline::load(dir, index, ancestor, shared.clone())?));
             }
         }
-        Ok(Repository { root: root.to_path_buf(), shared, timelines: RwLock::new(timelines), gc_lock: Mutex::new(()), create_lock: Mutex::new(()) })
+        Ok(Repository {
+            root: root.to_path_buf(),
+            shared,
+            timelines: RwLock::new(timelines),
+            gc_lock: Mutex::new(()),
+            create_lock: Mutex::new(()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -101,7 +107,18 @@ impl Repository {
 
     /// Creates an empty timeline without ancestor; ingest starts at any LSN.
     pub fn create_timeline(&self, id: TimelineId) -> Result<Arc<Timeline>> {
-        self.create(IndexFile { timeline_id: id, ancestor: None, disk_consistent_lsn: Lsn(0), gc_cutoff: Lsn(0), next_layer_seq: 0, layers: Vec::new(), lsn_history: Vec::new() }, None)
+        self.create(
+            IndexFile {
+                timeline_id: id,
+                ancestor: None,
+                disk_consistent_lsn: Lsn(0),
+                gc_cutoff: Lsn(0),
+                next_layer_seq: 0,
+                layers: Vec::new(),
+                lsn_history: Vec::new(),
+            },
+            None,
+        )
     }
 
     /// Creates `child` as a branch of `parent` at `lsn`: metadata only. `lsn`
@@ -184,10 +201,8 @@ impl Repository {
     /// The branch LSNs of the children of `id`.
     pub fn branch_points(&self, id: TimelineId) -> Vec<Lsn> {
         let timelines = self.timelines.read();
-        let mut points: Vec<Lsn> = timelines
-            .values()
-            .filter_map(|t| t.ancestor().filter(|(a, _)| a.id() == id).map(|(_, lsn)| lsn))
-            .collect();
+        let mut points: Vec<Lsn> =
+            timelines.values().filter_map(|t| t.ancestor().filter(|(a, _)| a.id() == id).map(|(_, lsn)| lsn)).collect();
         points.sort();
         points.dedup();
         points

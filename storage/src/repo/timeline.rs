@@ -247,10 +247,7 @@ impl Timeline {
     pub fn get(&self, key: Key, lsn: Lsn) -> Result<Option<Bytes>> {
         let last = self.last_record_lsn();
         if lsn > last {
-            return Err(RepoError::Invalid(format!(
-                "read of {key} at {lsn} on timeline {} ahead of last_record_lsn {last}",
-                self.id
-            )));
+            return Err(RepoError::Invalid(format!("read of {key} at {lsn} on timeline {} ahead of last_record_lsn {last}", self.id)));
         }
         self.get_unchecked_ahead(key, lsn, true)
     }
@@ -297,9 +294,7 @@ impl Timeline {
         }
         collector.end_of_walk();
         let newest_record = collector.records.first().map(|(lsn, _)| *lsn);
-        let mut page = collector
-            .reconstruct(key, self.shared.redo.as_ref())
-            .map_err(|(lsn, msg)| RepoError::Redo { key, lsn, msg })?;
+        let mut page = collector.reconstruct(key, self.shared.redo.as_ref()).map_err(|(lsn, msg)| RepoError::Redo { key, lsn, msg })?;
         if self.shared.conf.data_checksums {
             page = page.map(|value| with_checksum(key, value));
         }
@@ -421,12 +416,7 @@ impl Timeline {
     /// the new map; removed files are unlinked when no reader holds them.
     /// `modify` is applied twice (for the index, then to the current map) and
     /// must only touch `historic` and `frozen`.
-    pub(crate) fn replace_layers(
-        &self,
-        modify: impl Fn(&mut LayerMap),
-        new_dcl: Option<Lsn>,
-        new_gc_cutoff: Option<Lsn>,
-    ) -> Result<()> {
+    pub(crate) fn replace_layers(&self, modify: impl Fn(&mut LayerMap), new_dcl: Option<Lsn>, new_gc_cutoff: Option<Lsn>) -> Result<()> {
         let _index = self.index_lock.lock();
         let mut next = (**self.layers.read()).clone();
         modify(&mut next);
@@ -437,12 +427,7 @@ impl Timeline {
             let mut guard = self.layers.write();
             let mut next = (**guard).clone();
             modify(&mut next);
-            let removed = guard
-                .historic
-                .iter()
-                .filter(|old| !next.historic.iter().any(|new| Arc::ptr_eq(old, new)))
-                .cloned()
-                .collect();
+            let removed = guard.historic.iter().filter(|old| !next.historic.iter().any(|new| Arc::ptr_eq(old, new))).cloned().collect();
             *guard = Arc::new(next);
             removed
         };
@@ -469,7 +454,8 @@ impl Timeline {
         let lsn_range = frozen.lsn_range();
         let file = match frozen.key_range() {
             Some(key_range) => {
-                let name = LayerName { kind: LayerKind::Delta, level: 0, key_range, lsn_range: lsn_range.clone().into(), seq: self.next_seq() };
+                let name =
+                    LayerName { kind: LayerKind::Delta, level: 0, key_range, lsn_range: lsn_range.clone().into(), seq: self.next_seq() };
                 let mut writer = LayerWriter::new(&self.dir, name, self.shared.conf.fsync)?;
                 frozen.for_each(|key, lsn, value| writer.put_value(key, lsn, value))?;
                 let (name, size) = writer.finish(&self.shared.crash)?;
@@ -498,12 +484,8 @@ impl Timeline {
     /// (waits for the current writer). Returns true if it froze one.
     pub fn maybe_freeze_on_timeout(&self) -> Result<bool> {
         let mut writer = self.writer();
-        let expired = self
-            .layers
-            .read()
-            .open
-            .as_ref()
-            .is_some_and(|open| open.opened_at().elapsed() >= self.shared.conf.checkpoint_timeout);
+        let expired =
+            self.layers.read().open.as_ref().is_some_and(|open| open.opened_at().elapsed() >= self.shared.conf.checkpoint_timeout);
         if expired && writer.state.pending_lsn.is_none() {
             writer.freeze()?;
             return Ok(true);

@@ -76,16 +76,14 @@ pub fn restore_image(record: &[u8], image: &FpiImage, page: &mut [u8; BLCKSZ]) -
             stored
         }
         ImageCompression::Pglz => {
-            let n = pglz_decompress(stored, &mut tmp[..expected], true)
-                .map_err(|e| format!("pglz: {e}"))?;
+            let n = pglz_decompress(stored, &mut tmp[..expected], true).map_err(|e| format!("pglz: {e}"))?;
             if n != expected {
                 return Err(format!("pglz: decompressed {n} bytes, expected {expected}"));
             }
             &tmp[..expected]
         }
         ImageCompression::Lz4 => {
-            let n = lz4_flex::block::decompress_into(stored, &mut tmp[..expected])
-                .map_err(|e| format!("lz4: {e}"))?;
+            let n = lz4_flex::block::decompress_into(stored, &mut tmp[..expected]).map_err(|e| format!("lz4: {e}"))?;
             if n != expected {
                 return Err(format!("lz4: decompressed {n} bytes, expected {expected}"));
             }
@@ -179,9 +177,7 @@ pub fn pglz_decompress(src: &[u8], dst: &mut [u8], check_complete: bool) -> Resu
         }
     }
     if check_complete && (dp != dlen || sp != slen) {
-        return Err(format!(
-            "decompressed {dp} of {dlen} bytes, consumed {sp} of {slen} source bytes"
-        ));
+        return Err(format!("decompressed {dp} of {dlen} bytes, consumed {sp} of {slen} source bytes"));
     }
     Ok(dp)
 }
@@ -294,7 +290,8 @@ mod tests {
             restore_image(&rec, &img, &mut out).unwrap();
             assert_eq!(&out[..], &page[..], "compression flag {flag:#x}");
             // One byte short of the stored image must fail, not panic.
-            let (rec, mut img) = image_record(&stored[..stored.len() - 1], hole_offset as u16, hole_length as u16, BKPIMAGE_HAS_HOLE | flag);
+            let (rec, mut img) =
+                image_record(&stored[..stored.len() - 1], hole_offset as u16, hole_length as u16, BKPIMAGE_HAS_HOLE | flag);
             img.length = rec.len() as u16;
             assert!(restore_image(&rec, &img, &mut out).is_err(), "flag {flag:#x}");
         }
@@ -303,7 +300,8 @@ mod tests {
     #[test]
     fn rejects_hole_outside_page_and_image_outside_record() {
         let mut out = [0u8; BLCKSZ];
-        let img = FpiImage { offset: 0, length: 10, hole_offset: 8000, hole_length: 8000, bimg_info: BKPIMAGE_HAS_HOLE | BKPIMAGE_COMPRESS_LZ4 };
+        let img =
+            FpiImage { offset: 0, length: 10, hole_offset: 8000, hole_length: 8000, bimg_info: BKPIMAGE_HAS_HOLE | BKPIMAGE_COMPRESS_LZ4 };
         assert!(restore_image(&[0u8; 10], &img, &mut out).is_err());
         let img = FpiImage { offset: 5, length: 10, hole_offset: 0, hole_length: 0, bimg_info: BKPIMAGE_COMPRESS_LZ4 };
         assert!(restore_image(&[0u8; 10], &img, &mut out).is_err());

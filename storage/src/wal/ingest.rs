@@ -35,8 +35,7 @@ use crate::key::{Key, RelTag, SlruKind, FSM_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP
 use crate::lsn::Lsn;
 use crate::pg_control::{SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_ONLINE, XLOG_CHECKPOINT_SHUTDOWN, XLOG_NEXTOID};
 use crate::value::{
-    MultiXactMember, ProjectRecord, RecordPayload, Value, WalRecordValue, TRANSACTION_STATUS_ABORTED,
-    TRANSACTION_STATUS_COMMITTED,
+    MultiXactMember, ProjectRecord, RecordPayload, Value, WalRecordValue, TRANSACTION_STATUS_ABORTED, TRANSACTION_STATUS_COMMITTED,
 };
 
 /// One effect of a record.
@@ -156,7 +155,16 @@ pub fn fsm_logical_to_physical(logical: u32) -> u32 {
 pub fn is_page_rmgr(rmid: u8) -> bool {
     matches!(
         rmid,
-        rmgr::HEAP | rmgr::HEAP2 | rmgr::BTREE | rmgr::HASH | rmgr::GIN | rmgr::GIST | rmgr::SEQ | rmgr::SPGIST | rmgr::BRIN | rmgr::GENERIC
+        rmgr::HEAP
+            | rmgr::HEAP2
+            | rmgr::BTREE
+            | rmgr::HASH
+            | rmgr::GIN
+            | rmgr::GIST
+            | rmgr::SEQ
+            | rmgr::SPGIST
+            | rmgr::BRIN
+            | rmgr::GENERIC
     )
 }
 
@@ -335,9 +343,7 @@ fn heap_vm_clears(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
                 let flags = cx.data(7, 1, "xl_heap_update.flags")?[0];
                 let new = (flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED != 0).then(|| block_no(cx, 0)).flatten();
                 // The old page is block 1, or block 0 when both are the same page.
-                let old = (flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED != 0)
-                    .then(|| block_no(cx, 1).or_else(|| block_no(cx, 0)))
-                    .flatten();
+                let old = (flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED != 0).then(|| block_no(cx, 1).or_else(|| block_no(cx, 0))).flatten();
                 (VISIBILITYMAP_VALID_BITS, new, old)
             }
             XLOG_HEAP_LOCK => {
@@ -375,14 +381,23 @@ fn heap_vm_clears(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
     let vm_page = |blk: u32| blk / HEAPBLOCKS_PER_VM_PAGE;
     match (new, old) {
         (Some(n), Some(o)) if vm_page(n) == vm_page(o) => {
-            cx.project(Key::rel_block(vm, vm_page(n)), ProjectRecord::VmClearBits { flags: bits, new_heap_blkno: Some(n), old_heap_blkno: Some(o) });
+            cx.project(
+                Key::rel_block(vm, vm_page(n)),
+                ProjectRecord::VmClearBits { flags: bits, new_heap_blkno: Some(n), old_heap_blkno: Some(o) },
+            );
         }
         _ => {
             if let Some(n) = new {
-                cx.project(Key::rel_block(vm, vm_page(n)), ProjectRecord::VmClearBits { flags: bits, new_heap_blkno: Some(n), old_heap_blkno: None });
+                cx.project(
+                    Key::rel_block(vm, vm_page(n)),
+                    ProjectRecord::VmClearBits { flags: bits, new_heap_blkno: Some(n), old_heap_blkno: None },
+                );
             }
             if let Some(o) = old {
-                cx.project(Key::rel_block(vm, vm_page(o)), ProjectRecord::VmClearBits { flags: bits, new_heap_blkno: None, old_heap_blkno: Some(o) });
+                cx.project(
+                    Key::rel_block(vm, vm_page(o)),
+                    ProjectRecord::VmClearBits { flags: bits, new_heap_blkno: None, old_heap_blkno: Some(o) },
+                );
             }
         }
     }
@@ -534,7 +549,8 @@ fn ingest_multixact_create(cx: &mut Ctx<'_>) -> Result<(), IngestError> {
         0 => 1,
         o => o,
     };
-    let offsets_key = |pageno: u32| Key::slru_block(SlruKind::MultiXactOffsets, pageno / SLRU_PAGES_PER_SEGMENT, pageno % SLRU_PAGES_PER_SEGMENT);
+    let offsets_key =
+        |pageno: u32| Key::slru_block(SlruKind::MultiXactOffsets, pageno / SLRU_PAGES_PER_SEGMENT, pageno % SLRU_PAGES_PER_SEGMENT);
     let (own_page, next_page) = (mid / MULTIXACT_OFFSETS_PER_PAGE, next / MULTIXACT_OFFSETS_PER_PAGE);
     if own_page == next_page {
         cx.project(offsets_key(own_page), ProjectRecord::MultixactOffsets { entries: vec![(mid, moff), (next, next_offset)] });
@@ -610,7 +626,11 @@ mod tests {
         };
         assert_eq!(
             batch.changes,
-            vec![clog(0, vec![77, 78]), clog(1, vec![CLOG_XACTS_PER_PAGE + 5]), IngestChange::RelDrop { spc_node: 1663, db_node: 5, rel_node: 4242 }]
+            vec![
+                clog(0, vec![77, 78]),
+                clog(1, vec![CLOG_XACTS_PER_PAGE + 5]),
+                IngestChange::RelDrop { spc_node: 1663, db_node: 5, rel_node: 4242 }
+            ]
         );
         // Truncated main data is an error, not a panic.
         let mut short = vec![0u8; 8];
@@ -635,7 +655,11 @@ mod tests {
     #[test]
     fn heap_update_clears_vm_bits_of_both_pages_and_logs_both_blocks() {
         use super::super::encode::BlockSpec;
-        let mut rb = builder(rmgr::HEAP, XLOG_HEAP_UPDATE, vec![0, 0, 0, 0, 1, 0, 0, XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED | XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED, 0, 0, 0, 0, 2, 0]);
+        let mut rb = builder(
+            rmgr::HEAP,
+            XLOG_HEAP_UPDATE,
+            vec![0, 0, 0, 0, 1, 0, 0, XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED | XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED, 0, 0, 0, 0, 2, 0],
+        );
         rb.blocks = vec![
             BlockSpec { id: 0, fork_flags: 0, rel: (1663, 5, 10), blkno: HEAPBLOCKS_PER_VM_PAGE + 1, data: vec![1, 2, 3], image: None },
             BlockSpec { id: 1, fork_flags: 0, rel: (1663, 5, 10), blkno: 3, data: vec![], image: None },
@@ -648,7 +672,11 @@ mod tests {
             key: Key::rel_block(vm, page),
             value: Value::WalRecord(WalRecordValue {
                 will_init: false,
-                rec: RecordPayload::Project(ProjectRecord::VmClearBits { flags: VISIBILITYMAP_VALID_BITS, new_heap_blkno: new, old_heap_blkno: old }),
+                rec: RecordPayload::Project(ProjectRecord::VmClearBits {
+                    flags: VISIBILITYMAP_VALID_BITS,
+                    new_heap_blkno: new,
+                    old_heap_blkno: old,
+                }),
             }),
         };
         assert!(c.contains(&vm_clear(1, Some(HEAPBLOCKS_PER_VM_PAGE + 1), None)));
@@ -657,7 +685,10 @@ mod tests {
         let targets: Vec<u8> = c
             .iter()
             .filter_map(|x| match x {
-                IngestChange::Put { value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Postgres { target_block_id, .. }, .. }), .. } => Some(*target_block_id),
+                IngestChange::Put {
+                    value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Postgres { target_block_id, .. }, .. }),
+                    ..
+                } => Some(*target_block_id),
                 _ => None,
             })
             .collect();
@@ -675,7 +706,14 @@ mod tests {
         let offsets = Value::WalRecord(WalRecordValue { will_init: false, rec: RecordPayload::Project(offsets) });
         assert_eq!(c[0], IngestChange::Put { key: Key::slru_block(SlruKind::MultiXactOffsets, 0, 0), value: offsets });
         match &c[2] {
-            IngestChange::Put { key, value: Value::WalRecord(WalRecordValue { rec: RecordPayload::Project(ProjectRecord::MultixactMembers { first_offset, members }), .. }) } => {
+            IngestChange::Put {
+                key,
+                value:
+                    Value::WalRecord(WalRecordValue {
+                        rec: RecordPayload::Project(ProjectRecord::MultixactMembers { first_offset, members }),
+                        ..
+                    }),
+            } => {
                 assert_eq!(*key, Key::slru_block(SlruKind::MultiXactMembers, 0, 1));
                 assert_eq!(*first_offset, MULTIXACT_MEMBERS_PER_PAGE);
                 assert_eq!(members, &vec![MultiXactMember { xid: 101, status: 2 }]);

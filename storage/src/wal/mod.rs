@@ -143,11 +143,7 @@ pub mod rmgr {
             "Generic",
             "LogicalMessage",
         ];
-        NAMES.get(rmid as usize).copied().unwrap_or(if rmid >= MIN_CUSTOM {
-            "custom"
-        } else {
-            "invalid"
-        })
+        NAMES.get(rmid as usize).copied().unwrap_or(if rmid >= MIN_CUSTOM { "custom" } else { "invalid" })
     }
 
     /// `RmgrIdIsValid`.

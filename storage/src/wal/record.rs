@@ -172,10 +172,7 @@ impl RecordHeader {
     pub fn validate(&self, lsn: Lsn, expected_prev: Option<Lsn>) -> Result<(), WalDecodeError> {
         let err = |reason: String| Err(WalDecodeError::RecordHeader { lsn, reason });
         if (self.xl_tot_len as usize) < SIZE_OF_XLOG_RECORD {
-            return err(format!(
-                "invalid record length: expected at least {SIZE_OF_XLOG_RECORD}, got {}",
-                self.xl_tot_len
-            ));
+            return err(format!("invalid record length: expected at least {SIZE_OF_XLOG_RECORD}, got {}", self.xl_tot_len));
         }
         if self.xl_tot_len > MAX_RECORD_LEN {
             return err(format!("record length {} exceeds the maximum {MAX_RECORD_LEN}", self.xl_tot_len));
@@ -184,9 +181,7 @@ impl RecordHeader {
             return err(format!("invalid resource manager ID {}", self.xl_rmid));
         }
         match expected_prev {
-            Some(prev) if self.xl_prev != prev => {
-                err(format!("record with incorrect prev-link {} (expected {prev})", self.xl_prev))
-            }
+            Some(prev) if self.xl_prev != prev => err(format!("record with incorrect prev-link {} (expected {prev})", self.xl_prev)),
             None if self.xl_prev >= lsn => err(format!("record with incorrect prev-link {}", self.xl_prev)),
             _ => Ok(()),
         }
@@ -214,18 +209,12 @@ pub(crate) fn decode_record_checked(
 ) -> Result<DecodedRecord, WalDecodeError> {
     let lsn = start_lsn;
     if raw.len() < SIZE_OF_XLOG_RECORD {
-        return Err(WalDecodeError::RecordHeader {
-            lsn,
-            reason: format!("record of {} bytes is shorter than its header", raw.len()),
-        });
+        return Err(WalDecodeError::RecordHeader { lsn, reason: format!("record of {} bytes is shorter than its header", raw.len()) });
     }
     let hdr = RecordHeader::parse(&raw);
     hdr.validate(lsn, expected_prev)?;
     if hdr.xl_tot_len as usize != raw.len() {
-        return Err(WalDecodeError::RecordHeader {
-            lsn,
-            reason: format!("xl_tot_len {} but {} bytes given", hdr.xl_tot_len, raw.len()),
-        });
+        return Err(WalDecodeError::RecordHeader { lsn, reason: format!("xl_tot_len {} but {} bytes given", hdr.xl_tot_len, raw.len()) });
     }
     let computed = record_crc(&raw);
     if computed != hdr.xl_crc {
@@ -399,10 +388,7 @@ fn parse_body(raw: &[u8], rec: &mut DecodedRecord) -> Result<(), WalDecodeError>
     }
 
     if (end - p) as u64 != datatotal {
-        return Err(bad(format!(
-            "record with invalid length: headers announce {datatotal} bytes of payload, {} remain",
-            end - p
-        )));
+        return Err(bad(format!("record with invalid length: headers announce {datatotal} bytes of payload, {} remain", end - p)));
     }
 
     // Payloads follow in header order: per block the image, then the data;

@@ -298,9 +298,7 @@ impl WalStreamDecoder {
             State::RecordStart => {
                 if contrecord {
                     if self.prev.is_some() {
-                        return fail(format!(
-                            "contrecord flag set (xlp_rem_len {rem_len}) where a new record should start"
-                        ));
+                        return fail(format!("contrecord flag set (xlp_rem_len {rem_len}) where a new record should start"));
                     }
                     if rem_len == 0 {
                         return fail("contrecord flag set with xlp_rem_len 0".into());
@@ -330,10 +328,7 @@ impl WalStreamDecoder {
             RecordHeader::parse(&self.buf).validate(start, self.prev)?;
             header_checked = true;
         } else if (tot_len as usize) < SIZE_OF_XLOG_RECORD || tot_len > MAX_RECORD_LEN {
-            return Err(WalDecodeError::RecordHeader {
-                lsn: start,
-                reason: format!("invalid record length {tot_len}"),
-            });
+            return Err(WalDecodeError::RecordHeader { lsn: start, reason: format!("invalid record length {tot_len}") });
         }
         let len = tot_len as usize;
         if len <= page_left {
@@ -362,9 +357,7 @@ impl WalStreamDecoder {
     fn continue_record(&mut self) -> Result<Option<DecodedRecord>, WalDecodeError> {
         let page_left = self.page_left() as usize;
         let prev = self.prev;
-        let State::Continue { start, tot_len, data, header_checked } = &mut self.state else {
-            unreachable!("only called in Continue")
-        };
+        let State::Continue { start, tot_len, data, header_checked } = &mut self.state else { unreachable!("only called in Continue") };
         let want = *tot_len as usize - data.len();
         let n = want.min(page_left).min(self.buf.len());
         data.extend_from_slice(&self.buf[..n]);
@@ -379,9 +372,7 @@ impl WalStreamDecoder {
         if !complete {
             return Ok(None);
         }
-        let State::Continue { data, .. } = std::mem::replace(&mut self.state, State::RecordStart) else {
-            unreachable!()
-        };
+        let State::Continue { data, .. } = std::mem::replace(&mut self.state, State::RecordStart) else { unreachable!() };
         self.finish(start, Bytes::from(data)).map(Some)
     }
 

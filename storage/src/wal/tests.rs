@@ -317,5 +317,7 @@ fn segment_file_names_page_headers_and_segment_sizes() {
     assert_eq!(page_header_size(Lsn(0x0100_1fff), 16 << 20), SIZE_OF_LONG_PAGE_HEADER);
     assert_eq!(page_header_size(Lsn(0x0100_2000), 16 << 20), SIZE_OF_SHORT_PAGE_HEADER);
     assert!(is_valid_segment_size(1 << 20) && is_valid_segment_size(1 << 30));
-    assert!(!is_valid_segment_size(0) && !is_valid_segment_size(1 << 19) && !is_valid_segment_size(3 << 20) && !is_valid_segment_size(1 << 31));
+    assert!(
+        !is_valid_segment_size(0) && !is_valid_segment_size(1 << 19) && !is_valid_segment_size(3 << 20) && !is_valid_segment_size(1 << 31)
+    );
 }

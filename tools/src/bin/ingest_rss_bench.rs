@@ -224,12 +224,7 @@ fn record(dir: &Path, min_bytes: u64, scale: u32) -> anyhow::Result<(Lsn, Lsn)> 
     pg.sql("SELECT pg_create_physical_replication_slot('ingest_rss', true)")?;
     let tar_path = pg.base_backup_tar("backup")?;
     let out = Command::new("tar").arg("-xOf").arg(&tar_path).arg("backup_label").output()?;
-    ensure!(
-        out.status.success(),
-        "tar -xOf {} backup_label: {}",
-        tar_path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure!(out.status.success(), "tar -xOf {} backup_label: {}", tar_path.display(), String::from_utf8_lossy(&out.stderr));
     let start = parse_backup_label(&String::from_utf8_lossy(&out.stdout)).map_err(|e| anyhow!("backup_label: {e}"))?;
     eprintln!("  base backup of {} MiB starts at {start}", std::fs::metadata(&tar_path)?.len() / MIB);
     pg.run_as_postgres_checked("pgbench", &["-i", "-s", &scale.to_string(), "-q"])?;
@@ -250,8 +245,7 @@ fn record(dir: &Path, min_bytes: u64, scale: u32) -> anyhow::Result<(Lsn, Lsn)> 
     std::fs::copy(&tar_path, tmp.join("base.tar"))?;
     for segno in start.0 / SEG..=end.0 / SEG {
         let name = segment_name(segno);
-        std::fs::copy(pg.data_dir().join("pg_wal").join(&name), tmp.join(&name))
-            .with_context(|| format!("copying {name}"))?;
+        std::fs::copy(pg.data_dir().join("pg_wal").join(&name), tmp.join(&name)).with_context(|| format!("copying {name}"))?;
     }
     std::fs::write(tmp.join("range"), format!("{start} {end}\n"))?;
     let _ = std::fs::remove_dir_all(dir);
@@ -460,12 +454,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     );
     println!("| name | value | unit | floor | ratio | command |");
     println!("|---|---|---|---|---|---|");
-    println!(
-        "| repo.rss_mib_ingest | {:.1} | MiB | {:.0} | {:.3} | {COMMAND} |",
-        mib(peak),
-        mib(limit),
-        peak as f64 / limit as f64
-    );
+    println!("| repo.rss_mib_ingest | {:.1} | MiB | {:.0} | {:.3} | {COMMAND} |", mib(peak), mib(limit), peak as f64 / limit as f64);
     drop(tl);
     drop(repo);
     if peak > limit {
@@ -609,7 +598,6 @@ impl Explain {
                 mib(o + f)
             }
         );
-        *self =
-            Explain { layer: self.layer + 1, max_held_over_counted: self.max_held_over_counted, ..Explain::default() };
+        *self = Explain { layer: self.layer + 1, max_held_over_counted: self.max_held_over_counted, ..Explain::default() };
     }
 }

@@ -140,9 +140,7 @@ fn parse_request_lsn(s: &str) -> Result<Lsn, String> {
 }
 
 fn parse_rel(s: &str) -> Result<(RelTag, u32), String> {
-    let err = |why: &str| {
-        format!("invalid --rel {s:?}: {why} (expected spc/db/rel[_fsm|_vm|_init]:nblocks, like 1663/5/16384:1000)")
-    };
+    let err = |why: &str| format!("invalid --rel {s:?}: {why} (expected spc/db/rel[_fsm|_vm|_init]:nblocks, like 1663/5/16384:1000)");
     let (rel, nblocks) = s.rsplit_once(':').ok_or_else(|| err("no ':nblocks'"))?;
     let nblocks: u32 = nblocks.parse().map_err(|_| err("nblocks is not a number"))?;
     if nblocks == 0 {
@@ -155,11 +153,7 @@ fn parse_rel(s: &str) -> Result<(RelTag, u32), String> {
         Some(_) => return Err(err("unknown fork suffix")),
         None => (rel, MAIN_FORKNUM),
     };
-    let oids: Vec<u32> = rel
-        .split('/')
-        .map(|p| p.parse::<u32>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| err("an OID is not a number"))?;
+    let oids: Vec<u32> = rel.split('/').map(|p| p.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| err("an OID is not a number"))?;
     let [spc, db, rel] = oids[..] else { return Err(err("not three OIDs")) };
     Ok((RelTag::new(spc, db, rel, fork), nblocks))
 }
@@ -291,23 +285,20 @@ async fn run_connection(plan: Arc<Plan>, conn: usize, mut client: PagestreamClie
     let mut reqid = (conn as u64) << 48;
     loop {
         let may_issue = |plan: &Plan| {
-            Instant::now() < plan.end
-                && plan.max_requests.is_none_or(|max| plan.issued.fetch_add(1, Ordering::Relaxed) < max)
+            Instant::now() < plan.end && plan.max_requests.is_none_or(|max| plan.issued.fetch_add(1, Ordering::Relaxed) < max)
         };
         while client.in_flight() < plan.depth && may_issue(&plan) {
             let (rel, blkno) = plan.blocks.at(picker.next());
             reqid += 1;
-            let hdr =
-                RequestHeader { reqid, request_lsn: plan.request_lsn, not_modified_since: plan.not_modified_since };
+            let hdr = RequestHeader { reqid, request_lsn: plan.request_lsn, not_modified_since: plan.not_modified_since };
             client.queue(Request::GetPage { hdr, rel, blkno });
             sent_at.push_back(Instant::now());
         }
         if client.in_flight() == 0 {
             break;
         }
-        let response = tokio::time::timeout(plan.timeout, client.recv())
-            .await
-            .map_err(|_| anyhow!("no response within {:?}", plan.timeout))??;
+        let response =
+            tokio::time::timeout(plan.timeout, client.recv()).await.map_err(|_| anyhow!("no response within {:?}", plan.timeout))??;
         let done = Instant::now();
         let sent = sent_at.pop_front().expect("one timestamp per request in flight");
         match response {
@@ -328,23 +319,15 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<(Histogram<u64>, Duration)> {
     // Connect everything first, so the warmup and measurement see a steady set.
     let mut clients = Vec::with_capacity(plan.connections);
     for conn in 0..plan.connections {
-        let client = PagestreamClient::connect_with(
-            plan.addr.as_str(),
-            plan.version,
-            &plan.tenant,
-            &plan.timeline,
-            &plan.options,
-        )
-        .await
-        .with_context(|| format!("connection {conn} to {}", plan.addr))?;
+        let client = PagestreamClient::connect_with(plan.addr.as_str(), plan.version, &plan.tenant, &plan.timeline, &plan.options)
+            .await
+            .with_context(|| format!("connection {conn} to {}", plan.addr))?;
         clients.push(client);
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (conn, client) in clients.into_iter().enumerate() {
         let plan = plan.clone();
-        tasks.spawn(
-            async move { run_connection(plan, conn, client).await.with_context(|| format!("connection {conn}")) },
-        );
+        tasks.spawn(async move { run_connection(plan, conn, client).await.with_context(|| format!("connection {conn}")) });
     }
     let mut hist = new_histogram();
     let mut last_done: Option<Instant> = None;
@@ -375,8 +358,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     if !(args.duration > 0.0 && args.warmup >= 0.0 && args.timeout > 0.0) {
         bail!("--duration and --timeout must be positive, --warmup not negative");
     }
-    let rels =
-        if args.rels.is_empty() { vec![parse_rel(FLOOR_REL).map_err(|e| anyhow!(e))?] } else { args.rels.clone() };
+    let rels = if args.rels.is_empty() { vec![parse_rel(FLOOR_REL).map_err(|e| anyhow!(e))?] } else { args.rels.clone() };
     let request_lsn = match args.request_lsn {
         Some(lsn) => lsn,
         None => parse_lsn(FLOOR_LSN).map_err(|e| anyhow!(e))?,
@@ -595,9 +577,7 @@ mod floor {
             Request::Nblocks { rel, .. } => Response::Nblocks { hdr, rel, n: NBLOCKS },
             Request::GetPage { rel, blkno, .. } => Response::GetPage { hdr, rel, blkno, page: page.clone() },
             Request::DbSize { db_oid, .. } => Response::DbSize { hdr, db_oid, bytes: i64::from(NBLOCKS) * 8192 },
-            Request::GetSlruSegment { kind, segno, .. } => {
-                Response::GetSlruSegment { hdr, kind, segno, segment: page.clone() }
-            }
+            Request::GetSlruSegment { kind, segno, .. } => Response::GetSlruSegment { hdr, kind, segno, segment: page.clone() },
         }
     }
 

@@ -80,11 +80,8 @@ fn flush(timeline: &Timeline) {
 
 /// Mean µs of `get` over random keys, with `depth` records above each image.
 fn get_latency(dir: &std::path::Path, depth: usize, in_memory: bool, page_cache: bool, rng: &mut Rng) -> f64 {
-    let conf = RepoConfig {
-        checkpoint_distance: u64::MAX / 4,
-        page_cache_bytes: if page_cache { 64 << 20 } else { 0 },
-        ..RepoConfig::default()
-    };
+    let conf =
+        RepoConfig { checkpoint_distance: u64::MAX / 4, page_cache_bytes: if page_cache { 64 << 20 } else { 0 }, ..RepoConfig::default() };
     let repo = Repository::open(dir, conf, Arc::new(WriteAtRedo)).unwrap();
     let id = TimelineId(depth as u128 * 2 + in_memory as u128 + 1);
     let timeline = repo.create_timeline(id).unwrap();

@@ -64,9 +64,8 @@ fn primary_lsn(client: &mut postgres::Client) -> Result<Lsn> {
 
 /// The timeline's last_record_lsn; fails if the timeline is broken or gone.
 fn timeline_lsn(client: &mut postgres::Client, timeline: &str) -> Result<Lsn> {
-    let query = format!(
-        "SELECT last_record_lsn, state, coalesce(last_error, '') FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"
-    );
+    let query =
+        format!("SELECT last_record_lsn, state, coalesce(last_error, '') FROM pageserver.timelines() WHERE timeline_id = '{timeline}'");
     for m in client.simple_query(&query)? {
         if let postgres::SimpleQueryMessage::Row(row) = m {
             let state = row.get(1).unwrap_or_default();
@@ -179,14 +178,14 @@ fn measure_import(primary: &PgCluster, host: &PgCluster, tenant: &str, main_pid:
         done.store(true, Ordering::SeqCst);
         let peak = sampler.join().map_err(|_| anyhow!("the RSS sampler panicked"))?;
         let timeline = created?.context("NULL timeline")?;
-        eprintln!("import of {:.0} MiB into timeline {timeline}: {secs:.1} s (pg_basebackup: {floor_secs:.1} s), main worker peak VmRSS {} MiB", db_bytes / 1048576.0, peak >> 10);
+        eprintln!(
+            "import of {:.0} MiB into timeline {timeline}: {secs:.1} s (pg_basebackup: {floor_secs:.1} s), main worker peak VmRSS {} MiB",
+            db_bytes / 1048576.0,
+            peak >> 10
+        );
         Ok((secs, peak))
     })?;
-    Ok(ImportFigures {
-        mb_s: db_bytes / 1e6 / secs,
-        floor_mb_s: db_bytes / 1e6 / floor_secs,
-        peak_rss_mib: peak_kib as f64 / 1024.0,
-    })
+    Ok(ImportFigures { mb_s: db_bytes / 1e6 / secs, floor_mb_s: db_bytes / 1e6 / floor_secs, peak_rss_mib: peak_kib as f64 / 1024.0 })
 }
 
 /// The `q` quantile (0..=1) of sorted values.
@@ -400,8 +399,7 @@ fn main() -> Result<()> {
     host.sql("CREATE EXTENSION pageserver_ext")?;
     let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
     let conninfo = primary.connstr("postgres");
-    let timeline =
-        host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.context("NULL timeline")?;
+    let timeline = host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.context("NULL timeline")?;
     eprintln!("tenant {tenant}, timeline {timeline}");
 
     let started = Instant::now();
@@ -425,10 +423,8 @@ fn main() -> Result<()> {
     let nblocks = primary.sql_one("SELECT pg_relation_size('pgbench_accounts') / 8192")?.context("no size")?;
     let rel = format!("1663/{db_oid}/{filenode}:{nblocks}");
     let addr = host.listener_addr().context("host without pageserver.listen_addr")?.to_string();
-    let main_pid: i32 = host
-        .sql_one("SELECT pid FROM pageserver.status() WHERE kind = 'main'")?
-        .context("main worker has no pid")?
-        .parse()?;
+    let main_pid: i32 =
+        host.sql_one("SELECT pid FROM pageserver.status() WHERE kind = 'main'")?.context("main worker has no pid")?.parse()?;
     eprintln!("pagebench over {rel} at {request_lsn}, page service {addr}, main worker pid {main_pid}");
 
     let shape = |conns: usize, depth: usize| -> Vec<String> {
@@ -490,11 +486,7 @@ fn main() -> Result<()> {
     })?;
     let (running, passes, last) = compaction_status(&mut hc, &timeline)?;
     eprintln!("after the GetPage runs: compaction pass {passes} {}: {last}", if running { "(another running)" } else { "" });
-    eprintln!(
-        "main worker VmRSS: {} MiB before the 8x32 run, peak {} MiB during it",
-        rss_before >> 10,
-        peak_rss_kib >> 10
-    );
+    eprintln!("main worker VmRSS: {} MiB before the 8x32 run, peak {} MiB during it", rss_before >> 10, peak_rss_kib >> 10);
 
     row("pagebench.p50_us_d1", server_d1.p50_us, "us", Some(floor_d1.p50_us));
     row("pagebench.p99_us_d1", server_d1.p99_us, "us", Some(floor_d1.p99_us));
