@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up this machine (as root, idempotent) and runs every test:
+#   0. the gates: rustfmt and clippy (warnings are errors);
 #   1. the pure crates' unit tests and the tests against real PostgreSQL
 #      servers they start themselves (primaries, hosts of their own);
 #   2. the #[pg_test]s inside a host managed by `cargo pgrx test`;
@@ -9,6 +10,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 bash scripts/setup.sh
+
+log "gates: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 install_extension
 
 log "workspace tests (pure crates, real primaries, hosts of their own)"
