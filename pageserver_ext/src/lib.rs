@@ -17,6 +17,26 @@ mod tenants;
 mod walreceiver;
 mod workers;
 
+// The project's PostgreSQL 15 constants (`pg_constants`, used by the pure
+// crates) are the ones of the PostgreSQL this extension is built against.
+const _: () = {
+    use pg_constants as c;
+    use pgrx::pg_sys as s;
+    assert!(c::PG_MAJORVERSION_NUM == s::PG_MAJORVERSION_NUM);
+    assert!(c::BLCKSZ == s::BLCKSZ as usize);
+    assert!(c::XLOG_BLCKSZ == s::XLOG_BLCKSZ as usize);
+    assert!(c::WAL_SEGMENT_SIZE == s::DEFAULT_XLOG_SEG_SIZE as u64);
+    assert!(c::RELSEG_SIZE == s::RELSEG_SIZE);
+    assert!(c::XLOG_PAGE_MAGIC as u32 == s::XLOG_PAGE_MAGIC);
+    assert!(c::SIZE_OF_PAGE_HEADER == std::mem::offset_of!(s::PageHeaderData, pd_linp));
+    assert!(c::DEFAULTTABLESPACE_OID == s::DEFAULTTABLESPACE_OID.to_u32());
+    assert!(c::GLOBALTABLESPACE_OID == s::GLOBALTABLESPACE_OID.to_u32());
+    assert!(c::MAIN_FORKNUM as i32 == s::ForkNumber::MAIN_FORKNUM);
+    assert!(c::FSM_FORKNUM as i32 == s::ForkNumber::FSM_FORKNUM);
+    assert!(c::VISIBILITYMAP_FORKNUM as i32 == s::ForkNumber::VISIBILITYMAP_FORKNUM);
+    assert!(c::INIT_FORKNUM as i32 == s::ForkNumber::INIT_FORKNUM);
+};
+
 ::pgrx::pg_module_magic!(name, version);
 
 #[pg_guard]

@@ -15,7 +15,7 @@ use storage::lsn::Lsn;
 use storage::repo::Redo;
 use storage::value::{RecordPayload, WalRecordValue};
 
-const PAGE: usize = 8192;
+const PAGE: usize = pg_constants::BLCKSZ;
 
 /// The repository's redo: the host's redo workers plus Rust for project records.
 pub struct QueueRedo {

@@ -44,11 +44,13 @@ const SCRATCH_RELS_PER_ENGINE: u32 = 64;
 const MAX_BLOCK_ID: usize = 32;
 const N_SCRATCH: usize = MAX_BLOCK_ID + 2;
 
-const HEAPBLOCKS_PER_VM_PAGE: u32 = ((BLCKSZ - 24) * 4) as u32;
-const FSM_SLOTS_PER_PAGE: u32 = 4069;
+use storage::wal::ingest::{HEAPBLOCKS_PER_VM_PAGE, SLOTS_PER_FSM_PAGE as FSM_SLOTS_PER_PAGE};
 const BKPBLOCK_WILL_INIT: u8 = 0x40;
-const MAIN_FORKNUM: i32 = 0;
-const INIT_FORKNUM: i32 = 3;
+/// Fork numbers as `ForkNumber` (`c_int`) values.
+const MAIN_FORKNUM: i32 = pg_constants::MAIN_FORKNUM as i32;
+const FSM_FORKNUM: i32 = pg_constants::FSM_FORKNUM as i32;
+const VISIBILITYMAP_FORKNUM: i32 = pg_constants::VISIBILITYMAP_FORKNUM as i32;
+const INIT_FORKNUM: i32 = pg_constants::INIT_FORKNUM as i32;
 
 /// The fork a block of `fork` is redone in, in its scratch relation: the
 /// main fork for an init fork (see the module docs), the fork itself otherwise.
@@ -59,8 +61,6 @@ fn scratch_fork(fork: i32) -> i32 {
         fork
     }
 }
-const FSM_FORKNUM: i32 = 1;
-const VISIBILITYMAP_FORKNUM: i32 = 2;
 
 /// A block of a relation of the tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,9 +8,10 @@
 //! the base page is a sane page of the kind the resource manager writes, and
 //! that the page is older than the record.
 
-pub const BLCKSZ: usize = 8192;
+pub use pg_constants::BLCKSZ;
+use pg_constants::{INIT_FORKNUM, MAIN_FORKNUM};
 const SIZE_OF_XLOG_RECORD: usize = 24;
-const SIZE_OF_PAGE_HEADER: u16 = 24;
+const SIZE_OF_PAGE_HEADER: u16 = pg_constants::SIZE_OF_PAGE_HEADER as u16;
 const PAGE_SIZE_VERSION: u16 = (BLCKSZ as u16) | 4;
 
 /// LSNs print as PostgreSQL prints them (`16/B374D848`).
@@ -21,10 +22,6 @@ pub use storage::wal::rmgr;
 const XLR_INFO_MASK: u8 = 0x0F;
 const XLOG_FPI_FOR_HINT: u8 = 0xA0;
 const XLOG_FPI: u8 = 0xB0;
-
-/// Fork numbers whose pages have the resource manager's layout.
-const MAIN_FORKNUM: u8 = 0;
-const INIT_FORKNUM: u8 = 3;
 
 /// Why a record or page was refused before redo.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -405,7 +405,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn zeros(&mut self, mut n: u64) -> std::io::Result<()> {
-        const ZEROS: [u8; 8192] = [0u8; 8192];
+        const ZEROS: [u8; BLCKSZ] = [0u8; BLCKSZ];
         while n > 0 {
             let k = n.min(ZEROS.len() as u64);
             self.data(&ZEROS[..k as usize])?;

@@ -57,17 +57,9 @@ pub const KIND_CONTROL: u8 = 0x30;
 /// `field6` of a relation or SLRU segment size key.
 const SIZE_MARKER: u32 = u32::MAX;
 
-/// `DEFAULTTABLESPACE_OID`: `pg_default`, the data directory's `base/`.
-pub const DEFAULTTABLESPACE_OID: u32 = 1663;
-/// `GLOBALTABLESPACE_OID`: `pg_global`, the data directory's `global/`
-/// (the shared catalogs, database 0).
-pub const GLOBALTABLESPACE_OID: u32 = 1664;
-
-/// PostgreSQL fork numbers (`ForkNumber`).
-pub const MAIN_FORKNUM: u8 = 0;
-pub const FSM_FORKNUM: u8 = 1;
-pub const VISIBILITYMAP_FORKNUM: u8 = 2;
-pub const INIT_FORKNUM: u8 = 3;
+/// Tablespaces (`pg_default` is `base/`, `pg_global` is `global/`: the
+/// shared catalogs, database 0) and fork numbers.
+pub use pg_constants::{DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
 
 /// One relation fork, as PostgreSQL names its file (`RelFileNode` + fork).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

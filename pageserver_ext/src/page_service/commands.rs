@@ -34,8 +34,8 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Bytes of tar per CopyData message.
 const BACKUP_CHUNK: usize = 256 * 1024;
 /// `DEFAULTTABLESPACE_OID`: DbSize counts a database's relations there.
-const DEFAULT_TABLESPACE: u32 = 1663;
-const ZERO_PAGE: [u8; 8192] = [0; 8192];
+const DEFAULT_TABLESPACE: u32 = pg_constants::DEFAULTTABLESPACE_OID;
+const ZERO_PAGE: [u8; pg_constants::BLCKSZ] = [0; pg_constants::BLCKSZ];
 
 /// What the commands need from the main worker.
 #[derive(Clone)]
@@ -296,10 +296,10 @@ fn try_answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) ->
 /// when the last record ended on a page boundary) names the same state as
 /// the boundary, which is where ingest stops; read and wait at the boundary.
 fn normalize_lsn(lsn: Lsn) -> Lsn {
-    const PAGE: u64 = 8192;
-    const SEGMENT: u64 = 16 << 20;
-    const SHORT_HEADER: u64 = 24;
-    const LONG_HEADER: u64 = 40;
+    use storage::wal::{SIZE_OF_LONG_PAGE_HEADER, SIZE_OF_SHORT_PAGE_HEADER, XLOG_BLCKSZ as PAGE};
+    const SEGMENT: u64 = pg_constants::WAL_SEGMENT_SIZE;
+    const SHORT_HEADER: u64 = SIZE_OF_SHORT_PAGE_HEADER as u64;
+    const LONG_HEADER: u64 = SIZE_OF_LONG_PAGE_HEADER as u64;
     let header = if lsn.0 % SEGMENT == LONG_HEADER { LONG_HEADER } else { SHORT_HEADER };
     if lsn.0 % PAGE == header {
         Lsn(lsn.0 - header)

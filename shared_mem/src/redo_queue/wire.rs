@@ -29,7 +29,7 @@
 use std::fmt;
 
 /// Size of a PostgreSQL page (`BLCKSZ`).
-pub const PAGE_SIZE: usize = 8192;
+pub const PAGE_SIZE: usize = pg_constants::BLCKSZ;
 
 /// Flag: apply the resource manager's `rm_mask` to the result (for tests that
 /// compare with `wal_consistency_checking` images). When a request is split

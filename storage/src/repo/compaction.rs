@@ -46,7 +46,7 @@ pub struct CompactionStats {
 }
 
 /// Approximate size of one page, for partitioning.
-const PAGE_SIZE: u64 = 8192;
+const PAGE_SIZE: u64 = pg_constants::BLCKSZ as u64;
 
 impl Timeline {
     /// L0 → L1 compaction (if enough L0s exist), then image layer creation.

@@ -24,8 +24,8 @@ use crate::key::{Key, RelTag, SlruKind};
 use crate::lsn::Lsn;
 
 const DIR_FORMAT_VERSION: u8 = 1;
-/// PostgreSQL's block size.
-pub const BLCKSZ: u64 = 8192;
+/// PostgreSQL's block size, as a `u64` for byte counts.
+pub const BLCKSZ: u64 = pg_constants::BLCKSZ as u64;
 
 /// Encodes a sorted list of fixed-width entries.
 fn encode_list<T>(items: &BTreeSet<T>, entry: impl Fn(&T, &mut Vec<u8>)) -> Bytes {

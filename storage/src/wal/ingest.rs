@@ -129,11 +129,11 @@ const VISIBILITYMAP_ALL_FROZEN: u8 = 0x02;
 const VISIBILITYMAP_VALID_BITS: u8 = 0x03;
 
 /// Heap blocks covered by one visibility-map page (2 bits each).
-pub const HEAPBLOCKS_PER_VM_PAGE: u32 = (BLCKSZ as u32 - 24) * 4;
+pub const HEAPBLOCKS_PER_VM_PAGE: u32 = (BLCKSZ - SIZE_OF_PAGE_HEADER) as u32 * 4;
 /// Leaf slots of one FSM page (`SlotsPerFSMPage`).
-pub const SLOTS_PER_FSM_PAGE: u32 = (BLCKSZ as u32 - 24 - 4) - (BLCKSZ as u32 / 2 - 1);
+pub const SLOTS_PER_FSM_PAGE: u32 = (BLCKSZ - SIZE_OF_PAGE_HEADER - 4) as u32 - (BLCKSZ as u32 / 2 - 1);
 const FSM_TREE_DEPTH: u32 = 3;
-pub const SLRU_PAGES_PER_SEGMENT: u32 = 32;
+pub use pg_constants::{SIZE_OF_PAGE_HEADER, SLRU_PAGES_PER_SEGMENT};
 pub const CLOG_XACTS_PER_PAGE: u32 = BLCKSZ as u32 * 4;
 pub const MULTIXACT_OFFSETS_PER_PAGE: u32 = BLCKSZ as u32 / 4;
 pub const MULTIXACT_MEMBERS_PER_PAGE: u32 = (BLCKSZ as u32 / 20) * 4;

@@ -33,14 +33,9 @@ pub use stream::WalStreamDecoder;
 
 use crate::lsn::Lsn;
 
-/// `XLOG_BLCKSZ`: size of a WAL page.
-pub const XLOG_BLCKSZ: u64 = 8192;
-/// `BLCKSZ`: size of a relation page.
-pub const BLCKSZ: usize = 8192;
-/// Default `wal_segment_size`.
-pub const DEFAULT_WAL_SEG_SIZE: u64 = 16 * 1024 * 1024;
-/// `XLOG_PAGE_MAGIC` of PostgreSQL 15.
-pub const XLOG_PAGE_MAGIC: u16 = 0xD110;
+/// `XLOG_BLCKSZ`: size of a WAL page, as a `u64` for LSN arithmetic.
+pub const XLOG_BLCKSZ: u64 = pg_constants::XLOG_BLCKSZ as u64;
+pub use pg_constants::{BLCKSZ, WAL_SEGMENT_SIZE as DEFAULT_WAL_SEG_SIZE, XLOG_PAGE_MAGIC};
 /// `SizeOfXLogShortPHD`.
 pub const SIZE_OF_SHORT_PAGE_HEADER: usize = 24;
 /// `SizeOfXLogLongPHD`.

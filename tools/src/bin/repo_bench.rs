@@ -28,7 +28,7 @@ use storage::repo::{Redo, RepoConfig, Repository, Timeline, TimelineId};
 use storage::value::{RecordPayload, Value, WalRecordValue};
 
 const COMMAND: &str = "cargo run --release -p tools --bin repo_bench";
-const PAGE: usize = 8192;
+const PAGE: usize = pg_constants::BLCKSZ;
 
 struct WriteAtRedo;
 
