@@ -1,6 +1,7 @@
 //! SQL functions of schema `pageserver` (management and inspection).
 
 use pgrx::prelude::*;
+use shared_mem::process_exists;
 use shared_mem::{WorkerKind, WorkerState};
 
 /// One row per background worker of the page server: its kind (`main`,
@@ -46,11 +47,6 @@ fn status() -> TableIterator<
         })
         .collect();
     TableIterator::new(rows)
-}
-
-fn process_exists(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 fn unix_us_to_timestamptz(us: i64) -> TimestampWithTimeZone {

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::futex;
+use crate::process_exists;
 
 /// Commands in flight at once; more callers wait for a free slot.
 pub const COMMAND_SLOTS: usize = 8;
@@ -303,15 +304,6 @@ impl CommandJob<'_> {
             self.queue.announce_free();
         }
     }
-}
-
-fn process_exists(pid: i32) -> bool {
-    if pid as u32 == std::process::id() {
-        return true;
-    }
-    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 #[cfg(test)]

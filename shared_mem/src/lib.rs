@@ -12,10 +12,12 @@
 
 pub mod command_queue;
 pub(crate) mod futex;
+pub mod process;
 pub mod redo_queue;
 pub mod workers;
 
 pub use command_queue::CommandQueue;
+pub use process::process_exists;
 pub use redo_queue::RedoQueue;
 pub use workers::{WorkerKind, WorkerSlot, WorkerState, WorkerStatus, WorkerTable, MAX_WORKERS};
 

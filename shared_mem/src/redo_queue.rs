@@ -118,6 +118,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::futex::{self, Spinner};
+use crate::process_exists;
 
 pub use crate::futex::{POLLS_PER_YIELD, SPIN_POLLS};
 pub use wire::{
@@ -836,21 +837,6 @@ struct Wait<'a> {
     started: Instant,
     deadline: Instant,
     is_cancelled: &'a mut dyn FnMut() -> bool,
-}
-
-/// True unless `pid` is certainly not a live process (`kill(pid, 0)` says
-/// `ESRCH`). Our own pid always exists; pid 0 never does. A zombie still
-/// exists until its parent reaps it (the postmaster does so at once).
-fn process_exists(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    if pid as u32 == std::process::id() {
-        return true;
-    }
-    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Where a request chunk starting at `start` ends so that it fits in a slot.
