@@ -6,15 +6,10 @@
 use pgrx::prelude::*;
 
 mod guc;
-mod mgmt;
 mod mgmt_sql;
-pub mod page_service;
-mod redo_client;
 mod redo_sql;
 mod shmem;
 mod sql;
-mod tenants;
-mod walreceiver;
 mod workers;
 
 // The project's PostgreSQL 15 constants (`pg_constants`, used by the pure

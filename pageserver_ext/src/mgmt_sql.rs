@@ -2,8 +2,8 @@
 //! Each sends a command through the shared-memory command queue to the main
 //! worker (see `mgmt`) and waits for the reply; a query cancel ends the wait.
 
-use crate::mgmt::{Command, Reply};
 use pgrx::prelude::*;
+use service::mgmt::{Command, Reply};
 use std::time::{Duration, Instant};
 
 /// How long a command may wait for the main worker.

@@ -80,19 +80,8 @@ pub struct Record<'a> {
     pub raw: &'a [u8],
 }
 
-/// Why a request failed, naming the record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedoFailure {
-    pub lsn: u64,
-    pub rmgr: u8,
-    pub message: String,
-}
-
-impl std::fmt::Display for RedoFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redo of {} record at {} failed: {}", rmgr::name(self.rmgr), validate::Lsn(self.lsn), self.message)
-    }
-}
+/// Why a request failed, naming the record (shared with the redo client).
+pub use storage::repo::RedoFailure;
 
 /// A scratch page placed in shared buffers during a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

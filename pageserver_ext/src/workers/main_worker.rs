@@ -1,4 +1,4 @@
-//! The main worker: owns the tenants ([`crate::tenants::Manager`]: the
+//! The main worker: owns the tenants ([`service::tenants::Manager`]: the
 //! repositories, WAL receivers, layer flushes, compaction and GC), the
 //! tokio runtime of the page service, and the thread that serves
 //! management commands from SQL functions. Its PostgreSQL main thread stays
@@ -7,9 +7,9 @@
 //! process that calls PostgreSQL.
 
 use super::WorkerContext;
-use crate::page_service::{self, commands::ServiceContext, LogLine, LogSink};
-use crate::tenants::{HostSettings, Manager};
 use pgrx::prelude::*;
+use service::page_service::{self, commands::ServiceContext, LogLine, LogSink};
+use service::tenants::{HostSettings, Manager};
 use shared_mem::WorkerState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ pub fn run(ctx: &WorkerContext) {
     let (log, log_lines) = LogSink::new();
     let shared = crate::shmem::state();
     let redo_timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
-    let redo = Arc::new(crate::redo_client::QueueRedo::new(&shared.redo, redo_timeout));
+    let redo = Arc::new(service::redo_client::QueueRedo::new(&shared.redo, redo_timeout));
     let host = HostSettings { data_checksums: setting("data_checksums"), wal_log_hints: setting("wal_log_hints") };
     let conf = crate::guc::repo_config();
     // Threads the manager starts must not receive PostgreSQL's signals.
@@ -51,7 +51,9 @@ pub fn run(ctx: &WorkerContext) {
     }
     let commands_manager = manager.clone();
     with_signals_blocked(|| {
-        std::thread::Builder::new().name("pageserver-commands".into()).spawn(move || crate::mgmt::serve(&shared.commands, commands_manager))
+        std::thread::Builder::new()
+            .name("pageserver-commands".into())
+            .spawn(move || service::mgmt::serve(&shared.commands, commands_manager))
     })
     .unwrap_or_else(|e| error!("cannot start the command thread: {e}"));
     ctx.slot.set_state(WorkerState::Running);

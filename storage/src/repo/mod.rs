@@ -71,7 +71,7 @@ pub use compaction::CompactionStats;
 pub use gc::GcStats;
 pub use image_import::ImageImport;
 pub use layer_file::{LayerKind, LayerName, LsnRange};
-pub use reconstruct::Redo;
+pub use reconstruct::{Redo, RedoFailure};
 pub use repository::Repository;
 pub use timeline::{BackpressureStats, Timeline, TimelineWriter};
 

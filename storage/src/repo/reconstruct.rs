@@ -23,6 +23,17 @@ pub trait Redo: Send + Sync {
     fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String>;
 }
 
+/// Why PostgreSQL's redo of a record failed (in a redo worker), naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("redo of {} record at {} failed: {message}", crate::wal::rmgr::name(*rmgr), Lsn(*lsn))]
+pub struct RedoFailure {
+    /// Start LSN of the record.
+    pub lsn: u64,
+    /// Its resource manager id.
+    pub rmgr: u8,
+    pub message: String,
+}
+
 /// The versions gathered by one read.
 #[derive(Default, Debug)]
 pub(crate) struct Collector {

@@ -584,6 +584,7 @@ impl Manager {
 /// keeps freed memory in its arenas otherwise, so after a bulk load the
 /// main worker would stay at its peak resident size (hundreds of MiB of
 /// in-memory layers) for good.
+#[allow(unsafe_code)] // the crate's one FFI call: glibc has no safe wrapper for it
 fn release_freed_heap() {
     // SAFETY: malloc_trim only walks glibc's own arenas under their locks;
     // any thread may call it, and it calls no PostgreSQL code.
@@ -613,9 +614,7 @@ pub fn backup_label_lsn(path: &Path) -> Result<Lsn, String> {
 /// A random 128-bit id (from the kernel; ids only need to be unique).
 fn random_id() -> TimelineId {
     let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `len` bytes into our buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    if getrandom::fill(&mut bytes).is_err() {
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
         bytes = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
     }

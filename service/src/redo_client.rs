@@ -48,7 +48,7 @@ impl QueueRedo {
             flags: 0,
         };
         self.queue.call(&request, self.timeout).map_err(|e| match e {
-            RedoCallError::Redo { lsn, rmgr, message } => redo_bgworker::RedoFailure { lsn, rmgr, message }.to_string(),
+            RedoCallError::Redo { lsn, rmgr, message } => storage::repo::RedoFailure { lsn, rmgr, message }.to_string(),
             other => other.to_string(),
         })
     }

@@ -1,0 +1,24 @@
+//! What the page server's main worker runs, with no PostgreSQL call
+//! anywhere (this crate does not depend on pgrx, so the compiler keeps it
+//! that way): tokio tasks and plain threads that may run on any thread of
+//! the main worker.
+//!
+//! - [`tenants`]: the tenant and timeline manager (repositories on disk,
+//!   timeline creation and import, the flusher and compaction threads);
+//! - [`walreceiver`]: the replication client and the per-timeline WAL
+//!   receiver feeding ingest;
+//! - [`page_service`]: the libpq listener, pagestream and backups;
+//! - [`redo_client`]: the repository's redo through the shared-memory queue
+//!   to the host's redo workers (project records in Rust);
+//! - [`mgmt`]: the command format between SQL functions and the manager,
+//!   and the thread serving the command queue.
+//!
+//! The extension crate (`pageserver_ext`) keeps only the glue: `_PG_init`,
+//! GUCs, shared memory, worker entry points and SQL functions.
+#![deny(unsafe_code)]
+
+pub mod mgmt;
+pub mod page_service;
+pub mod redo_client;
+pub mod tenants;
+pub mod walreceiver;
