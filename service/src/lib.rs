@@ -5,6 +5,9 @@
 //!
 //! - [`tenants`]: the tenant and timeline manager (repositories on disk,
 //!   timeline creation and import, the flusher and compaction threads);
+//! - [`timeline_handle`]: one timeline as its tasks share it (storage
+//!   timeline, WAL source, live status);
+//! - [`log`]: log lines from threads that must not call PostgreSQL;
 //! - [`walreceiver`]: the replication client and the per-timeline WAL
 //!   receiver feeding ingest;
 //! - [`page_service`]: the libpq listener, pagestream and backups;
@@ -17,8 +20,13 @@
 //! GUCs, shared memory, worker entry points and SQL functions.
 #![deny(unsafe_code)]
 
+// Dependencies run one way, top to bottom (`tests/module_graph.rs` checks it):
+// mgmt → tenants → {walreceiver, page_service} → timeline_handle, log;
+// redo_client stands alone.
+pub mod log;
 pub mod mgmt;
 pub mod page_service;
 pub mod redo_client;
 pub mod tenants;
+pub mod timeline_handle;
 pub mod walreceiver;

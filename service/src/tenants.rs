@@ -24,20 +24,18 @@
 //! Nothing here calls PostgreSQL: it runs on the main worker's tokio
 //! runtime and plain threads.
 
-use crate::page_service::LogSink;
-use crate::walreceiver::{self, replication::ReplicationConn, ReceiverStatus};
+use crate::log::LogSink;
+use crate::timeline_handle::{CompactionPass, SourceMeta, TenantId, TimelineHandle, TimelineStatus};
+use crate::walreceiver::{self, backup_label_lsn, replication::ReplicationConn};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use storage::lsn::Lsn;
-use storage::repo::{CompactionStats, GcStats, Redo, RepoConfig, Repository, Timeline, TimelineId};
-
-/// A tenant's identifier: 32 hexadecimal digits, like a timeline's.
-pub type TenantId = TimelineId;
+use storage::repo::{Redo, RepoConfig, Repository, TimelineId};
 
 /// How often the flusher looks for frozen layers.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -48,21 +46,10 @@ const TRIM_AFTER_FLUSHED_BYTES: u64 = 64 << 20;
 /// How often compaction and GC run.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(20);
 
-/// Where a timeline's WAL comes from, persisted next to the repository.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SourceMeta {
-    pub conninfo: String,
-    pub slot: String,
-    pub system_id: u64,
-    pub pg_timeline: u32,
-    /// The base backup's start LSN (0 until known).
-    pub start_lsn: u64,
-    /// Import this tar file (a `pg_basebackup -Ft` base.tar) instead of
-    /// streaming `BASE_BACKUP`.
-    #[serde(default)]
-    pub basebackup_tar: Option<String>,
-    /// `importing` or `active`.
-    pub state: String,
+impl crate::page_service::commands::TimelineLookup for Manager {
+    fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<storage::repo::Timeline>, String> {
+        Manager::timeline(self, tenant, timeline).map(|handle| handle.timeline.clone())
+    }
 }
 
 /// Host settings a primary must share (they change what redo writes on pages).
@@ -72,69 +59,11 @@ pub struct HostSettings {
     pub wal_log_hints: String,
 }
 
-/// Live state of one timeline, for `pageserver.timelines`.
-#[derive(Default)]
-pub struct TimelineStatus {
-    /// `importing`, `active`, `broken`, or `branch` (no source).
-    pub state: Mutex<String>,
-    pub import: storage::import::ImportProgress,
-    pub error: Mutex<Option<String>>,
-    pub receiver: ReceiverStatus,
-    pub compaction: CompactionStatus,
-}
-
-/// What the compaction thread has done on one timeline.
-#[derive(Default)]
-pub struct CompactionStatus {
-    /// A pass (L0 → L1, image layers, then GC) is running now.
-    pub running: AtomicBool,
-    /// Passes finished since the main worker started.
-    pub passes: AtomicU64,
-    pub last: Mutex<Option<CompactionPass>>,
-}
-
-/// One finished pass of compaction and GC.
-pub struct CompactionPass {
-    pub finished: Instant,
-    pub took: Duration,
-    pub compaction: Result<CompactionStats, String>,
-    pub gc: Result<GcStats, String>,
-}
-
-impl CompactionPass {
-    /// One line for `pageserver.timelines()`.
-    pub fn describe(&self) -> String {
-        let compaction = match &self.compaction {
-            Err(e) => format!("compaction failed: {e}"),
-            Ok(s) if s.l0_merged == 0 && s.images_written == 0 => "nothing to compact".to_string(),
-            Ok(s) => format!(
-                "merged {} L0 layers ({} MiB) into {} L1 layers, wrote {} image layers",
-                s.l0_merged,
-                s.l0_bytes >> 20,
-                s.l1_written,
-                s.images_written
-            ),
-        };
-        let gc = match &self.gc {
-            Err(e) => format!("GC failed: {e}"),
-            Ok(s) if s.layers_removed == 0 => "nothing to remove".to_string(),
-            Ok(s) => format!("GC removed {} layers ({} MiB)", s.layers_removed, s.bytes_removed >> 20),
-        };
-        format!("{compaction}; {gc}; took {:.1} s, finished {} s ago", self.took.as_secs_f64(), self.finished.elapsed().as_secs())
-    }
-}
-
-pub struct TimelineEntry {
-    pub timeline: Arc<Timeline>,
-    pub status: Arc<TimelineStatus>,
-    pub source: Mutex<Option<SourceMeta>>,
-}
-
 pub struct Tenant {
     pub id: TenantId,
     dir: PathBuf,
     pub repo: Arc<Repository>,
-    timelines: RwLock<BTreeMap<TimelineId, Arc<TimelineEntry>>>,
+    timelines: RwLock<BTreeMap<TimelineId, Arc<TimelineHandle>>>,
 }
 
 /// All tenants of this host.
@@ -146,7 +75,7 @@ pub struct Manager {
     runtime: tokio::runtime::Handle,
     log: LogSink,
     tenants: RwLock<BTreeMap<TenantId, Arc<Tenant>>>,
-    stopping: AtomicBool,
+    stopping: Arc<AtomicBool>,
 }
 
 /// One row of `pageserver.timelines`.
@@ -196,7 +125,7 @@ impl Manager {
             runtime,
             log,
             tenants: RwLock::new(BTreeMap::new()),
-            stopping: AtomicBool::new(false),
+            stopping: Arc::new(AtomicBool::new(false)),
         });
         for entry in std::fs::read_dir(&root).map_err(err)? {
             let entry = entry.map_err(err)?;
@@ -242,7 +171,7 @@ impl Manager {
             };
             let status = Arc::new(TimelineStatus::default());
             *status.state.lock() = state.to_string();
-            tenant.timelines.write().insert(tl, Arc::new(TimelineEntry { timeline, status, source: Mutex::new(source) }));
+            tenant.timelines.write().insert(tl, Arc::new(TimelineHandle { timeline, status, source: Mutex::new(source) }));
         }
         Ok(tenant)
     }
@@ -264,7 +193,7 @@ impl Manager {
                         Ok(timeline) => {
                             let status = Arc::new(TimelineStatus::default());
                             *status.state.lock() = "importing".into();
-                            let entry = Arc::new(TimelineEntry { timeline, status, source: Mutex::new(Some(s)) });
+                            let entry = Arc::new(TimelineHandle { timeline, status, source: Mutex::new(Some(s)) });
                             tenant.timelines.write().insert(id, entry.clone());
                             self.spawn_import(tenant.clone(), entry);
                         }
@@ -296,7 +225,7 @@ impl Manager {
         self.tenants.read().get(&id).cloned().ok_or_else(|| format!("tenant {id} not found"))
     }
 
-    pub fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<TimelineEntry>, String> {
+    pub fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<TimelineHandle>, String> {
         let t = self.tenant(tenant)?;
         let entry = t.timelines.read().get(&timeline).cloned();
         entry.ok_or_else(|| format!("timeline {timeline} not found in tenant {tenant}"))
@@ -401,13 +330,13 @@ impl Manager {
         write_source(&tenant.dir, id, &source)?;
         let status = Arc::new(TimelineStatus::default());
         *status.state.lock() = "importing".into();
-        let entry = Arc::new(TimelineEntry { timeline, status, source: Mutex::new(Some(source)) });
+        let entry = Arc::new(TimelineHandle { timeline, status, source: Mutex::new(Some(source)) });
         tenant.timelines.write().insert(id, entry.clone());
         self.spawn_import(tenant, entry);
         Ok(id)
     }
 
-    fn spawn_import(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineEntry>) {
+    fn spawn_import(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
         let manager = self.clone();
         self.runtime.spawn(async move {
             let id = entry.timeline.id();
@@ -435,9 +364,9 @@ impl Manager {
         });
     }
 
-    fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineEntry>) {
+    fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
         let manager = self.clone();
-        self.runtime.spawn(walreceiver::run(manager, tenant.id, entry));
+        self.runtime.spawn(walreceiver::run(manager.stopping.clone(), manager.log.clone(), tenant.id, entry));
     }
 
     /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
@@ -458,7 +387,7 @@ impl Manager {
         let timeline = tenant.repo.branch_timeline(parent, child, lsn).map_err(err)?;
         let status = Arc::new(TimelineStatus::default());
         *status.state.lock() = "branch".into();
-        tenant.timelines.write().insert(child, Arc::new(TimelineEntry { timeline, status, source: Mutex::new(None) }));
+        tenant.timelines.write().insert(child, Arc::new(TimelineHandle { timeline, status, source: Mutex::new(None) }));
         Ok((child, lsn))
     }
 
@@ -493,7 +422,7 @@ impl Manager {
         rows
     }
 
-    fn all_timelines(&self) -> Vec<Arc<TimelineEntry>> {
+    fn all_timelines(&self) -> Vec<Arc<TimelineHandle>> {
         self.tenants.read().values().flat_map(|t| t.timelines.read().values().cloned().collect::<Vec<_>>()).collect()
     }
 
@@ -591,24 +520,6 @@ fn release_freed_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// The start LSN a base backup tar's `backup_label` names.
-pub fn backup_label_lsn(path: &Path) -> Result<Lsn, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open basebackup_tar \"{}\": {e}", path.display()))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
-    let bad = |e: std::io::Error| format!("basebackup_tar \"{}\" is not a readable tar: {e}", path.display());
-    for entry in archive.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let name = entry.path().map_err(bad)?.to_string_lossy().trim_start_matches("./").to_string();
-        if name == "backup_label" {
-            let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(bad)?;
-            return storage::import::parse_backup_label(&text).map_err(|e| format!("{}: backup_label: {e}", path.display()));
-        }
-    }
-    Err(format!("basebackup_tar \"{}\" has no backup_label: is it the base.tar of pg_basebackup -Ft?", path.display()))
 }
 
 /// A random 128-bit id (from the kernel; ids only need to be unique).

@@ -8,7 +8,8 @@
 
 use super::WorkerContext;
 use pgrx::prelude::*;
-use service::page_service::{self, commands::ServiceContext, LogLine, LogSink};
+use service::log::{LogLine, LogSink};
+use service::page_service::{self, commands::ServiceContext};
 use service::tenants::{HostSettings, Manager};
 use shared_mem::WorkerState;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,7 @@ pub fn run(ctx: &WorkerContext) {
     let manager = with_signals_blocked(|| Manager::start(&data_dir, conf, redo, host, runtime.handle().clone(), log.clone()))
         .unwrap_or_else(|e| error!("cannot open the tenants in \"{}\": {e}", data_dir.display()));
     let wait_lsn_timeout_ms = Arc::new(AtomicU64::new(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64));
-    let service = ServiceContext { manager: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
+    let service = ServiceContext { timelines: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
     if page_service::parse_listen_addr(&listen_addr).is_ok() {
         runtime.spawn(page_service::run(listen_addr, log.clone(), Some(service)));
     }

@@ -14,7 +14,7 @@
 //! the blocking pool.
 
 use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
-use crate::tenants::{Manager, TenantId};
+use crate::timeline_handle::TenantId;
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,10 +37,16 @@ const BACKUP_CHUNK: usize = 256 * 1024;
 const DEFAULT_TABLESPACE: u32 = pg_constants::DEFAULTTABLESPACE_OID;
 const ZERO_PAGE: [u8; pg_constants::BLCKSZ] = [0; pg_constants::BLCKSZ];
 
+/// Finds a timeline by tenant and timeline id (the manager implements it;
+/// the page service needs nothing else of it).
+pub trait TimelineLookup: Send + Sync {
+    fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<Timeline>, String>;
+}
+
 /// What the commands need from the main worker.
 #[derive(Clone)]
 pub struct ServiceContext {
-    pub manager: Arc<Manager>,
+    pub timelines: Arc<dyn TimelineLookup>,
     /// `pageserver.wait_lsn_timeout` in milliseconds, kept current by the main thread.
     pub wait_lsn_timeout_ms: Arc<AtomicU64>,
 }
@@ -104,7 +110,7 @@ async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()>
 }
 
 fn find_timeline(ctx: &ServiceContext, tenant: TenantId, timeline: TimelineId) -> Result<Arc<Timeline>, String> {
-    ctx.manager.timeline(tenant, timeline).map(|e| e.timeline.clone())
+    ctx.timelines.timeline(tenant, timeline)
 }
 
 /// Runs a parsed command on the connection; writes everything up to (not

@@ -9,12 +9,12 @@
 pub mod commands;
 pub mod pq;
 
+use crate::log::LogSink;
 use commands::ServiceContext;
 
 use bytes::BytesMut;
 use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, Startup};
 use std::net::SocketAddr;
-use std::sync::mpsc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,29 +23,6 @@ use tokio::net::{TcpListener, TcpStream};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait before binding again when the address is taken.
 const BIND_RETRY: Duration = Duration::from_secs(2);
-
-/// Log lines from tokio threads, written to the server log by the main thread.
-#[derive(Clone)]
-pub struct LogSink(mpsc::Sender<LogLine>);
-
-#[derive(Debug)]
-pub enum LogLine {
-    Log(String),
-    Warning(String),
-}
-
-impl LogSink {
-    pub fn new() -> (LogSink, mpsc::Receiver<LogLine>) {
-        let (tx, rx) = mpsc::channel();
-        (LogSink(tx), rx)
-    }
-    pub fn log(&self, msg: String) {
-        let _ = self.0.send(LogLine::Log(msg));
-    }
-    pub fn warning(&self, msg: String) {
-        let _ = self.0.send(LogLine::Warning(msg));
-    }
-}
 
 /// Binds `listen_addr`, retrying while it is taken, then serves forever.
 pub async fn run(listen_addr: String, log: LogSink, ctx: Option<ServiceContext>) {
@@ -210,6 +187,8 @@ pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::LogLine;
+    use std::sync::mpsc;
     use tokio::io::AsyncReadExt;
 
     async fn start_server() -> (SocketAddr, mpsc::Receiver<LogLine>) {

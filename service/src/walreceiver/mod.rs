@@ -11,11 +11,12 @@
 
 pub mod replication;
 
-use crate::tenants::{Manager, TenantId, TimelineEntry};
+use crate::log::LogSink;
+use crate::timeline_handle::{TenantId, TimelineHandle};
 use bytes::Bytes;
-use parking_lot::Mutex;
 use replication::{ReplicationConn, StreamMessage};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::lsn::Lsn;
@@ -30,13 +31,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// WAL chunks queued for the ingest thread; the receiver waits when it is full.
 const INGEST_QUEUE: usize = 256;
 
-/// What `pageserver.timelines` shows about the receiver.
-#[derive(Default)]
-pub struct ReceiverStatus {
-    pub connected: AtomicBool,
-    /// The primary's WAL end, from its last message.
-    pub primary_lsn: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
+/// The start LSN a base backup tar's `backup_label` names.
+pub fn backup_label_lsn(path: &Path) -> Result<Lsn, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open basebackup_tar \"{}\": {e}", path.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let bad = |e: std::io::Error| format!("basebackup_tar \"{}\" is not a readable tar: {e}", path.display());
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().trim_start_matches("./").to_string();
+        if name == "backup_label" {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).map_err(bad)?;
+            return storage::import::parse_backup_label(&text).map_err(|e| format!("{}: backup_label: {e}", path.display()));
+        }
+    }
+    Err(format!("basebackup_tar \"{}\" has no backup_label: is it the base.tar of pg_basebackup -Ft?", path.display()))
 }
 
 /// Reads chunks of a tar stream from a channel (the import thread's side).
@@ -62,7 +72,7 @@ impl std::io::Read for ChannelReader {
 
 /// Streams `BASE_BACKUP` from the timeline's primary into the timeline at
 /// the backup's start LSN, then makes it durable. Returns the start LSN.
-pub async fn import_base_backup(entry: &Arc<TimelineEntry>) -> Result<Lsn, String> {
+pub async fn import_base_backup(entry: &Arc<TimelineHandle>) -> Result<Lsn, String> {
     let source = entry.source.lock().clone().ok_or("timeline has no source")?;
     if let Some(path) = source.basebackup_tar.clone() {
         return import_tar_file(entry, path).await;
@@ -111,14 +121,14 @@ pub async fn import_base_backup(entry: &Arc<TimelineEntry>) -> Result<Lsn, Strin
 }
 
 /// Imports a base backup tar from a file at its `backup_label` start LSN.
-async fn import_tar_file(entry: &Arc<TimelineEntry>, path: String) -> Result<Lsn, String> {
+async fn import_tar_file(entry: &Arc<TimelineHandle>, path: String) -> Result<Lsn, String> {
     let timeline = entry.timeline.clone();
     let status = entry.status.clone();
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         status.import.bytes_total.store(total, Ordering::Relaxed);
-        let label = crate::tenants::backup_label_lsn(std::path::Path::new(&path))?;
+        let label = backup_label_lsn(std::path::Path::new(&path))?;
         {
             let mut writer = timeline.writer();
             storage::import::import_basebackup_tar(&mut writer, std::io::BufReader::new(file), label, &status.import)
@@ -132,12 +142,12 @@ async fn import_tar_file(entry: &Arc<TimelineEntry>, path: String) -> Result<Lsn
     .map_err(|e| e.to_string())?
 }
 
-/// Streams WAL for the timeline until the manager stops.
-pub async fn run(manager: Arc<Manager>, tenant: TenantId, entry: Arc<TimelineEntry>) {
+/// Streams WAL for the timeline until `stopping` is set.
+pub async fn run(stopping: Arc<AtomicBool>, log: LogSink, tenant: TenantId, entry: Arc<TimelineHandle>) {
     let mut backoff = BACKOFF_MIN;
     let mut last_logged: Option<String> = None;
     let id = entry.timeline.id();
-    while !manager.is_stopping() {
+    while !stopping.load(Ordering::SeqCst) {
         let started = Instant::now();
         let result = stream_once(&entry).await;
         entry.status.receiver.connected.store(false, Ordering::Relaxed);
@@ -146,7 +156,7 @@ pub async fn run(manager: Arc<Manager>, tenant: TenantId, entry: Arc<TimelineEnt
             Err(e) => e,
         };
         if last_logged.as_deref() != Some(message.as_str()) {
-            manager.log().warning(format!("timeline {tenant}/{id}: WAL receiver: {message}; reconnecting"));
+            log.warning(format!("timeline {tenant}/{id}: WAL receiver: {message}; reconnecting"));
             last_logged = Some(message.clone());
         }
         *entry.status.receiver.last_error.lock() = Some(message);
@@ -159,7 +169,7 @@ pub async fn run(manager: Arc<Manager>, tenant: TenantId, entry: Arc<TimelineEnt
 }
 
 /// One replication session: connect, check, stream until an error.
-async fn stream_once(entry: &Arc<TimelineEntry>) -> Result<(), String> {
+async fn stream_once(entry: &Arc<TimelineHandle>) -> Result<(), String> {
     let source = entry.source.lock().clone().ok_or("timeline has no source")?;
     let mut conn = ReplicationConn::connect(&source.conninfo).await.map_err(|e| e.to_string())?;
     let system = conn.identify_system().await.map_err(|e| e.to_string())?;
