@@ -19,10 +19,26 @@ fn call(command: &Command) -> Reply {
     pg_sys::check_for_interrupts!();
     let reply = result.unwrap_or_else(|e| error!("{e}"));
     match serde_json::from_slice::<Reply>(&reply) {
-        Ok(Reply::Error(message)) => error!("{message}"),
+        Ok(Reply::Error { sqlstate, message }) => raise(&sqlstate, &message),
         Ok(reply) => reply,
         Err(e) => error!("malformed reply from the main worker: {e}"),
     }
+}
+
+/// Raises an ERROR with the SQLSTATE the main worker chose (the service's
+/// one mapping from error kinds to codes, `service::error`).
+fn raise(sqlstate: &str, message: &str) -> ! {
+    ereport!(ERROR, PgSqlErrorCode::from(make_sqlstate(sqlstate)), message);
+}
+
+/// `MAKE_SQLSTATE`: PostgreSQL's integer form of a five-character SQLSTATE
+/// (six bits per character); anything that is not one is an internal error.
+fn make_sqlstate(code: &str) -> i32 {
+    let bytes = code.as_bytes();
+    if bytes.len() != 5 || !bytes.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        return make_sqlstate("XX000");
+    }
+    bytes.iter().enumerate().map(|(i, b)| ((i32::from(*b) - i32::from(b'0')) & 0x3F) << (6 * i)).sum()
 }
 
 fn expect_id(reply: Reply) -> String {
@@ -172,4 +188,17 @@ fn timelines() -> TableIterator<
             })
             .collect::<Vec<_>>(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_become_postgres_error_codes() {
+        assert_eq!(PgSqlErrorCode::from(make_sqlstate("42704")), PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT);
+        assert_eq!(PgSqlErrorCode::from(make_sqlstate("55000")), PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
+        assert_eq!(PgSqlErrorCode::from(make_sqlstate("XX000")), PgSqlErrorCode::ERRCODE_INTERNAL_ERROR);
+        assert_eq!(make_sqlstate("bad"), make_sqlstate("XX000"));
+    }
 }

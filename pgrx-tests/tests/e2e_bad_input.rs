@@ -17,10 +17,25 @@ use storage::pagestream::{ProtocolVersion, Request, RequestHeader, Response};
 use tools::pagestream_client::BlockingClient;
 
 fn sql_error(host: &PgCluster, sql: &str) -> Result<String> {
+    Ok(sql_error_code(host, sql)?.1)
+}
+
+/// The SQLSTATE and message of the error `sql` raises.
+fn sql_error_code(host: &PgCluster, sql: &str) -> Result<(String, String)> {
     match host.client("postgres")?.simple_query(sql) {
         Ok(_) => bail!("accepted: {sql}"),
-        Err(e) => Ok(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())),
+        Err(e) => match e.as_db_error() {
+            Some(d) => Ok((d.code().code().to_string(), d.message().to_string())),
+            None => Ok((String::new(), e.to_string())),
+        },
     }
+}
+
+/// Management errors carry the SQLSTATE of their kind (service::error).
+fn expect_code(host: &PgCluster, what: &str, sql: &str, code: &str) -> Result<()> {
+    let (got, message) = sql_error_code(host, sql)?;
+    ensure!(got == code, "{what}: SQLSTATE {got}, want {code} ({message})");
+    Ok(())
 }
 
 fn expect(what: &str, message: &str, needle: &str) -> Result<()> {
@@ -106,6 +121,19 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
     let msg = sql_error(&host, &format!("SELECT pageserver.create_timeline('{tenant}', 'host=x port=notaport')"))?;
     expect("bad connection string", &msg, "invalid primary connection string")?;
     ensure!(host.sql("SELECT * FROM pageserver.timelines()")?.is_empty(), "a failed creation left a timeline");
+    let other_conn = other.connstr("postgres");
+    for (what, sql, code) in [
+        ("settings differ", format!("SELECT pageserver.create_timeline('{tenant}', '{other_conn}')"), "55000"),
+        ("slot exists", format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}', slot_name => 'taken')"), "42710"),
+        ("unreachable primary", format!("SELECT pageserver.create_timeline('{tenant}', 'host=127.0.0.1 port=1 user=postgres')"), "08006"),
+        ("bad tenant id", "SELECT pageserver.create_timeline('nope', 'host=x')".to_string(), "22023"),
+        ("bad connection string", format!("SELECT pageserver.create_timeline('{tenant}', 'host=x port=notaport')"), "22023"),
+        ("unknown tenant", format!("SELECT pageserver.create_timeline('{}', 'host=x')", "0".repeat(31) + "1"), "42704"),
+        ("tenant exists", format!("SELECT pageserver.create_tenant('{tenant}')"), "42710"),
+        ("unknown parent", format!("SELECT * FROM pageserver.branch_timeline('{tenant}', '{}')", "0".repeat(32)), "42704"),
+    ] {
+        expect_code(&host, what, &sql, code)?;
+    }
 
     // A good timeline with some data.
     let timeline = host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.unwrap();

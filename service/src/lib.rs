@@ -8,6 +8,7 @@
 //! - [`timeline_handle`]: one timeline as its tasks share it (storage
 //!   timeline, WAL source, live status);
 //! - [`log`]: log lines from threads that must not call PostgreSQL;
+//! - [`error`]: the service's error kinds and their SQLSTATEs, in one place;
 //! - [`walreceiver`]: the replication client and the per-timeline WAL
 //!   receiver feeding ingest;
 //! - [`page_service`]: the libpq listener, pagestream and backups;
@@ -21,8 +22,9 @@
 #![deny(unsafe_code)]
 
 // Dependencies run one way, top to bottom (`tests/module_graph.rs` checks it):
-// mgmt → tenants → {walreceiver, page_service} → timeline_handle, log;
+// mgmt → tenants → {walreceiver, page_service} → timeline_handle, log, error;
 // redo_client stands alone.
+pub mod error;
 pub mod log;
 pub mod mgmt;
 pub mod page_service;

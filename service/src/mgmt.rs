@@ -4,6 +4,7 @@
 //! the main worker's side (a plain thread that serves the queue and calls
 //! the [`Manager`]); the SQL side is in `mgmt_sql`.
 
+use crate::error::ServiceError;
 use crate::tenants::{Manager, TimelineRow};
 use serde::{Deserialize, Serialize};
 use shared_mem::CommandQueue;
@@ -38,17 +39,30 @@ pub enum Command {
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Id(String),
-    Branch { timeline: String, lsn: String },
+    Branch {
+        timeline: String,
+        lsn: String,
+    },
     Timelines(Vec<TimelineRow>),
     Tenants(Vec<String>),
-    Error(String),
+    /// The command failed: the SQLSTATE its SQL function raises, and the message.
+    Error {
+        sqlstate: String,
+        message: String,
+    },
 }
 
-fn parse_id(what: &str, s: &str) -> Result<storage::repo::TimelineId, String> {
-    s.trim().parse().map_err(|_| format!("invalid {what} \"{s}\": expected 32 hexadecimal digits"))
+impl Reply {
+    pub fn error(e: ServiceError) -> Reply {
+        Reply::Error { sqlstate: e.sqlstate().to_string(), message: e.to_string() }
+    }
 }
 
-fn parse_opt_id(what: &str, s: &Option<String>) -> Result<Option<storage::repo::TimelineId>, String> {
+fn parse_id(what: &str, s: &str) -> Result<storage::repo::TimelineId, ServiceError> {
+    s.trim().parse().map_err(|_| ServiceError::InvalidArgument(format!("invalid {what} \"{s}\": expected 32 hexadecimal digits")))
+}
+
+fn parse_opt_id(what: &str, s: &Option<String>) -> Result<Option<storage::repo::TimelineId>, ServiceError> {
     s.as_deref().map(|s| parse_id(what, s)).transpose()
 }
 
@@ -68,7 +82,11 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             let parent = parse_id("parent timeline id", &parent)?;
             let child = parse_opt_id("timeline id", &timeline)?;
             let lsn = match lsn {
-                Some(s) => Some(s.trim().parse().map_err(|_| format!("invalid LSN \"{s}\": expected the form 16/B374D848"))?),
+                Some(s) => Some(
+                    s.trim()
+                        .parse()
+                        .map_err(|_| ServiceError::InvalidArgument(format!("invalid LSN \"{s}\": expected the form 16/B374D848")))?,
+                ),
                 None => None,
             };
             let (id, lsn) = manager.branch(tenant, parent, lsn, child)?;
@@ -77,7 +95,7 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         Command::ListTimelines => Ok(Reply::Timelines(manager.list())),
         Command::ListTenants => Ok(Reply::Tenants(manager.tenant_ids().iter().map(|t| t.to_string()).collect())),
     };
-    result.unwrap_or_else(Reply::Error)
+    result.unwrap_or_else(Reply::error)
 }
 
 /// Serves the command queue until the manager stops (a thread of the main worker).
@@ -87,11 +105,12 @@ pub fn serve(queue: &'static CommandQueue, manager: Arc<Manager>) {
         let Some(job) = server.next(Duration::from_millis(250)) else { continue };
         let reply = match serde_json::from_slice::<Command>(job.request()) {
             Ok(command) => execute(&manager, command),
-            Err(e) => Reply::Error(format!("malformed management command: {e}")),
+            Err(e) => Reply::error(ServiceError::Internal(format!("malformed management command: {e}"))),
         };
         let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
         if bytes.len() > shared_mem::command_queue::COMMAND_BUFFER {
-            bytes = serde_json::to_vec(&Reply::Error("the reply is too large for the command queue".into())).unwrap_or_default();
+            let too_large = ServiceError::Internal("the reply is too large for the command queue".into());
+            bytes = serde_json::to_vec(&Reply::error(too_large)).unwrap_or_default();
         }
         job.reply(&bytes);
     }

@@ -24,9 +24,11 @@
 //! Nothing here calls PostgreSQL: it runs on the main worker's tokio
 //! runtime and plain threads.
 
+use crate::error::ServiceError;
 use crate::log::LogSink;
 use crate::timeline_handle::{CompactionPass, SourceMeta, TenantId, TimelineHandle, TimelineStatus};
-use crate::walreceiver::{self, backup_label_lsn, replication::ReplicationConn};
+use crate::walreceiver::replication::{ReplError, ReplicationConn};
+use crate::walreceiver::{self, backup_label_lsn};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,7 +49,7 @@ const TRIM_AFTER_FLUSHED_BYTES: u64 = 64 << 20;
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(20);
 
 impl crate::page_service::commands::TimelineLookup for Manager {
-    fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<storage::repo::Timeline>, String> {
+    fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<storage::repo::Timeline>, ServiceError> {
         Manager::timeline(self, tenant, timeline).map(|handle| handle.timeline.clone())
     }
 }
@@ -104,6 +106,15 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// A failure talking to the primary: a malformed connection string is the
+/// caller's argument; anything else is the connection's.
+fn connection(e: ReplError) -> ServiceError {
+    match e {
+        ReplError::Conninfo(_) => ServiceError::InvalidArgument(e.to_string()),
+        _ => ServiceError::Connection(e.to_string()),
+    }
+}
+
 impl Manager {
     /// Loads every tenant under `<data_dir>/tenants`, restarts interrupted
     /// imports and the WAL receivers, and starts the background threads.
@@ -114,9 +125,10 @@ impl Manager {
         host: HostSettings,
         runtime: tokio::runtime::Handle,
         log: LogSink,
-    ) -> Result<Arc<Manager>, String> {
+    ) -> Result<Arc<Manager>, ServiceError> {
         let root = data_dir.join("tenants");
-        std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let io = |e: std::io::Error| ServiceError::Io(format!("cannot read {}: {e}", root.display()));
+        std::fs::create_dir_all(&root).map_err(|e| ServiceError::Io(format!("cannot create {}: {e}", root.display())))?;
         let manager = Arc::new(Manager {
             root: root.clone(),
             conf,
@@ -127,8 +139,8 @@ impl Manager {
             tenants: RwLock::new(BTreeMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
         });
-        for entry in std::fs::read_dir(&root).map_err(err)? {
-            let entry = entry.map_err(err)?;
+        for entry in std::fs::read_dir(&root).map_err(io)? {
+            let entry = entry.map_err(io)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(id) = name.parse::<TenantId>() else {
                 manager.log.warning(format!("ignoring {} in the tenants directory", entry.path().display()));
@@ -139,9 +151,10 @@ impl Manager {
             manager.resume_timelines(&tenant);
         }
         let flusher = manager.clone();
-        std::thread::Builder::new().name("pageserver-flush".into()).spawn(move || flusher.flush_loop()).map_err(err)?;
+        let spawn_failed = |e: std::io::Error| ServiceError::Internal(format!("cannot start a thread: {e}"));
+        std::thread::Builder::new().name("pageserver-flush".into()).spawn(move || flusher.flush_loop()).map_err(spawn_failed)?;
         let compactor = manager.clone();
-        std::thread::Builder::new().name("pageserver-compact".into()).spawn(move || compactor.compaction_loop()).map_err(err)?;
+        std::thread::Builder::new().name("pageserver-compact".into()).spawn(move || compactor.compaction_loop()).map_err(spawn_failed)?;
         Ok(manager)
     }
 
@@ -157,14 +170,16 @@ impl Manager {
         &self.log
     }
 
-    fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, String> {
+    fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, ServiceError> {
         let dir = self.root.join(id.to_string());
-        let repo = Repository::open(&dir, self.conf.clone(), self.redo.clone()).map_err(|e| format!("tenant {id}: {e}"))?;
-        std::fs::create_dir_all(dir.join("sources")).map_err(err)?;
+        let repo = Repository::open(&dir, self.conf.clone(), self.redo.clone())
+            .map_err(|e| ServiceError::from(e).context(format!("tenant {id}")))?;
+        std::fs::create_dir_all(dir.join("sources"))
+            .map_err(|e| ServiceError::Io(format!("tenant {id}: cannot create its sources directory: {e}")))?;
         let tenant = Arc::new(Tenant { id, dir, repo: Arc::new(repo), timelines: RwLock::new(BTreeMap::new()) });
         for tl in tenant.repo.timeline_ids() {
-            let timeline = tenant.repo.get_timeline(tl).map_err(err)?;
-            let source = read_source(&tenant.dir, tl)?;
+            let timeline = tenant.repo.get_timeline(tl)?;
+            let source = read_source(&tenant.dir, tl).map_err(ServiceError::Corrupt)?;
             let state = match &source {
                 None => "branch",
                 Some(s) => s.state.as_str(),
@@ -206,11 +221,11 @@ impl Manager {
         }
     }
 
-    pub fn create_tenant(&self, id: Option<TenantId>) -> Result<TenantId, String> {
+    pub fn create_tenant(&self, id: Option<TenantId>) -> Result<TenantId, ServiceError> {
         let id = id.unwrap_or_else(random_id);
         let mut tenants = self.tenants.write();
         if tenants.contains_key(&id) {
-            return Err(format!("tenant {id} already exists"));
+            return Err(ServiceError::AlreadyExists(format!("tenant {id} already exists")));
         }
         let tenant = self.load_tenant(id)?;
         tenants.insert(id, tenant);
@@ -221,14 +236,14 @@ impl Manager {
         self.tenants.read().keys().copied().collect()
     }
 
-    pub fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, String> {
-        self.tenants.read().get(&id).cloned().ok_or_else(|| format!("tenant {id} not found"))
+    pub fn tenant(&self, id: TenantId) -> Result<Arc<Tenant>, ServiceError> {
+        self.tenants.read().get(&id).cloned().ok_or_else(|| ServiceError::NotFound(format!("tenant {id} not found")))
     }
 
-    pub fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<TimelineHandle>, String> {
+    pub fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<TimelineHandle>, ServiceError> {
         let t = self.tenant(tenant)?;
         let entry = t.timelines.read().get(&timeline).cloned();
-        entry.ok_or_else(|| format!("timeline {timeline} not found in tenant {tenant}"))
+        entry.ok_or_else(|| ServiceError::NotFound(format!("timeline {timeline} not found in tenant {tenant}")))
     }
 
     /// Checks the primary, creates the slot and the timeline, and starts the
@@ -240,35 +255,39 @@ impl Manager {
         conninfo: &str,
         slot: Option<String>,
         basebackup_tar: Option<String>,
-    ) -> Result<TimelineId, String> {
+    ) -> Result<TimelineId, ServiceError> {
         let tar_start = match &basebackup_tar {
             None => None,
             Some(path) => {
                 if slot.is_none() {
-                    return Err("with basebackup_tar, slot_name must name the slot that kept WAL since the backup \
-                                (create it with pg_create_physical_replication_slot(name, true) before the backup)"
-                        .into());
+                    return Err(ServiceError::InvalidArgument(
+                        "with basebackup_tar, slot_name must name the slot that kept WAL since the backup \
+                         (create it with pg_create_physical_replication_slot(name, true) before the backup)"
+                            .into(),
+                    ));
                 }
-                Some(backup_label_lsn(Path::new(path))?)
+                Some(backup_label_lsn(Path::new(path)).map_err(ServiceError::InvalidArgument)?)
             }
         };
         let tenant = self.tenant(tenant_id)?;
         let id = timeline_id.unwrap_or_else(random_id);
         if tenant.timelines.read().contains_key(&id) {
-            return Err(format!("timeline {id} already exists in tenant {tenant_id}"));
+            return Err(ServiceError::AlreadyExists(format!("timeline {id} already exists in tenant {tenant_id}")));
         }
         let slot = slot.unwrap_or_else(|| format!("pageserver_{}", &id.to_string()[..16]));
         if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            return Err(format!("invalid slot name \"{slot}\": use up to 63 lower-case letters, digits and underscores"));
+            return Err(ServiceError::InvalidArgument(format!(
+                "invalid slot name \"{slot}\": use up to 63 lower-case letters, digits and underscores"
+            )));
         }
         let host = self.host.clone();
         let (system, _) = self.runtime.block_on(async {
-            let mut conn = ReplicationConn::connect(conninfo).await.map_err(err)?;
-            let system = conn.identify_system().await.map_err(err)?;
+            let mut conn = ReplicationConn::connect(conninfo).await.map_err(connection)?;
+            let system = conn.identify_system().await.map_err(connection)?;
             for (name, ours) in [("data_checksums", &host.data_checksums), ("wal_log_hints", &host.wal_log_hints)] {
-                let theirs = conn.show(name).await.map_err(err)?;
+                let theirs = conn.show(name).await.map_err(connection)?;
                 if &theirs != ours {
-                    return Err(format!(
+                    return Err(ServiceError::NotInPrerequisiteState(format!(
                         "the primary has {name} = {theirs} but this host has {name} = {ours}; redo stamps pages \
                          differently, so the host must match: {}",
                         if name == "data_checksums" {
@@ -276,48 +295,53 @@ impl Manager {
                         } else {
                             "set wal_log_hints to the same value on both and restart"
                         }
-                    ));
+                    )));
                 }
             }
-            let fpw = conn.show("full_page_writes").await.map_err(err)?;
+            let fpw = conn.show("full_page_writes").await.map_err(connection)?;
             if fpw != "on" {
-                return Err("the primary has full_page_writes = off; a base backup needs it on".to_string());
+                return Err(ServiceError::NotInPrerequisiteState(
+                    "the primary has full_page_writes = off; a base backup needs it on".into(),
+                ));
             }
-            let seg = conn.show("wal_segment_size").await.map_err(err)?;
+            let seg = conn.show("wal_segment_size").await.map_err(connection)?;
             if seg != "16MB" {
-                return Err(format!("the primary has wal_segment_size = {seg}; only 16MB is supported"));
+                return Err(ServiceError::NotInPrerequisiteState(format!(
+                    "the primary has wal_segment_size = {seg}; only 16MB is supported"
+                )));
             }
             if let Some(start) = tar_start {
-                let rows = conn.query(&format!("READ_REPLICATION_SLOT {slot}")).await.map_err(err)?;
+                let rows = conn.query(&format!("READ_REPLICATION_SLOT {slot}")).await.map_err(connection)?;
                 let restart = rows.first().and_then(|r| r.get(1).cloned().flatten());
                 let Some(restart) = restart else {
-                    return Err(format!(
+                    return Err(ServiceError::NotFound(format!(
                         "replication slot \"{slot}\" does not exist on the primary (or holds no WAL); \
                          create it before taking the backup: SELECT pg_create_physical_replication_slot('{slot}', true)"
-                    ));
+                    )));
                 };
-                let restart: Lsn = restart.parse().map_err(|_| format!("bad restart_lsn {restart:?}"))?;
+                let restart: Lsn =
+                    restart.parse().map_err(|_| ServiceError::Connection(format!("the primary sent a bad restart_lsn {restart:?}")))?;
                 if restart > start {
-                    return Err(format!(
+                    return Err(ServiceError::NotInPrerequisiteState(format!(
                         "replication slot \"{slot}\" keeps WAL only from {restart}, after the backup's start {start}: \
                          the WAL needed after the backup is gone"
-                    ));
+                    )));
                 }
-                return Ok::<_, String>((system, ()));
+                return Ok::<_, ServiceError>((system, ()));
             }
             match conn.query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL")).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some("42710") => {
-                    return Err(format!(
+                    return Err(ServiceError::AlreadyExists(format!(
                         "replication slot \"{slot}\" already exists on the primary: drop it there \
                          (SELECT pg_drop_replication_slot('{slot}')) or pass another slot name"
-                    ))
+                    )))
                 }
-                Err(e) => return Err(format!("cannot create replication slot \"{slot}\": {e}")),
+                Err(e) => return Err(ServiceError::NotInPrerequisiteState(format!("cannot create replication slot \"{slot}\": {e}"))),
             }
-            Ok::<_, String>((system, ()))
+            Ok::<_, ServiceError>((system, ()))
         })?;
-        let timeline = tenant.repo.create_timeline(id).map_err(err)?;
+        let timeline = tenant.repo.create_timeline(id)?;
         let source = SourceMeta {
             conninfo: conninfo.to_string(),
             slot,
@@ -327,7 +351,7 @@ impl Manager {
             basebackup_tar,
             state: "importing".into(),
         };
-        write_source(&tenant.dir, id, &source)?;
+        write_source(&tenant.dir, id, &source).map_err(ServiceError::Io)?;
         let status = Arc::new(TimelineStatus::default());
         *status.state.lock() = "importing".into();
         let entry = Arc::new(TimelineHandle { timeline, status, source: Mutex::new(Some(source)) });
@@ -376,15 +400,15 @@ impl Manager {
         parent: TimelineId,
         lsn: Option<Lsn>,
         child: Option<TimelineId>,
-    ) -> Result<(TimelineId, Lsn), String> {
+    ) -> Result<(TimelineId, Lsn), ServiceError> {
         let tenant = self.tenant(tenant_id)?;
         let parent_entry = self.timeline(tenant_id, parent)?;
         let lsn = lsn.unwrap_or_else(|| parent_entry.timeline.last_record_lsn());
         let child = child.unwrap_or_else(random_id);
         if tenant.timelines.read().contains_key(&child) {
-            return Err(format!("timeline {child} already exists in tenant {tenant_id}"));
+            return Err(ServiceError::AlreadyExists(format!("timeline {child} already exists in tenant {tenant_id}")));
         }
-        let timeline = tenant.repo.branch_timeline(parent, child, lsn).map_err(err)?;
+        let timeline = tenant.repo.branch_timeline(parent, child, lsn)?;
         let status = Arc::new(TimelineStatus::default());
         *status.state.lock() = "branch".into();
         tenant.timelines.write().insert(child, Arc::new(TimelineHandle { timeline, status, source: Mutex::new(None) }));

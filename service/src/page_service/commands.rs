@@ -14,6 +14,7 @@
 //! the blocking pool.
 
 use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
+use crate::error::ServiceError;
 use crate::timeline_handle::TenantId;
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ const ZERO_PAGE: [u8; pg_constants::BLCKSZ] = [0; pg_constants::BLCKSZ];
 /// Finds a timeline by tenant and timeline id (the manager implements it;
 /// the page service needs nothing else of it).
 pub trait TimelineLookup: Send + Sync {
-    fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<Timeline>, String>;
+    fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<Timeline>, ServiceError>;
 }
 
 /// What the commands need from the main worker.
@@ -109,19 +110,15 @@ async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()>
     Ok(())
 }
 
-fn find_timeline(ctx: &ServiceContext, tenant: TenantId, timeline: TimelineId) -> Result<Arc<Timeline>, String> {
-    ctx.timelines.timeline(tenant, timeline)
-}
-
 /// Runs a parsed command on the connection; writes everything up to (not
 /// including) ReadyForQuery.
 pub async fn run(stream: &mut TcpStream, out: &mut BytesMut, ctx: &ServiceContext, command: Command) -> Result<(), ProtocolError> {
     match command {
         Command::Pagestream { version, tenant, timeline } => {
-            let timeline = match find_timeline(ctx, tenant, timeline) {
+            let timeline = match ctx.timelines.timeline(tenant, timeline) {
                 Ok(t) => t,
                 Err(e) => {
-                    BackendWriter(out).error(sqlstate::UNDEFINED_OBJECT, &e, None);
+                    BackendWriter(out).error(e.sqlstate(), &e.to_string(), None);
                     return Ok(());
                 }
             };
@@ -351,10 +348,10 @@ async fn send_backup(
     timeline: TimelineId,
     lsn: Option<Lsn>,
 ) -> Result<(), ProtocolError> {
-    let timeline = match find_timeline(ctx, tenant, timeline) {
+    let timeline = match ctx.timelines.timeline(tenant, timeline) {
         Ok(t) => t,
         Err(e) => {
-            BackendWriter(out).error(sqlstate::UNDEFINED_OBJECT, &e, None);
+            BackendWriter(out).error(e.sqlstate(), &e.to_string(), None);
             return Ok(());
         }
     };

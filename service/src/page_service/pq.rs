@@ -258,14 +258,8 @@ fn put_cstr(b: &mut BytesMut, s: &str) {
 }
 
 /// SQLSTATEs we use.
-pub mod sqlstate {
-    pub const SYNTAX_ERROR: &str = "42601";
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    pub const UNDEFINED_OBJECT: &str = "42704";
-    pub const INVALID_PARAMETER: &str = "22023";
-    pub const INTERNAL_ERROR: &str = "XX000";
-}
+/// The SQLSTATE codes, from the service's one table of them.
+pub use crate::error::sqlstate;
 
 #[cfg(test)]
 mod tests {
