@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 use service::mgmt::{Command, Reply};
+use service::timeline_handle::TimelineState;
 use std::time::{Duration, Instant};
 
 /// How long a command may wait for the main worker.
@@ -88,8 +89,8 @@ fn create_timeline(
         let Some(row) = rows.into_iter().find(|r| r.timeline == id && r.tenant == tenant_id.to_lowercase()) else {
             error!("timeline {id} disappeared during its import")
         };
-        match row.state.as_str() {
-            "importing" => {
+        match row.state {
+            TimelineState::Importing => {
                 if last_report.elapsed() >= PROGRESS_INTERVAL {
                     notice!(
                         "importing the base backup of timeline {id}: {} of about {} MiB",
@@ -99,7 +100,7 @@ fn create_timeline(
                     last_report = Instant::now();
                 }
             }
-            "broken" => error!("timeline {id}: {}", row.error.unwrap_or_default()),
+            TimelineState::Broken => error!("timeline {id}: {}", row.error.unwrap_or_default()),
             _ => return id,
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -169,7 +170,7 @@ fn timelines() -> TableIterator<
                 (
                     r.tenant,
                     r.timeline,
-                    r.state,
+                    r.state.to_string(),
                     r.ancestor,
                     r.branch_lsn,
                     r.last_record_lsn,

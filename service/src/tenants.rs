@@ -26,7 +26,7 @@
 
 use crate::error::ServiceError;
 use crate::log::LogSink;
-use crate::timeline_handle::{CompactionPass, SourceMeta, TenantId, TimelineHandle, TimelineStatus};
+use crate::timeline_handle::{CompactionPass, SourceMeta, SourceState, TenantId, TimelineHandle, TimelineState, TimelineStatus};
 use crate::walreceiver::replication::{ReplError, ReplicationConn};
 use crate::walreceiver::{self, backup_label_lsn};
 use parking_lot::{Mutex, RwLock};
@@ -85,7 +85,7 @@ pub struct Manager {
 pub struct TimelineRow {
     pub tenant: String,
     pub timeline: String,
-    pub state: String,
+    pub state: TimelineState,
     pub ancestor: Option<String>,
     pub branch_lsn: Option<String>,
     pub last_record_lsn: String,
@@ -180,12 +180,9 @@ impl Manager {
         for tl in tenant.repo.timeline_ids() {
             let timeline = tenant.repo.get_timeline(tl)?;
             let source = read_source(&tenant.dir, tl).map_err(ServiceError::Corrupt)?;
-            let state = match &source {
-                None => "branch",
-                Some(s) => s.state.as_str(),
-            };
+            let state = source.as_ref().map_or(TimelineState::Branch, |s| s.state.into());
             let status = Arc::new(TimelineStatus::default());
-            *status.state.lock() = state.to_string();
+            *status.state.lock() = state;
             tenant.timelines.write().insert(tl, Arc::new(TimelineHandle { timeline, status, source: Mutex::new(source) }));
         }
         Ok(tenant)
@@ -196,7 +193,7 @@ impl Manager {
         for entry in entries {
             let source = entry.source.lock().clone();
             match source {
-                Some(s) if s.state == "importing" => {
+                Some(s) if s.state == SourceState::Importing => {
                     self.log.log(format!("timeline {}/{}: import was interrupted, starting it again", tenant.id, entry.timeline.id()));
                     let id = entry.timeline.id();
                     tenant.timelines.write().remove(&id);
@@ -207,7 +204,7 @@ impl Manager {
                     match tenant.repo.create_timeline(id) {
                         Ok(timeline) => {
                             let status = Arc::new(TimelineStatus::default());
-                            *status.state.lock() = "importing".into();
+                            *status.state.lock() = TimelineState::Importing;
                             let entry = Arc::new(TimelineHandle { timeline, status, source: Mutex::new(Some(s)) });
                             tenant.timelines.write().insert(id, entry.clone());
                             self.spawn_import(tenant.clone(), entry);
@@ -349,11 +346,11 @@ impl Manager {
             pg_timeline: system.timeline,
             start_lsn: 0,
             basebackup_tar,
-            state: "importing".into(),
+            state: SourceState::Importing,
         };
         write_source(&tenant.dir, id, &source).map_err(ServiceError::Io)?;
         let status = Arc::new(TimelineStatus::default());
-        *status.state.lock() = "importing".into();
+        *status.state.lock() = TimelineState::Importing;
         let entry = Arc::new(TimelineHandle { timeline, status, source: Mutex::new(Some(source)) });
         tenant.timelines.write().insert(id, entry.clone());
         self.spawn_import(tenant, entry);
@@ -368,21 +365,21 @@ impl Manager {
                 Ok(start_lsn) => {
                     let mut source = entry.source.lock().clone().expect("a timeline being imported has a source");
                     source.start_lsn = start_lsn.0;
-                    source.state = "active".into();
+                    source.state = SourceState::Active;
                     if let Err(e) = write_source(&tenant.dir, id, &source) {
                         entry.status.error.lock().replace(e.clone());
-                        *entry.status.state.lock() = "broken".into();
+                        *entry.status.state.lock() = TimelineState::Broken;
                         return;
                     }
                     *entry.source.lock() = Some(source);
-                    *entry.status.state.lock() = "active".into();
+                    *entry.status.state.lock() = TimelineState::Active;
                     manager.log.log(format!("timeline {}/{id}: imported the base backup at {start_lsn}", tenant.id));
                     manager.spawn_receiver(tenant, entry);
                 }
                 Err(e) => {
                     manager.log.warning(format!("timeline {}/{id}: import failed: {e}", tenant.id));
                     entry.status.error.lock().replace(format!("import failed: {e}"));
-                    *entry.status.state.lock() = "broken".into();
+                    *entry.status.state.lock() = TimelineState::Broken;
                 }
             }
         });
@@ -410,7 +407,7 @@ impl Manager {
         }
         let timeline = tenant.repo.branch_timeline(parent, child, lsn)?;
         let status = Arc::new(TimelineStatus::default());
-        *status.state.lock() = "branch".into();
+        *status.state.lock() = TimelineState::Branch;
         tenant.timelines.write().insert(child, Arc::new(TimelineHandle { timeline, status, source: Mutex::new(None) }));
         Ok((child, lsn))
     }
@@ -425,7 +422,7 @@ impl Manager {
                 rows.push(TimelineRow {
                     tenant: tenant.id.to_string(),
                     timeline: tl.id().to_string(),
-                    state: entry.status.state.lock().clone(),
+                    state: *entry.status.state.lock(),
                     ancestor: tl.ancestor().map(|(a, _)| a.id().to_string()),
                     branch_lsn: tl.ancestor().map(|(_, lsn)| lsn.to_string()),
                     last_record_lsn: last.to_string(),

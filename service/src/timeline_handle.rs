@@ -26,15 +26,62 @@ pub struct SourceMeta {
     /// streaming `BASE_BACKUP`.
     #[serde(default)]
     pub basebackup_tar: Option<String>,
-    /// `importing` or `active`.
-    pub state: String,
+    pub state: SourceState,
+}
+
+/// How far a timeline with a source has come, as its source file records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    /// The base backup is being imported; after a crash it starts again.
+    Importing,
+    /// The import is durable; WAL streams from the slot.
+    Active,
+}
+
+/// A timeline's state as `pageserver.timelines()` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineState {
+    #[default]
+    Importing,
+    Active,
+    /// The import or a flush failed (see the timeline's last error).
+    Broken,
+    /// A branch: no source of its own.
+    Branch,
+}
+
+impl TimelineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimelineState::Importing => "importing",
+            TimelineState::Active => "active",
+            TimelineState::Broken => "broken",
+            TimelineState::Branch => "branch",
+        }
+    }
+}
+
+impl std::fmt::Display for TimelineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<SourceState> for TimelineState {
+    fn from(s: SourceState) -> TimelineState {
+        match s {
+            SourceState::Importing => TimelineState::Importing,
+            SourceState::Active => TimelineState::Active,
+        }
+    }
 }
 
 /// Live state of one timeline, for `pageserver.timelines`.
 #[derive(Default)]
 pub struct TimelineStatus {
-    /// `importing`, `active`, `broken`, or `branch` (no source).
-    pub state: Mutex<String>,
+    pub state: Mutex<TimelineState>,
     pub import: storage::import::ImportProgress,
     pub error: Mutex<Option<String>>,
     pub receiver: ReceiverStatus,
@@ -96,4 +143,25 @@ pub struct TimelineHandle {
     pub timeline: Arc<Timeline>,
     pub status: Arc<TimelineStatus>,
     pub source: Mutex<Option<SourceMeta>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_files_keep_their_format_and_states_show_as_before() {
+        // A source file as earlier versions wrote it.
+        let old = r#"{"conninfo":"host=x","slot":"s","system_id":1,"pg_timeline":1,"start_lsn":0,"state":"active"}"#;
+        let source: SourceMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(source.state, SourceState::Active);
+        assert_eq!(source.basebackup_tar, None);
+        let again = serde_json::to_string(&source).unwrap();
+        assert!(again.contains(r#""state":"active""#), "{again}");
+        assert!(serde_json::from_str::<SourceMeta>(&old.replace("active", "finished")).is_err());
+        let shown: Vec<String> =
+            [TimelineState::Importing, TimelineState::Active, TimelineState::Broken, TimelineState::Branch].map(|s| s.to_string()).into();
+        assert_eq!(shown, ["importing", "active", "broken", "branch"]);
+        assert_eq!(TimelineState::from(SourceState::Importing), TimelineState::Importing);
+    }
 }
