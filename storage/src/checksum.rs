@@ -71,7 +71,11 @@ pub fn set_page_checksum(page: &mut [u8; BLCKSZ], blkno: u32) {
     if page_is_new(page) {
         return;
     }
-    let sum = page_checksum(page, blkno);
+    store_checksum(page, page_checksum(page, blkno));
+}
+
+/// Writes `sum` into the page header's `pd_checksum`.
+pub fn store_checksum(page: &mut [u8; BLCKSZ], sum: u16) {
     page[PD_CHECKSUM..PD_CHECKSUM + 2].copy_from_slice(&sum.to_le_bytes());
 }
 

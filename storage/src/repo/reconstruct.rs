@@ -111,11 +111,15 @@ impl Collector {
 pub(crate) fn with_checksum(key: Key, value: Bytes) -> Bytes {
     let Some(KeyClass::RelBlock { blkno, .. }) = key.classify() else { return value };
     let Ok(page) = <&[u8; BLCKSZ]>::try_from(value.as_ref()) else { return value };
-    if checksum::page_is_new(page) || checksum::stored_checksum(page) == checksum::page_checksum(page, blkno) {
+    if checksum::page_is_new(page) {
+        return value;
+    }
+    let sum = checksum::page_checksum(page, blkno);
+    if checksum::stored_checksum(page) == sum {
         return value;
     }
     let mut page = Box::new(*page);
-    checksum::set_page_checksum(&mut page, blkno);
+    checksum::store_checksum(&mut page, sum);
     Bytes::from(page as Box<[u8]>)
 }
 
