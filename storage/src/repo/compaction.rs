@@ -17,8 +17,10 @@
 //! layer's key range spans every key changed in its LSN range, so a few
 //! scattered changes would otherwise re-image every partition between them.
 //!
-//! Both write their new files first, then swap them into the layer map and the
-//! index in one step; replaced files are unlinked once no reader holds them.
+//! Both run on a view of the timeline ([`LayerWork`]): they write their new
+//! files first, then return a [`LayerSwap`] that the timeline's owner applies
+//! to the layer map and the index in one step; replaced files are unlinked
+//! once no reader holds them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use super::gc::covered;
 use super::layer_file::{LayerIter, LayerKind, LayerName, LayerReader, LayerWriter, LsnRange, RawEntry};
 use super::layer_map::PersistentLayer;
+use super::layer_work::{LayerSwap, LayerWork};
 use super::timeline::Timeline;
 use super::Result;
 use crate::key::{Key, KeyRange};
@@ -49,22 +52,52 @@ pub struct CompactionStats {
 const PAGE_SIZE: u64 = pg_constants::BLCKSZ as u64;
 
 impl Timeline {
-    /// L0 → L1 compaction (if enough L0s exist), then image layer creation.
+    /// L0 → L1 compaction (if enough L0s exist), then image layer creation,
+    /// in-process: planned on this timeline and applied through layer swaps
+    /// ([`super::layer_work`]), as the layers worker does from its view.
     pub fn compact(&self) -> Result<CompactionStats> {
-        let mut stats = self.compact_level0()?;
-        stats.images_written = self.create_image_layers()?;
+        let _compaction = self.compaction_lock.lock();
+        let grant = self.begin_layer_work(self.gc_cutoff(), Vec::new())?;
+        LayerWork::new(self, &grant).compact(&|swap| self.apply_layer_swap(swap))
+    }
+
+    /// Image layer creation alone, in-process (see [`compact`](Self::compact));
+    /// returns how many image layers it wrote.
+    pub fn create_image_layers(&self) -> Result<usize> {
+        let _compaction = self.compaction_lock.lock();
+        let grant = self.begin_layer_work(self.gc_cutoff(), Vec::new())?;
+        let mut work = LayerWork::new(self, &grant);
+        let Some((swap, images)) = work.plan_image_layers()? else { return Ok(0) };
+        work.commit(&swap, &|swap| self.apply_layer_swap(swap))?;
+        Ok(images)
+    }
+}
+
+impl LayerWork<'_> {
+    /// L0 → L1, then image layers, each committed through `owner` as soon as
+    /// its files are written.
+    pub fn compact(&mut self, owner: &dyn Fn(&LayerSwap) -> Result<u64>) -> Result<CompactionStats> {
+        let mut stats = CompactionStats::default();
+        if let Some((swap, level0)) = self.plan_level0()? {
+            self.commit(&swap, owner)?;
+            stats = level0;
+        }
+        if let Some((swap, images)) = self.plan_image_layers()? {
+            self.commit(&swap, owner)?;
+            stats.images_written = images;
+        }
         Ok(stats)
     }
 
-    /// Merges all L0 delta layers into L1 delta layers once there are at least
-    /// `compaction_threshold` of them.
-    pub fn compact_level0(&self) -> Result<CompactionStats> {
-        let _compaction = self.compaction_lock.lock();
-        let map = self.layers.read().clone();
+    /// Writes the L1 layers that replace all L0 delta layers of the view once
+    /// there are at least `compaction_threshold` of them; returns the swap.
+    pub fn plan_level0(&mut self) -> Result<Option<(LayerSwap, CompactionStats)>> {
+        let view = self.view;
+        let map = view.layers.read().clone();
         let mut level0: Vec<Arc<PersistentLayer>> =
             map.historic.iter().filter(|l| l.name.kind == LayerKind::Delta && l.name.level == 0).cloned().collect();
-        if level0.len() < self.shared.conf.compaction_threshold.max(1) {
-            return Ok(CompactionStats::default());
+        if level0.len() < view.shared.conf.compaction_threshold.max(1) {
+            return Ok(None);
         }
         level0.sort_by_key(|l| l.name.lsn_range.start);
         let lsn_range: LsnRange = (level0[0].name.lsn_range.start..level0.iter().map(|l| l.name.lsn_range.end).max().unwrap()).into();
@@ -81,8 +114,8 @@ impl Timeline {
             heads.push(head);
         }
 
-        let conf = &self.shared.conf;
-        let mut written = Vec::new();
+        let conf = &view.shared.conf;
+        let mut written: Vec<(LayerName, u64)> = Vec::new();
         let mut writer: Option<LayerWriter> = None;
         while let Some(Reverse((key, _, i))) = heap.pop() {
             let entry = heads[i].take().expect("heap entries have heads");
@@ -100,16 +133,16 @@ impl Timeline {
                     level: 1,
                     key_range: KeyRange::new(key, Key::MAX),
                     lsn_range,
-                    seq: self.next_seq(),
+                    seq: self.next_seq()?,
                 };
-                writer = Some(LayerWriter::new(self.dir(), name, conf.fsync)?);
+                writer = Some(LayerWriter::new(view.dir(), name, conf.fsync)?);
             }
             writer.as_mut().unwrap().put_raw(entry.key, entry.lsn, entry.flags, &entry.bytes)?;
         }
         if let Some(writer) = writer {
             written.push(self.finish_l1(writer)?);
         }
-        self.shared.crash.hit("compaction: L1 layers written")?;
+        view.shared.crash.hit("compaction: L1 layers written")?;
 
         let stats = CompactionStats {
             l0_merged: level0.len(),
@@ -117,38 +150,31 @@ impl Timeline {
             l1_written: written.len(),
             images_written: 0,
         };
-        self.replace_layers(
-            |map| {
-                map.historic.retain(|h| !level0.iter().any(|old| Arc::ptr_eq(h, old)));
-                add_new_layers(&mut map.historic, &written);
-            },
-            None,
-            None,
-        )?;
-        Ok(stats)
+        let swap = LayerSwap { generation: self.generation, remove: level0.iter().map(|l| l.name).collect(), add: written, gc: None };
+        Ok(Some((swap, stats)))
     }
 
-    fn finish_l1(&self, mut writer: LayerWriter) -> Result<Arc<PersistentLayer>> {
+    fn finish_l1(&self, mut writer: LayerWriter) -> Result<(LayerName, u64)> {
         let last = writer.last_key().expect("an L1 writer has entries");
         writer.set_key_end(last.next())?;
-        let (name, size) = writer.finish(&self.shared.crash)?;
-        Ok(Arc::new(PersistentLayer::new(name, self.dir().join(name.file_name()), size, self.shared.crash.clone())))
+        writer.finish(&self.view.shared.crash)
     }
 
-    /// Writes image layers at `disk_consistent_lsn` for the key partitions
-    /// whose delta depth reaches `image_creation_threshold`; returns how many.
-    pub fn create_image_layers(&self) -> Result<usize> {
-        let _compaction = self.compaction_lock.lock();
-        let lsn = self.disk_consistent_lsn();
+    /// Writes image layers at the view's `disk_consistent_lsn` for the key
+    /// partitions whose delta depth reaches `image_creation_threshold`;
+    /// returns the swap that adds them and how many there are.
+    pub fn plan_image_layers(&mut self) -> Result<Option<(LayerSwap, usize)>> {
+        let view = self.view;
+        let lsn = view.disk_consistent_lsn();
         // Reads at disk_consistent_lsn are intact even if it is below the GC
         // cutoff: no image layer is newer than it, and GC removes a layer only
         // when images at or above the layer's end cover it.
         if !lsn.is_valid() {
-            return Ok(0);
+            return Ok(None);
         }
-        let map = self.layers.read().clone();
-        let keys = self.collect_keys(&KeyRange::ALL, lsn)?;
-        let conf = &self.shared.conf;
+        let map = view.layers.read().clone();
+        let keys = view.collect_keys(&KeyRange::ALL, lsn)?;
+        let conf = &view.shared.conf;
         let keys_per_partition = (conf.target_file_size / PAGE_SIZE).max(1) as usize;
         let keys: Vec<Key> = keys.into_iter().collect();
         let mut written = Vec::new();
@@ -179,23 +205,22 @@ impl Timeline {
                 level: 0,
                 key_range: partition,
                 lsn_range: (lsn..lsn + 1).into(),
-                seq: self.next_seq(),
+                seq: self.next_seq()?,
             };
-            let mut writer = LayerWriter::new(self.dir(), name, conf.fsync)?;
+            let mut writer = LayerWriter::new(view.dir(), name, conf.fsync)?;
             for key in chunk {
-                if let Some(page) = self.get_unchecked_ahead(*key, lsn, false)? {
+                if let Some(page) = view.get_unchecked_ahead(*key, lsn, false)? {
                     writer.put_value(*key, lsn, &Value::Image(page))?;
                 }
             }
-            let (name, size) = writer.finish(&self.shared.crash)?;
-            written.push(Arc::new(PersistentLayer::new(name, self.dir().join(name.file_name()), size, self.shared.crash.clone())));
+            written.push(writer.finish(&view.shared.crash)?);
         }
         if written.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
-        self.shared.crash.hit("image creation: layers written")?;
-        self.replace_layers(|map| add_new_layers(&mut map.historic, &written), None, None)?;
-        Ok(written.len())
+        view.shared.crash.hit("image creation: layers written")?;
+        let count = written.len();
+        Ok(Some((LayerSwap { generation: self.generation, remove: Vec::new(), add: written, gc: None }, count)))
     }
 }
 

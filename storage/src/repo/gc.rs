@@ -11,12 +11,13 @@
 //! removed — cover its whole key range. A read at `r` (or any later LSN) then
 //! stops at one of those images before reaching the layer. Deciding one layer
 //! at a time against the images still kept makes the rule hold for the final
-//! set. The cutoff is written in the same index that drops the layers.
+//! set. The cutoff is written in the same index that drops the layers (one
+//! [`LayerSwap`], planned on a view by [`LayerWork::plan_gc`]).
 
 use std::sync::Arc;
 
 use super::layer_map::PersistentLayer;
-use super::timeline::Timeline;
+use super::layer_work::{GcChange, LayerSwap, LayerWork};
 use super::Result;
 use crate::key::KeyRange;
 use crate::lsn::Lsn;
@@ -48,17 +49,15 @@ pub(crate) fn covered(target: &KeyRange, mut ranges: Vec<KeyRange>) -> bool {
     reached >= target.end
 }
 
-impl Timeline {
-    /// Raises the GC cutoff to `cutoff` and removes the layers no read at or
-    /// above it, nor at any of `branch_points`, needs.
-    pub(crate) fn gc(&self, cutoff: Lsn, branch_points: &[Lsn]) -> Result<GcStats> {
-        let _compaction = self.compaction_lock.lock();
-        let cutoff = cutoff.max(self.gc_cutoff());
-        // Readers check the cutoff after taking their map snapshot, so raising
-        // it before the new map is published keeps every read either complete
-        // or refused.
-        self.raise_gc_cutoff(cutoff);
-        let map = self.layers.read().clone();
+impl LayerWork<'_> {
+    /// Chooses the layers that no read at or above `cutoff` (raised to the
+    /// view's current cutoff), nor at any of `branch_points`, needs; returns
+    /// the swap that drops them and raises the cutoff. The owner refuses it if
+    /// the timeline's branch points changed in the meantime.
+    pub fn plan_gc(&mut self, cutoff: Lsn, branch_points: &[Lsn]) -> Result<(LayerSwap, GcStats)> {
+        let view = self.view;
+        let cutoff = cutoff.max(view.gc_cutoff());
+        let map = view.layers.read().clone();
         let mut retained: Vec<Lsn> = branch_points.to_vec();
         retained.push(cutoff);
         let mut candidates: Vec<&Arc<PersistentLayer>> = map.historic.iter().collect();
@@ -95,9 +94,14 @@ impl Timeline {
             bytes_removed: removed.iter().map(|l| l.file_size).sum(),
             layers_kept: map.historic.len() - removed.len(),
         };
-        self.shared.crash.hit("gc: layers chosen")?;
-        self.replace_layers(|map| map.historic.retain(|h| !removed.iter().any(|gone| Arc::ptr_eq(h, gone))), None, Some(cutoff))?;
-        Ok(stats)
+        view.shared.crash.hit("gc: layers chosen")?;
+        let swap = LayerSwap {
+            generation: self.generation,
+            remove: removed.iter().map(|l| l.name).collect(),
+            add: Vec::new(),
+            gc: Some(GcChange { cutoff, branch_points: branch_points.to_vec() }),
+        };
+        Ok((swap, stats))
     }
 }
 

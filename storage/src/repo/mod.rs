@@ -20,6 +20,11 @@
 //! - [`Repository::gc`] removes layers that no read inside the retention
 //!   window, and no branch point, needs.
 //!
+//! Compaction, image creation and GC are planned on a view of the timeline
+//! and applied by its owner as a [`LayerSwap`] ([`layer_work`]): in-process
+//! on the timeline itself, or from another process on a read-only view
+//! ([`Repository::open_read_only`]), which is how the layers worker runs them.
+//!
 //! Reading ([`Timeline::get`]) walks the layer map downward from the requested
 //! LSN, collecting records until an image or a will-init record, crosses into
 //! the ancestor timeline at the branch LSN, and hands the records to a
@@ -62,6 +67,7 @@ pub mod index;
 mod inmem_layer;
 pub mod layer_file;
 mod layer_map;
+pub mod layer_work;
 mod page_cache;
 mod reconstruct;
 mod repository;
@@ -71,6 +77,7 @@ pub use compaction::CompactionStats;
 pub use gc::GcStats;
 pub use image_import::ImageImport;
 pub use layer_file::{LayerKind, LayerName, LsnRange};
+pub use layer_work::{GcChange, LayerSwap, LayerWork, LayerWorkGrant};
 pub use reconstruct::{Redo, RedoFailure};
 pub use repository::Repository;
 pub use timeline::{BackpressureStats, Timeline, TimelineWriter};
@@ -201,6 +208,10 @@ pub enum RepoError {
     TimelineExists(TimelineId),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The owner of a timeline refused a layer swap that no longer fits
+    /// ([`layer_work`]); the worker starts over from fresh state.
+    #[error("layer swap refused: {0}")]
+    SwapRefused(String),
     /// A crash simulated by [`CrashPoints`]; the repository must be reopened.
     #[error("simulated crash at {0}")]
     SimulatedCrash(&'static str),

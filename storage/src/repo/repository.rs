@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use super::gc::GcStats;
 use super::index::{IndexFile, INDEX_FILE_NAME};
 use super::layer_file::sync_dir;
+use super::layer_work::{LayerSwap, LayerWork, LayerWorkGrant};
 use super::timeline::{Shared, Timeline};
 use super::{io_error, CrashPoints, Redo, RepoConfig, RepoError, Result, TimelineId};
 use crate::lsn::Lsn;
@@ -31,8 +32,24 @@ impl Repository {
     /// Opens (creating if needed) the repository in `root`, loading every
     /// timeline from its index and removing files no index names.
     pub fn open(root: &Path, conf: RepoConfig, redo: Arc<dyn Redo>) -> Result<Repository> {
+        Repository::load(root, conf, redo, false)
+    }
+
+    /// Opens a read-only view of a repository that another process owns
+    /// (the layers worker's view of the main worker's tenants): timelines
+    /// as their indexes on disk say now, with `last_record_lsn` =
+    /// `disk_consistent_lsn`; nothing is removed and no index is written.
+    /// Layer work planned on it ([`LayerWork`](super::LayerWork)) is applied
+    /// by the owner.
+    pub fn open_read_only(root: &Path, conf: RepoConfig, redo: Arc<dyn Redo>) -> Result<Repository> {
+        Repository::load(root, conf, redo, true)
+    }
+
+    fn load(root: &Path, conf: RepoConfig, redo: Arc<dyn Redo>, read_only: bool) -> Result<Repository> {
         let timelines_dir = root.join(TIMELINES_DIR);
-        std::fs::create_dir_all(&timelines_dir).map_err(io_error(&timelines_dir))?;
+        if !read_only {
+            std::fs::create_dir_all(&timelines_dir).map_err(io_error(&timelines_dir))?;
+        }
         let page_cache = super::page_cache::PageCache::new(conf.page_cache_bytes);
         let shared = Arc::new(Shared { conf, redo, crash: Arc::new(CrashPoints::default()), page_cache });
         let mut indexes = BTreeMap::new();
@@ -41,7 +58,9 @@ impl Repository {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(NEW_TIMELINE_SUFFIX) {
                 // A timeline creation that did not finish.
-                std::fs::remove_dir_all(entry.path()).map_err(io_error(entry.path()))?;
+                if !read_only {
+                    std::fs::remove_dir_all(entry.path()).map_err(io_error(entry.path()))?;
+                }
                 continue;
             }
             let id: TimelineId = name.parse()?;
@@ -72,7 +91,7 @@ impl Repository {
                 let index = indexes.remove(&id).unwrap();
                 let ancestor = index.ancestor.map(|(a, _)| timelines[&a].clone());
                 let dir = timelines_dir.join(id.to_string());
-                timelines.insert(id, Arc::new(Timeline::load(dir, index, ancestor, shared.clone())?));
+                timelines.insert(id, Arc::new(Timeline::load(dir, index, ancestor, shared.clone(), read_only)?));
             }
         }
         Ok(Repository {
@@ -172,7 +191,7 @@ impl Repository {
             sync_dir(&timelines_dir)?;
         }
         self.shared.crash.hit("timeline created")?;
-        let timeline = Arc::new(Timeline::load(dir, index, ancestor, self.shared.clone())?);
+        let timeline = Arc::new(Timeline::load(dir, index, ancestor, self.shared.clone(), false)?);
         self.timelines.write().insert(id, timeline.clone());
         Ok(timeline)
     }
@@ -224,17 +243,56 @@ impl Repository {
 
     /// GC of one timeline with the cutoff of [`gc_cutoff_for`](Self::gc_cutoff_for).
     pub fn gc_timeline(&self, id: TimelineId, now: SystemTime) -> Result<GcStats> {
-        let _gc = self.gc_lock.lock();
         let timeline = self.get_timeline(id)?;
         let cutoff = self.gc_cutoff_for(&timeline, now);
-        timeline.gc(cutoff, &self.branch_points(id))
+        self.gc_timeline_at(id, cutoff)
     }
 
-    /// GC of one timeline with an explicit cutoff (raised to the current one if lower).
+    /// GC of one timeline with an explicit cutoff (raised to the current one
+    /// if lower), in-process: planned on the timeline itself and applied
+    /// through a layer swap, as the layers worker does from its view.
     pub fn gc_timeline_at(&self, id: TimelineId, cutoff: Lsn) -> Result<GcStats> {
         let _gc = self.gc_lock.lock();
         let timeline = self.get_timeline(id)?;
-        timeline.gc(cutoff, &self.branch_points(id))
+        let _compaction = timeline.compaction_lock.lock();
+        let grant = timeline.begin_layer_work(cutoff, self.branch_points(id))?;
+        let mut work = LayerWork::new(&timeline, &grant);
+        let (swap, stats) = work.plan_gc(cutoff, &grant.branch_points)?;
+        work.commit(&swap, &|swap| self.apply_swap_holding_gc_lock(&timeline, swap))?;
+        Ok(stats)
+    }
+
+    /// Owner side of layer work on timeline `id`: a grant whose GC cutoff is
+    /// [`gc_cutoff_for`](Self::gc_cutoff_for) at `now` and whose branch
+    /// points are the timeline's children's.
+    pub fn begin_layer_work(&self, id: TimelineId, now: SystemTime) -> Result<LayerWorkGrant> {
+        let timeline = self.get_timeline(id)?;
+        let cutoff = self.gc_cutoff_for(&timeline, now);
+        timeline.begin_layer_work(cutoff, self.branch_points(id))
+    }
+
+    /// Owner side: applies a swap planned on a view of timeline `id` (see
+    /// [`Timeline::apply_layer_swap`]); a GC swap is refused if the
+    /// timeline's branch points are no longer the ones it was planned for.
+    pub fn apply_layer_swap(&self, id: TimelineId, swap: &LayerSwap) -> Result<u64> {
+        let _gc = self.gc_lock.lock();
+        let timeline = self.get_timeline(id)?;
+        self.apply_swap_holding_gc_lock(&timeline, swap)
+    }
+
+    fn apply_swap_holding_gc_lock(&self, timeline: &Timeline, swap: &LayerSwap) -> Result<u64> {
+        if let Some(gc) = &swap.gc {
+            let now = self.branch_points(timeline.id());
+            if gc.branch_points != now {
+                return Err(RepoError::SwapRefused(format!(
+                    "timeline {}: GC was planned for branch points {:?} but they are now {:?}",
+                    timeline.id(),
+                    gc.branch_points,
+                    now
+                )));
+            }
+        }
+        timeline.apply_layer_swap(swap)
     }
 
     /// Freezes and flushes the in-memory layers of every timeline (waits for each writer).

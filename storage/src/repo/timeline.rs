@@ -86,7 +86,7 @@ pub struct Timeline {
     disk_consistent_lsn: AtomicU64,
     remote_consistent_lsn: AtomicU64,
     gc_cutoff: AtomicU64,
-    next_layer_seq: AtomicU64,
+    pub(crate) next_layer_seq: AtomicU64,
     writer: Mutex<WriterState>,
     /// Held by whoever is writing frozen layers out (a flusher, or the writer).
     flush_lock: Mutex<()>,
@@ -97,13 +97,27 @@ pub struct Timeline {
     backpressure: BackpressureCounters,
     pub(crate) compaction_lock: Mutex<()>,
     index_lock: Mutex<()>,
+    /// A view loaded by someone who does not own the timeline (the layers
+    /// worker): it removes no files and writes no index.
+    pub(crate) read_only: bool,
+    /// Swap generation and layer-work grants ([`super::layer_work`]).
+    pub(crate) generation: AtomicU64,
+    pub(crate) swap_lock: Mutex<()>,
+    pub(crate) granted_seqs: Mutex<Vec<std::ops::Range<u64>>>,
     /// (time, last_record_lsn) samples, oldest first, for the PITR cutoff.
     lsn_history: Mutex<VecDeque<(SystemTime, Lsn)>>,
 }
 
 impl Timeline {
-    /// Builds a timeline from its index; files the index does not name are removed.
-    pub(crate) fn load(dir: PathBuf, index: IndexFile, ancestor: Option<Arc<Timeline>>, shared: Arc<Shared>) -> Result<Timeline> {
+    /// Builds a timeline from its index; unless `read_only`, files the index
+    /// does not name are removed.
+    pub(crate) fn load(
+        dir: PathBuf,
+        index: IndexFile,
+        ancestor: Option<Arc<Timeline>>,
+        shared: Arc<Shared>,
+        read_only: bool,
+    ) -> Result<Timeline> {
         let mut named = BTreeSet::new();
         let mut historic = Vec::new();
         for (name, size) in &index.layers {
@@ -112,7 +126,7 @@ impl Timeline {
             named.insert(file_name);
         }
         named.insert(super::index::INDEX_FILE_NAME.to_string());
-        for entry in std::fs::read_dir(&dir).map_err(super::io_error(&dir))? {
+        for entry in std::fs::read_dir(&dir).map_err(super::io_error(&dir))?.filter(|_| !read_only) {
             let entry = entry.map_err(super::io_error(&dir))?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
             if !named.contains(&file_name) {
@@ -140,6 +154,10 @@ impl Timeline {
             backpressure: BackpressureCounters::default(),
             compaction_lock: Mutex::new(()),
             index_lock: Mutex::new(()),
+            read_only,
+            generation: AtomicU64::new(super::layer_work::initial_generation()),
+            swap_lock: Mutex::new(()),
+            granted_seqs: Mutex::new(Vec::new()),
             lsn_history: Mutex::new(
                 index.lsn_history.iter().map(|(secs, lsn)| (SystemTime::UNIX_EPOCH + Duration::from_secs(*secs), *lsn)).collect(),
             ),
@@ -436,6 +454,15 @@ impl Timeline {
             layer.delete_when_unused();
         }
         Ok(())
+    }
+
+    /// Publishes a changed layer map without writing an index (a read-only
+    /// view following its owner's swaps).
+    pub(crate) fn publish_in_memory(&self, modify: impl Fn(&mut LayerMap)) {
+        let mut guard = self.layers.write();
+        let mut next = (**guard).clone();
+        modify(&mut next);
+        *guard = Arc::new(next);
     }
 
     /// Writes every frozen in-memory layer as an L0 delta layer file, oldest
