@@ -23,6 +23,8 @@ pub static IMAGE_CREATION_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(3)
 pub static GC_HORIZON_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static PITR_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static PAGE_CACHE_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static COMPACTION_PERIOD_S: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static LAYERS_FAULT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
 /// Most redo workers: the worker table holds main, layers, backup and these.
 pub const MAX_REDO_WORKERS: i32 = shared_mem::MAX_WORKERS as i32 - 3;
@@ -137,6 +139,25 @@ pub fn define() {
         0,
         1024 * 1024,
         GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_int_guc(
+        c"pageserver.compaction_period",
+        c"Pause between two passes of the layers worker (compaction, image layers, GC).",
+        c"Takes effect on reload.",
+        &COMPACTION_PERIOD_S,
+        1,
+        24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"pageserver.layers_fault",
+        c"For tests only: the layers worker panics at this point of its pass.",
+        c"One of l1_written, images_written, gc_planned (after writing the files, before their swap); empty for none. \
+          Takes effect on reload.",
+        &LAYERS_FAULT,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"pageserver.remote_storage",

@@ -101,6 +101,20 @@ mod tests {
         }
     }
 
+    #[pg_test]
+    fn status_says_what_each_worker_is_doing() {
+        wait_all_running();
+        let activity = |kind: &str| {
+            Spi::get_one::<String>(&format!("SELECT activity FROM pageserver.status() WHERE kind = '{kind}' AND number = 0"))
+                .unwrap()
+                .unwrap()
+        };
+        assert!(activity("main").starts_with("serving 0 tenants; page service on 127.0.0.1:0"), "{}", activity("main"));
+        assert_eq!(activity("redo"), "serving redo requests");
+        assert!(activity("layers").starts_with("idle: next pass in 20 s (last pass: none yet)"), "{}", activity("layers"));
+        assert!(activity("backup").starts_with("idle: "), "{}", activity("backup"));
+    }
+
     #[pg_test(error = "parameter \"pageserver.redo_workers\" cannot be changed without restarting the server")]
     fn redo_workers_cannot_be_set_without_restart() {
         Spi::run("SET pageserver.redo_workers = 3").unwrap();
@@ -111,6 +125,8 @@ mod tests {
         let get = |name: &str| Spi::get_one::<String>(&format!("SELECT current_setting('{name}')")).unwrap().unwrap();
         assert_eq!(get("pageserver.redo_workers"), "2");
         assert_eq!(get("pageserver.remote_storage"), "");
+        assert_eq!(get("pageserver.compaction_period"), "20s");
+        assert_eq!(get("pageserver.layers_fault"), "");
     }
 }
 

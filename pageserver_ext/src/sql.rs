@@ -7,9 +7,10 @@ use shared_mem::{WorkerKind, WorkerState};
 /// One row per background worker of the page server: its kind (`main`,
 /// `redo`, `layers`, `backup`), its number among workers of that kind, pid,
 /// state, last heartbeat, how often it was restarted (crash restarts of
-/// the host included) and, for redo workers, how many redo requests it has
-/// served since the host started. A worker whose process is gone without
-/// saying so is shown as `dead`.
+/// the host included), for redo workers how many redo requests it has
+/// served since the host started, and its activity: what it says it is doing
+/// now (e.g. `compacting tenant … timeline …` for the layers worker). A
+/// worker whose process is gone without saying so is shown as `dead`.
 #[pg_extern(parallel_safe)]
 #[allow(clippy::type_complexity)] // pgrx derives the SQL columns from this type
 fn status() -> TableIterator<
@@ -22,6 +23,7 @@ fn status() -> TableIterator<
         name!(last_heartbeat, Option<TimestampWithTimeZone>),
         name!(restarts, i64),
         name!(requests, Option<i64>),
+        name!(activity, String),
     ),
 > {
     let state = crate::shmem::state();
@@ -43,6 +45,7 @@ fn status() -> TableIterator<
                 (w.heartbeat_us > 0).then(|| unix_us_to_timestamptz(w.heartbeat_us)),
                 w.restarts as i64,
                 (w.kind == WorkerKind::Redo).then(|| state.redo.served_by(w.number as usize) as i64),
+                if alive { w.activity } else { String::new() },
             )
         })
         .collect();

@@ -69,6 +69,21 @@ impl ServiceError {
         }
     }
 
+    /// The error a reply with this SQLSTATE stands for (the inverse of
+    /// [`sqlstate`](Self::sqlstate); an unknown code is internal).
+    pub fn from_sqlstate(code: &str, message: String) -> ServiceError {
+        match code {
+            sqlstate::UNDEFINED_OBJECT => ServiceError::NotFound(message),
+            sqlstate::DUPLICATE_OBJECT => ServiceError::AlreadyExists(message),
+            sqlstate::INVALID_PARAMETER => ServiceError::InvalidArgument(message),
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE => ServiceError::NotInPrerequisiteState(message),
+            sqlstate::CONNECTION_FAILURE => ServiceError::Connection(message),
+            sqlstate::IO_ERROR => ServiceError::Io(message),
+            sqlstate::DATA_CORRUPTED => ServiceError::Corrupt(message),
+            _ => ServiceError::Internal(message),
+        }
+    }
+
     /// The same kind of error with `context: ` in front of its message.
     pub fn context(self, context: impl std::fmt::Display) -> ServiceError {
         let prefix = |m: String| format!("{context}: {m}");
@@ -92,7 +107,7 @@ impl From<RepoError> for ServiceError {
             RepoError::TimelineNotFound(_) => ServiceError::NotFound(message),
             RepoError::TimelineExists(_) => ServiceError::AlreadyExists(message),
             RepoError::Invalid(_) | RepoError::TooOld { .. } => ServiceError::InvalidArgument(message),
-            RepoError::WaitTimeout { .. } => ServiceError::NotInPrerequisiteState(message),
+            RepoError::WaitTimeout { .. } | RepoError::SwapRefused(_) => ServiceError::NotInPrerequisiteState(message),
             RepoError::Io { .. } => ServiceError::Io(message),
             RepoError::Corrupt { .. } => ServiceError::Corrupt(message),
             _ => ServiceError::Internal(message),
@@ -121,6 +136,7 @@ mod tests {
         let codes: std::collections::BTreeSet<_> = all.iter().map(|e| e.sqlstate()).collect();
         assert_eq!(codes.len(), all.len());
         for e in all {
+            assert_eq!(ServiceError::from_sqlstate(e.sqlstate(), "a".into()), e);
             let with = e.clone().context("tenant x");
             assert_eq!(with.sqlstate(), e.sqlstate());
             assert_eq!(with.to_string(), "tenant x: a");

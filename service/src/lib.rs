@@ -4,7 +4,8 @@
 //! the main worker.
 //!
 //! - [`tenants`]: the tenant and timeline manager (repositories on disk,
-//!   timeline creation and import, the flusher and compaction threads);
+//!   timeline creation and import, the flusher thread, the owner side of
+//!   layer work);
 //! - [`timeline_handle`]: one timeline as its tasks share it (storage
 //!   timeline, WAL source, live status);
 //! - [`log`]: log lines from threads that must not call PostgreSQL;
@@ -14,17 +15,21 @@
 //! - [`page_service`]: the libpq listener, pagestream and backups;
 //! - [`redo_client`]: the repository's redo through the shared-memory queue
 //!   to the host's redo workers (project records in Rust);
-//! - [`mgmt`]: the command format between SQL functions and the manager,
-//!   and the thread serving the command queue.
+//! - [`layers`]: what the layers worker runs (compaction, image layers and
+//!   GC planned on read-only views, swapped in by the manager);
+//! - [`mgmt`]: the command format between SQL functions (and the layers
+//!   worker) and the manager, the thread serving the command queue, and the
+//!   layers worker's client of it.
 //!
 //! The extension crate (`pageserver_ext`) keeps only the glue: `_PG_init`,
 //! GUCs, shared memory, worker entry points and SQL functions.
 #![deny(unsafe_code)]
 
 // Dependencies run one way, top to bottom (`tests/module_graph.rs` checks it):
-// mgmt → tenants → {walreceiver, page_service} → timeline_handle, log, error;
-// redo_client stands alone.
+// mgmt → {tenants, layers}; tenants → {walreceiver, page_service};
+// all → timeline_handle, log, error; redo_client stands alone.
 pub mod error;
+pub mod layers;
 pub mod log;
 pub mod mgmt;
 pub mod page_service;

@@ -1,15 +1,21 @@
-//! Management commands from SQL functions to the main worker, carried as
-//! JSON through the shared-memory command queue
-//! ([`shared_mem::command_queue`]). This module owns the message format and
-//! the main worker's side (a plain thread that serves the queue and calls
-//! the [`Manager`]); the SQL side is in `mgmt_sql`.
+//! Commands to the main worker, carried as JSON through the shared-memory
+//! command queue ([`shared_mem::command_queue`]): management commands from
+//! SQL functions (their side is in `mgmt_sql`) and the layers worker's
+//! layer-work protocol ([`QueueOwner`], the client the layers worker uses;
+//! see [`crate::layers`]). This module owns the message format, the main
+//! worker's side (a plain thread that serves the queue and calls the
+//! [`Manager`]) and that client.
 
 use crate::error::ServiceError;
+use crate::layers::LayerOwner;
 use crate::tenants::{Manager, TimelineRow};
+use crate::timeline_handle::{TenantId, TimelineState};
 use serde::{Deserialize, Serialize};
 use shared_mem::CommandQueue;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::lsn::Lsn;
+use storage::repo::{GcChange, LayerName, LayerSwap, LayerWorkGrant, RepoError, TimelineId};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -33,6 +39,95 @@ pub enum Command {
     },
     ListTimelines,
     ListTenants,
+    /// The layers worker starts a pass on a timeline.
+    BeginLayerWork {
+        tenant: String,
+        timeline: String,
+    },
+    /// The layers worker asks for a swap it planned.
+    SwapLayers {
+        tenant: String,
+        timeline: String,
+        swap: SwapWire,
+    },
+    /// The layers worker finished a pass on a timeline (for `pageserver.timelines()`).
+    FinishLayerWork {
+        tenant: String,
+        timeline: String,
+        summary: String,
+    },
+}
+
+/// [`LayerWorkGrant`] on the wire (LSNs as integers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantWire {
+    pub generation: u64,
+    pub seq_start: u64,
+    pub seq_end: u64,
+    pub last_record_lsn: u64,
+    pub disk_consistent_lsn: u64,
+    pub gc_cutoff: u64,
+    pub branch_points: Vec<u64>,
+}
+
+impl From<&LayerWorkGrant> for GrantWire {
+    fn from(g: &LayerWorkGrant) -> GrantWire {
+        GrantWire {
+            generation: g.generation,
+            seq_start: g.seqs.start,
+            seq_end: g.seqs.end,
+            last_record_lsn: g.last_record_lsn.0,
+            disk_consistent_lsn: g.disk_consistent_lsn.0,
+            gc_cutoff: g.gc_cutoff.0,
+            branch_points: g.branch_points.iter().map(|l| l.0).collect(),
+        }
+    }
+}
+
+impl From<GrantWire> for LayerWorkGrant {
+    fn from(g: GrantWire) -> LayerWorkGrant {
+        LayerWorkGrant {
+            generation: g.generation,
+            seqs: g.seq_start..g.seq_end,
+            last_record_lsn: Lsn(g.last_record_lsn),
+            disk_consistent_lsn: Lsn(g.disk_consistent_lsn),
+            gc_cutoff: Lsn(g.gc_cutoff),
+            branch_points: g.branch_points.into_iter().map(Lsn).collect(),
+        }
+    }
+}
+
+/// [`LayerSwap`] on the wire: layers by file name, GC as (cutoff, branch points).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapWire {
+    pub generation: u64,
+    pub remove: Vec<String>,
+    pub add: Vec<(String, u64)>,
+    pub gc: Option<(u64, Vec<u64>)>,
+}
+
+impl From<&LayerSwap> for SwapWire {
+    fn from(s: &LayerSwap) -> SwapWire {
+        SwapWire {
+            generation: s.generation,
+            remove: s.remove.iter().map(|n| n.file_name()).collect(),
+            add: s.add.iter().map(|(n, size)| (n.file_name(), *size)).collect(),
+            gc: s.gc.as_ref().map(|gc| (gc.cutoff.0, gc.branch_points.iter().map(|l| l.0).collect())),
+        }
+    }
+}
+
+impl TryFrom<SwapWire> for LayerSwap {
+    type Error = ServiceError;
+    fn try_from(s: SwapWire) -> Result<LayerSwap, ServiceError> {
+        let name = |n: &str| LayerName::parse(n).ok_or_else(|| ServiceError::InvalidArgument(format!("\"{n}\" is not a layer file name")));
+        Ok(LayerSwap {
+            generation: s.generation,
+            remove: s.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            add: s.add.iter().map(|(n, size)| Ok((name(n)?, *size))).collect::<Result<_, ServiceError>>()?,
+            gc: s.gc.map(|(cutoff, points)| GcChange { cutoff: Lsn(cutoff), branch_points: points.into_iter().map(Lsn).collect() }),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,6 +140,16 @@ pub enum Reply {
     },
     Timelines(Vec<TimelineRow>),
     Tenants(Vec<String>),
+    Grant(GrantWire),
+    /// The swap is in the layer map and the index; the timeline's new generation.
+    Swapped {
+        generation: u64,
+    },
+    /// The swap no longer fits (see `storage::repo::layer_work`).
+    Refused {
+        reason: String,
+    },
+    Done,
     /// The command failed: the SQLSTATE its SQL function raises, and the message.
     Error {
         sqlstate: String,
@@ -94,6 +199,23 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         })(),
         Command::ListTimelines => Ok(Reply::Timelines(manager.list())),
         Command::ListTenants => Ok(Reply::Tenants(manager.tenant_ids().iter().map(|t| t.to_string()).collect())),
+        Command::BeginLayerWork { tenant, timeline } => (|| {
+            let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
+            Ok(Reply::Grant(GrantWire::from(&manager.begin_layer_work(tenant, timeline)?)))
+        })(),
+        Command::SwapLayers { tenant, timeline, swap } => (|| {
+            let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
+            Ok(match manager.swap_layers(tenant, timeline, &LayerSwap::try_from(swap)?) {
+                Ok(generation) => Reply::Swapped { generation },
+                Err(RepoError::SwapRefused(reason)) => Reply::Refused { reason },
+                Err(e) => return Err(e.into()),
+            })
+        })(),
+        Command::FinishLayerWork { tenant, timeline, summary } => (|| {
+            let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
+            manager.finish_layer_work(tenant, timeline, summary)?;
+            Ok(Reply::Done)
+        })(),
     };
     result.unwrap_or_else(Reply::error)
 }
@@ -113,5 +235,121 @@ pub fn serve(queue: &'static CommandQueue, manager: Arc<Manager>) {
             bytes = serde_json::to_vec(&Reply::error(too_large)).unwrap_or_default();
         }
         job.reply(&bytes);
+    }
+}
+
+/// How long the layers worker waits for the main worker to answer.
+const OWNER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The layers worker's side of the layer-work protocol: commands through
+/// the shared-memory queue to the main worker, which owns the timelines.
+pub struct QueueOwner {
+    queue: &'static CommandQueue,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl QueueOwner {
+    /// A call stops waiting once `stopping` is set.
+    pub fn new(queue: &'static CommandQueue, stopping: Arc<std::sync::atomic::AtomicBool>) -> QueueOwner {
+        QueueOwner { queue, stopping }
+    }
+
+    fn call(&self, command: &Command) -> Result<Reply, ServiceError> {
+        let request = serde_json::to_vec(command).map_err(|e| ServiceError::Internal(format!("cannot encode a command: {e}")))?;
+        let stopping = self.stopping.clone();
+        let reply = self
+            .queue
+            .call(&request, OWNER_TIMEOUT, &mut || stopping.load(std::sync::atomic::Ordering::Relaxed))
+            .map_err(|e| ServiceError::Connection(format!("the main worker did not answer: {e}")))?;
+        let reply: Reply =
+            serde_json::from_slice(&reply).map_err(|e| ServiceError::Internal(format!("malformed reply from the main worker: {e}")))?;
+        match reply {
+            Reply::Error { sqlstate, message } => Err(ServiceError::from_sqlstate(&sqlstate, message)),
+            reply => Ok(reply),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> ServiceError {
+    ServiceError::Internal(format!("unexpected reply from the main worker: {reply:?}"))
+}
+
+impl LayerOwner for QueueOwner {
+    fn timelines(&self) -> Result<Vec<(TenantId, TimelineId)>, ServiceError> {
+        match self.call(&Command::ListTimelines)? {
+            Reply::Timelines(rows) => Ok(rows
+                .into_iter()
+                .filter(|r| matches!(r.state, TimelineState::Active | TimelineState::Branch))
+                .filter_map(|r| Some((r.tenant.parse().ok()?, r.timeline.parse().ok()?)))
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn begin(&self, tenant: TenantId, timeline: TimelineId) -> Result<LayerWorkGrant, ServiceError> {
+        match self.call(&Command::BeginLayerWork { tenant: tenant.to_string(), timeline: timeline.to_string() })? {
+            Reply::Grant(grant) => Ok(grant.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn swap(&self, tenant: TenantId, timeline: TimelineId, swap: &LayerSwap) -> Result<u64, RepoError> {
+        let command = Command::SwapLayers { tenant: tenant.to_string(), timeline: timeline.to_string(), swap: SwapWire::from(swap) };
+        match self.call(&command) {
+            Ok(Reply::Swapped { generation }) => Ok(generation),
+            Ok(Reply::Refused { reason }) => Err(RepoError::SwapRefused(reason)),
+            Ok(other) => Err(RepoError::Owner(unexpected(other).to_string())),
+            Err(e) => Err(RepoError::Owner(e.to_string())),
+        }
+    }
+
+    fn finish(&self, tenant: TenantId, timeline: TimelineId, summary: &str) -> Result<(), ServiceError> {
+        let command = Command::FinishLayerWork { tenant: tenant.to_string(), timeline: timeline.to_string(), summary: summary.to_string() };
+        match self.call(&command)? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::key::{Key, KeyRange};
+    use storage::repo::{LayerKind, LsnRange};
+
+    #[test]
+    fn grants_and_swaps_survive_the_wire() {
+        let grant = LayerWorkGrant {
+            generation: 77,
+            seqs: 10..20,
+            last_record_lsn: Lsn(0x500),
+            disk_consistent_lsn: Lsn(0x400),
+            gc_cutoff: Lsn(0x100),
+            branch_points: vec![Lsn(0x200), Lsn(0x300)],
+        };
+        let json = serde_json::to_string(&Reply::Grant(GrantWire::from(&grant))).unwrap();
+        let Reply::Grant(back) = serde_json::from_str(&json).unwrap() else { panic!("not a grant: {json}") };
+        assert_eq!(LayerWorkGrant::from(back), grant);
+
+        let name = |seq| LayerName {
+            kind: LayerKind::Delta,
+            level: 1,
+            key_range: KeyRange::new(Key::MIN, Key::MAX),
+            lsn_range: LsnRange { start: Lsn(1), end: Lsn(0x400) },
+            seq,
+        };
+        let swap = LayerSwap {
+            generation: 77,
+            remove: vec![name(1), name(2)],
+            add: vec![(name(11), 4096)],
+            gc: Some(GcChange { cutoff: Lsn(0x100), branch_points: vec![Lsn(0x200)] }),
+        };
+        let command = Command::SwapLayers { tenant: "t".into(), timeline: "l".into(), swap: SwapWire::from(&swap) };
+        let json = serde_json::to_string(&command).unwrap();
+        let Command::SwapLayers { swap: back, .. } = serde_json::from_str(&json).unwrap() else { panic!("not a swap: {json}") };
+        assert_eq!(LayerSwap::try_from(back.clone()).unwrap(), swap);
+        let bad = SwapWire { remove: vec!["index".into()], ..back };
+        assert!(matches!(LayerSwap::try_from(bad), Err(ServiceError::InvalidArgument(_))));
     }
 }

@@ -18,8 +18,10 @@
 //!
 //! After a crash, an `importing` timeline is deleted and imported again
 //! (nothing was promised about it yet); an `active` one resumes streaming
-//! from its `disk_consistent_lsn`. Background threads flush frozen
-//! in-memory layers and run compaction and GC.
+//! from its `disk_consistent_lsn`. A background thread flushes frozen
+//! in-memory layers. Compaction, image layers and GC are the layers
+//! worker's ([`crate::layers`]): the manager is the owner side of its
+//! protocol (grants, swaps, pass summaries for `pageserver.timelines()`).
 //!
 //! Nothing here calls PostgreSQL: it runs on the main worker's tokio
 //! runtime and plain threads.
@@ -37,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use storage::lsn::Lsn;
-use storage::repo::{Redo, RepoConfig, Repository, TimelineId};
+use storage::repo::{LayerSwap, LayerWorkGrant, Redo, RepoConfig, RepoError, Repository, TimelineId};
 
 /// How often the flusher looks for frozen layers.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -45,8 +47,6 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const IDLE_FLUSH: Duration = Duration::from_secs(1);
 /// Bytes of in-memory layers flushed between two [`release_freed_heap`] calls.
 const TRIM_AFTER_FLUSHED_BYTES: u64 = 64 << 20;
-/// How often compaction and GC run.
-const COMPACTION_INTERVAL: Duration = Duration::from_secs(20);
 
 impl crate::page_service::commands::TimelineLookup for Manager {
     fn timeline(&self, tenant: TenantId, timeline: TimelineId) -> Result<Arc<storage::repo::Timeline>, ServiceError> {
@@ -153,8 +153,6 @@ impl Manager {
         let flusher = manager.clone();
         let spawn_failed = |e: std::io::Error| ServiceError::Internal(format!("cannot start a thread: {e}"));
         std::thread::Builder::new().name("pageserver-flush".into()).spawn(move || flusher.flush_loop()).map_err(spawn_failed)?;
-        let compactor = manager.clone();
-        std::thread::Builder::new().name("pageserver-compact".into()).spawn(move || compactor.compaction_loop()).map_err(spawn_failed)?;
         Ok(manager)
     }
 
@@ -485,48 +483,31 @@ impl Manager {
         }
     }
 
-    /// Compaction, image layers and GC, every [`COMPACTION_INTERVAL`].
-    fn compaction_loop(&self) {
-        while !self.is_stopping() {
-            std::thread::sleep(COMPACTION_INTERVAL);
-            let tenants: Vec<_> = self.tenants.read().values().cloned().collect();
-            for tenant in tenants {
-                self.compact_and_gc(&tenant);
-            }
-        }
+    /// Owner side of layer work: a grant for a pass of the layers worker
+    /// on a timeline, which `pageserver.timelines()` shows as compacting.
+    pub fn begin_layer_work(&self, tenant: TenantId, timeline: TimelineId) -> Result<LayerWorkGrant, ServiceError> {
+        let t = self.tenant(tenant)?;
+        let entry = self.timeline(tenant, timeline)?;
+        let grant = t.repo.begin_layer_work(timeline, SystemTime::now())?;
+        entry.status.compaction.running.store(true, Ordering::Relaxed);
+        Ok(grant)
     }
 
-    /// One pass over a tenant: compaction of each timeline, then GC of all
-    /// of them (branch points span timelines); each timeline's status shows
-    /// the pass as running until both are done.
-    fn compact_and_gc(&self, tenant: &Tenant) {
-        let entries: Vec<_> = tenant.timelines.read().values().cloned().collect();
-        for entry in &entries {
-            entry.status.compaction.running.store(true, Ordering::Relaxed);
-        }
-        let started = Instant::now();
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let outcome = entry.timeline.compact().map_err(err);
-            if let Err(e) = &outcome {
-                self.log.warning(format!("timeline {}: compaction failed: {e}", entry.timeline.id()));
-            }
-            outcomes.push(outcome);
-        }
-        let gc = tenant.repo.gc(SystemTime::now()).map_err(err);
-        if let Err(e) = &gc {
-            self.log.warning(format!("tenant {}: GC failed: {e}", tenant.id));
-        }
-        for (entry, compaction) in entries.iter().zip(outcomes) {
-            let gc = match &gc {
-                Ok(all) => Ok(all.iter().find(|(id, _)| *id == entry.timeline.id()).map(|(_, stats)| stats.clone()).unwrap_or_default()),
-                Err(e) => Err(e.clone()),
-            };
-            let status = &entry.status.compaction;
-            *status.last.lock() = Some(CompactionPass { finished: Instant::now(), took: started.elapsed(), compaction, gc });
-            status.passes.fetch_add(1, Ordering::Relaxed);
-            status.running.store(false, Ordering::Relaxed);
-        }
+    /// Owner side: applies a swap the layers worker planned. The inner
+    /// result is the repository's answer (a refusal included).
+    pub fn swap_layers(&self, tenant: TenantId, timeline: TimelineId, swap: &LayerSwap) -> Result<u64, RepoError> {
+        let t = self.tenant(tenant).map_err(|e| RepoError::SwapRefused(e.to_string()))?;
+        t.repo.apply_layer_swap(timeline, swap)
+    }
+
+    /// Owner side: the layers worker finished a pass on a timeline.
+    pub fn finish_layer_work(&self, tenant: TenantId, timeline: TimelineId, summary: String) -> Result<(), ServiceError> {
+        let entry = self.timeline(tenant, timeline)?;
+        let status = &entry.status.compaction;
+        *status.last.lock() = Some(CompactionPass { finished: Instant::now(), summary });
+        status.passes.fetch_add(1, Ordering::Relaxed);
+        status.running.store(false, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -7,8 +7,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use storage::repo::{CompactionStats, GcStats, Timeline, TimelineId};
+use std::time::Instant;
+use storage::repo::{Timeline, TimelineId};
 
 /// A tenant's identifier: 32 hexadecimal digits, like a timeline's.
 pub type TenantId = TimelineId;
@@ -88,7 +88,7 @@ pub struct TimelineStatus {
     pub compaction: CompactionStatus,
 }
 
-/// What the compaction thread has done on one timeline.
+/// What the layers worker has done on one timeline, as it reported it.
 #[derive(Default)]
 pub struct CompactionStatus {
     /// A pass (L0 → L1, image layers, then GC) is running now.
@@ -101,31 +101,14 @@ pub struct CompactionStatus {
 /// One finished pass of compaction and GC.
 pub struct CompactionPass {
     pub finished: Instant,
-    pub took: Duration,
-    pub compaction: Result<CompactionStats, String>,
-    pub gc: Result<GcStats, String>,
+    /// What the pass did, in the layers worker's words.
+    pub summary: String,
 }
 
 impl CompactionPass {
     /// One line for `pageserver.timelines()`.
     pub fn describe(&self) -> String {
-        let compaction = match &self.compaction {
-            Err(e) => format!("compaction failed: {e}"),
-            Ok(s) if s.l0_merged == 0 && s.images_written == 0 => "nothing to compact".to_string(),
-            Ok(s) => format!(
-                "merged {} L0 layers ({} MiB) into {} L1 layers, wrote {} image layers",
-                s.l0_merged,
-                s.l0_bytes >> 20,
-                s.l1_written,
-                s.images_written
-            ),
-        };
-        let gc = match &self.gc {
-            Err(e) => format!("GC failed: {e}"),
-            Ok(s) if s.layers_removed == 0 => "nothing to remove".to_string(),
-            Ok(s) => format!("GC removed {} layers ({} MiB)", s.layers_removed, s.bytes_removed >> 20),
-        };
-        format!("{compaction}; {gc}; took {:.1} s, finished {} s ago", self.took.as_secs_f64(), self.finished.elapsed().as_secs())
+        format!("{}, finished {} s ago", self.summary, self.finished.elapsed().as_secs())
     }
 }
 

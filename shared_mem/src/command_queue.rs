@@ -22,6 +22,12 @@
 //! A server that restarts ([`CommandQueue::attach_server`]) fails the
 //! commands its previous incarnation had taken: their callers get
 //! [`CommandError::ServerRestarted`] and decide whether to retry.
+//!
+//! A caller that dies while its command is in a slot (a worker that exits
+//! in the middle of a call, from another thread) cannot free the slot
+//! itself: each slot records its caller's pid, and a slot whose caller is
+//! gone is freed by the server's reply, or reclaimed by the next caller that
+//! finds no free slot.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
@@ -58,6 +64,8 @@ fn ticket_of(word: u32) -> u32 {
 #[repr(C)]
 struct Slot {
     word: AtomicU32,
+    /// The process that claimed the slot.
+    caller_pid: AtomicI32,
     len: AtomicU32,
     buffer: UnsafeCell<[u8; COMMAND_BUFFER]>,
 }
@@ -178,8 +186,12 @@ impl CommandQueue {
                 }
                 let ticket = (ticket_of(word) + 1) & 0x0FFF_FFFF;
                 if slot.word.compare_exchange(word, pack(ticket, FILLING), Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    slot.caller_pid.store(std::process::id() as i32, Ordering::Release);
                     return Ok((index, ticket));
                 }
+            }
+            if self.reclaim_slots_of_dead_callers() {
+                continue;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -202,6 +214,33 @@ impl CommandQueue {
         }
         let taken = pack(ticket, IN_PROGRESS);
         slot.word.compare_exchange(taken, pack(ticket, ABANDONED), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Frees the slots whose caller process is gone (a command it was
+    /// filling, had submitted, or whose reply it never read) and abandons
+    /// those the server is working on. True if a slot became free.
+    fn reclaim_slots_of_dead_callers(&self) -> bool {
+        let mut freed = false;
+        for slot in &self.slots {
+            let word = slot.word.load(Ordering::Acquire);
+            let state = state_of(word);
+            if state == FREE || state == ABANDONED {
+                continue;
+            }
+            let pid = slot.caller_pid.load(Ordering::Acquire);
+            if pid == 0 || process_exists(pid) || slot.word.load(Ordering::Acquire) != word {
+                continue;
+            }
+            let ticket = ticket_of(word);
+            let next = if state == IN_PROGRESS { ABANDONED } else { FREE };
+            if slot.word.compare_exchange(word, pack(ticket, next), Ordering::AcqRel, Ordering::Relaxed).is_ok() && next == FREE {
+                freed = true;
+            }
+        }
+        if freed {
+            self.announce_free();
+        }
+        freed
     }
 
     fn free(&self, slot: &Slot, ticket: u32) {
@@ -296,6 +335,15 @@ impl CommandJob<'_> {
             slot.len.store(len as u32, Ordering::Relaxed);
             if slot.word.compare_exchange(taken, pack(self.ticket, DONE), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 futex::wake_all(&slot.word);
+                // A caller that died waiting will never read it.
+                let pid = slot.caller_pid.load(Ordering::Acquire);
+                let done = pack(self.ticket, DONE);
+                if pid != 0
+                    && !process_exists(pid)
+                    && slot.word.compare_exchange(done, pack(self.ticket, FREE), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                {
+                    self.queue.announce_free();
+                }
                 return;
             }
         }
@@ -383,6 +431,47 @@ mod tests {
         let _taken = server.next(Duration::from_secs(5)).unwrap();
         let _restarted = q.attach_server();
         assert_eq!(caller.join().unwrap(), Err(CommandError::ServerRestarted));
+    }
+
+    /// The pid of a process that has exited.
+    fn dead_pid() -> i32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn slots_of_dead_callers_are_freed_by_the_reply_or_reclaimed() {
+        let q = queue();
+        let server = q.attach_server();
+        let dead = dead_pid();
+        // Every slot taken by callers that died: one with its command taken
+        // by the server, the others submitted, filling or replied to.
+        for (i, slot) in q.slots.iter().enumerate() {
+            let state = if i == 0 { IN_PROGRESS } else { [SUBMITTED, FILLING, DONE][i % 3] };
+            slot.caller_pid.store(dead, Ordering::Relaxed);
+            slot.word.store(pack(1, state), Ordering::Relaxed);
+        }
+        let taken = CommandJob { queue: &q, slot: 0, ticket: 1, request: Vec::new() };
+        // A new caller finds no free slot, reclaims them and is served.
+        let q2 = q.clone();
+        let caller = std::thread::spawn(move || q2.call(b"alive", Duration::from_secs(5), &mut || false));
+        // Let the caller find no free slot (and reclaim) before the server runs.
+        std::thread::sleep(Duration::from_millis(200));
+        let job = loop {
+            let job = server.next(Duration::from_secs(5)).expect("a command");
+            if job.request() == b"alive" {
+                break job;
+            }
+            job.reply(b"to nobody");
+        };
+        job.reply(b"ok");
+        assert_eq!(caller.join().unwrap().unwrap(), b"ok");
+        // The reply to the dead caller's taken command frees its slot.
+        taken.reply(b"late");
+        let states: Vec<u32> = q.slots.iter().map(|s| state_of(s.word.load(Ordering::Relaxed))).collect();
+        assert!(states.iter().all(|s| *s == FREE), "{states:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct SharedState {
     pub commands: CommandQueue,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0003; // "pagesv" + layout version 3
+const MAGIC: u64 = 0x7061_6765_7376_0004; // "pagesv" + layout version 4
 
 impl SharedState {
     /// Bytes to request from the host.

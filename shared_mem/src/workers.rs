@@ -3,7 +3,9 @@
 //! The postmaster assigns slots when shared memory is created (it knows from
 //! the GUCs how many workers of each kind there are) and passes each worker
 //! its slot number. A worker publishes its pid, state and a heartbeat in its
-//! slot; `pageserver.status()` reads them. Start counts survive a crash
+//! slot, and a line of text saying what it is doing now (its *activity*,
+//! e.g. `compacting tenant … timeline …`); `pageserver.status()` reads them.
+//! Start counts survive a crash
 //! restart of the host: the postmaster copies them out of the old segment
 //! ([`WorkerTable::start_counts`]) and into the new one
 //! ([`WorkerTable::carry_over_start_counts`]).
@@ -95,6 +97,57 @@ pub struct WorkerSlot {
     heartbeat_us: AtomicI64,
     /// How many times a process started in this slot, across crash restarts.
     starts: AtomicU64,
+    activity: ActivityText,
+}
+
+/// Bytes of activity text kept (longer text is cut at a character boundary).
+pub const ACTIVITY_BYTES: usize = 256;
+const ACTIVITY_WORDS: usize = ACTIVITY_BYTES / 8;
+
+/// A short UTF-8 text with one writer and any number of readers, under a
+/// sequence counter: odd while a write is under way; a reader retries until
+/// it read the same even count before and after copying.
+#[repr(C)]
+#[derive(Default)]
+struct ActivityText {
+    seq: AtomicU64,
+    len: AtomicU64,
+    words: [AtomicU64; ACTIVITY_WORDS],
+}
+
+impl ActivityText {
+    fn set(&self, text: &str) {
+        let mut end = text.len().min(ACTIVITY_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; ACTIVITY_BYTES];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        self.len.store(end as u64, Ordering::Release);
+        for (word, chunk) in self.words.iter().zip(bytes.chunks_exact(8)) {
+            word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Release);
+        }
+        self.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn get(&self) -> String {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let len = (self.len.load(Ordering::Acquire) as usize).min(ACTIVITY_BYTES);
+            let mut bytes = [0u8; ACTIVITY_BYTES];
+            for (chunk, word) in bytes.chunks_exact_mut(8).zip(&self.words) {
+                chunk.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
+            }
+            if self.seq.load(Ordering::Acquire) == before {
+                return String::from_utf8_lossy(&bytes[..len]).into_owned();
+            }
+        }
+    }
 }
 
 /// A consistent-enough copy of a slot for display.
@@ -108,6 +161,8 @@ pub struct WorkerStatus {
     pub heartbeat_us: i64,
     /// Starts after the first one: restarts by the postmaster, crash restarts included.
     pub restarts: u64,
+    /// What the worker says it is doing (empty if it never said).
+    pub activity: String,
 }
 
 impl WorkerSlot {
@@ -116,11 +171,17 @@ impl WorkerSlot {
         self.starts.fetch_add(1, Ordering::AcqRel);
         self.pid.store(pid, Ordering::Release);
         self.heartbeat_us.store(now_us, Ordering::Release);
+        self.activity.set("starting");
         self.state.store(WorkerState::Starting as u32, Ordering::Release);
     }
 
     pub fn set_state(&self, state: WorkerState) {
         self.state.store(state as u32, Ordering::Release);
+    }
+
+    /// Says what the worker is doing now (one writer: the worker).
+    pub fn set_activity(&self, text: &str) {
+        self.activity.set(text);
     }
 
     pub fn heartbeat(&self, now_us: i64) {
@@ -130,6 +191,7 @@ impl WorkerSlot {
     /// Called by the worker when it exits cleanly.
     pub fn on_clean_exit(&self) {
         self.state.store(WorkerState::Stopped as u32, Ordering::Release);
+        self.activity.set("");
         self.pid.store(0, Ordering::Release);
     }
 
@@ -177,6 +239,7 @@ impl WorkerTable {
                 state: WorkerState::from_u32(s.state.load(Ordering::Acquire)),
                 heartbeat_us: s.heartbeat_us.load(Ordering::Acquire),
                 restarts: s.starts.load(Ordering::Acquire).saturating_sub(1),
+                activity: s.activity.get(),
             })
             .collect()
     }
@@ -248,6 +311,36 @@ mod tests {
         new.workers.carry_over_start_counts(&saved);
         new.workers.slot(0).unwrap().on_start(3, 3);
         assert_eq!(new.workers.statuses()[0].restarts, 2);
+    }
+
+    #[test]
+    fn activity_text_is_kept_whole_or_cut_at_a_character_boundary() {
+        let shm = fresh();
+        shm.workers.assign(0, WorkerKind::Layers, 0);
+        let slot = shm.workers.slot(0).unwrap();
+        assert_eq!(shm.workers.statuses()[0].activity, "");
+        slot.on_start(1, 1);
+        assert_eq!(shm.workers.statuses()[0].activity, "starting");
+        slot.set_activity("compacting tenant a timeline b");
+        assert_eq!(shm.workers.statuses()[0].activity, "compacting tenant a timeline b");
+        let long = "é".repeat(ACTIVITY_BYTES);
+        slot.set_activity(&long);
+        let shown = shm.workers.statuses()[0].activity.clone();
+        assert_eq!(shown, "é".repeat(ACTIVITY_BYTES / 2));
+        slot.set_activity("idle");
+        assert_eq!(shm.workers.statuses()[0].activity, "idle");
+        // Readers racing a writer never see a torn text.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..20_000 {
+                    slot.set_activity(if i % 2 == 0 { "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" } else { "bbbbbbbbbbbbbbbbbbbb" });
+                }
+            });
+            for _ in 0..20_000 {
+                let seen = shm.workers.statuses()[0].activity.clone();
+                assert!(seen == "idle" || seen.chars().all(|c| c == 'a') && seen.len() == 40 || seen == "b".repeat(20), "torn: {seen}");
+            }
+        });
     }
 
     #[test]

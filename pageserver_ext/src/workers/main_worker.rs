@@ -1,12 +1,13 @@
 //! The main worker: owns the tenants ([`service::tenants::Manager`]: the
-//! repositories, WAL receivers, layer flushes, compaction and GC), the
+//! repositories, WAL receivers, layer flushes, and the owner side of the
+//! layers worker's swaps), the
 //! tokio runtime of the page service, and the thread that serves
 //! management commands from SQL functions. Its PostgreSQL main thread stays
 //! in the latch loop, writes log lines that other threads hand it, keeps
 //! reloadable settings current for them, and is the only thread of this
 //! process that calls PostgreSQL.
 
-use super::WorkerContext;
+use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
 use service::log::{LogLine, LogSink};
 use service::page_service::{self, commands::ServiceContext};
@@ -48,7 +49,7 @@ pub fn run(ctx: &WorkerContext) {
     let wait_lsn_timeout_ms = Arc::new(AtomicU64::new(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64));
     let service = ServiceContext { timelines: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
     if page_service::parse_listen_addr(&listen_addr).is_ok() {
-        runtime.spawn(page_service::run(listen_addr, log.clone(), Some(service)));
+        runtime.spawn(page_service::run(listen_addr.clone(), log.clone(), Some(service)));
     }
     let commands_manager = manager.clone();
     with_signals_blocked(|| {
@@ -57,6 +58,12 @@ pub fn run(ctx: &WorkerContext) {
             .spawn(move || service::mgmt::serve(&shared.commands, commands_manager))
     })
     .unwrap_or_else(|e| error!("cannot start the command thread: {e}"));
+    let tenants = manager.tenant_ids().len();
+    ctx.slot.set_activity(&if page_service::parse_listen_addr(&listen_addr).is_ok() {
+        format!("serving {tenants} tenants; page service on {listen_addr}")
+    } else {
+        format!("serving {tenants} tenants; page service not started: bad pageserver.listen_addr")
+    });
     ctx.slot.set_state(WorkerState::Running);
 
     while ctx.wait(LOG_FLUSH_INTERVAL) {
@@ -86,22 +93,5 @@ fn setting(name: &str) -> String {
         } else {
             std::ffi::CStr::from_ptr(value).to_string_lossy().into_owned()
         }
-    }
-}
-
-/// PostgreSQL's signal handlers must run on the main thread. Threads started
-/// inside `f` inherit a mask that blocks every signal (and so do the threads
-/// they start), so the kernel delivers signals to the main thread only.
-fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: sigfillset initialises the set; pthread_sigmask changes only
-    // this thread's mask and we restore the previous one right after `f`.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut previous: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-        let result = f();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-        result
     }
 }

@@ -1,12 +1,13 @@
 //! Background workers: registration with the postmaster and the loop every
 //! worker shares (signals, latch, heartbeat, state in shared memory).
 //!
-//! Kinds: one main worker (tokio runtimes: page service, later WAL receivers
-//! and flush), `pageserver.redo_workers` redo workers, one layers worker
-//! (compaction, image layers, GC) and one backup worker (object storage).
+//! Kinds: one main worker (tenants, page service, WAL receivers, flushes),
+//! `pageserver.redo_workers` redo workers, one layers worker (compaction,
+//! image layers, GC) and one backup worker (object storage; idle so far).
 //! Each entry point below is an `extern "C"` symbol the postmaster calls in a
 //! new process; its argument is the worker's slot in the status table.
 
+mod layers_worker;
 mod main_worker;
 mod redo_worker;
 
@@ -94,10 +95,11 @@ impl WorkerContext {
     }
 }
 
-/// The loop of a worker that so far only keeps its heartbeat (the layers
-/// and backup workers, until compaction and object storage arrive).
-fn idle_worker(arg: pg_sys::Datum, kind: WorkerKind) {
+/// The loop of a worker that so far only keeps its heartbeat (the backup
+/// worker, until object storage arrives), saying why in its activity.
+fn idle_worker(arg: pg_sys::Datum, kind: WorkerKind, activity: &str) {
     let ctx = WorkerContext::start(arg, kind);
+    ctx.slot.set_activity(activity);
     ctx.slot.set_state(WorkerState::Running);
     while ctx.wait(HEARTBEAT_INTERVAL) {}
     ctx.slot.set_state(WorkerState::Stopping);
@@ -123,11 +125,30 @@ pub extern "C-unwind" fn pageserver_redo_worker(arg: pg_sys::Datum) {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pageserver_layers_worker(arg: pg_sys::Datum) {
-    idle_worker(arg, WorkerKind::Layers);
+    let ctx = WorkerContext::start(arg, WorkerKind::Layers);
+    layers_worker::run(&ctx);
+    ctx.finish();
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pageserver_backup_worker(arg: pg_sys::Datum) {
-    idle_worker(arg, WorkerKind::Backup);
+    idle_worker(arg, WorkerKind::Backup, "idle: uploads to object storage are not implemented yet");
+}
+
+/// PostgreSQL's signal handlers must run on the main thread. Threads started
+/// inside `f` inherit a mask that blocks every signal (and so do the threads
+/// they start), so the kernel delivers signals to the main thread only.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigfillset initialises the set; pthread_sigmask changes only
+    // this thread's mask and we restore the previous one right after `f`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        result
+    }
 }

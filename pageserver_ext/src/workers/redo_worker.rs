@@ -19,6 +19,7 @@ pub fn run(ctx: &WorkerContext) {
     let mut engine = unsafe { RedoEngine::new(number as u32) };
     // Fails whatever an earlier incarnation of this worker left in flight.
     let port = queue.attach_worker(number);
+    ctx.slot.set_activity("serving redo requests");
     ctx.slot.set_state(WorkerState::Running);
     while ctx.wait(Duration::ZERO) {
         let slice_end = Instant::now() + SERVE_SLICE;

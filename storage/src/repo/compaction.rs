@@ -61,6 +61,16 @@ impl Timeline {
         LayerWork::new(self, &grant).compact(&|swap| self.apply_layer_swap(swap))
     }
 
+    /// L0 → L1 compaction alone, in-process (see [`compact`](Self::compact)).
+    pub fn compact_level0(&self) -> Result<CompactionStats> {
+        let _compaction = self.compaction_lock.lock();
+        let grant = self.begin_layer_work(self.gc_cutoff(), Vec::new())?;
+        let mut work = LayerWork::new(self, &grant);
+        let Some((swap, stats)) = work.plan_level0()? else { return Ok(CompactionStats::default()) };
+        work.commit(&swap, &|swap| self.apply_layer_swap(swap))?;
+        Ok(stats)
+    }
+
     /// Image layer creation alone, in-process (see [`compact`](Self::compact));
     /// returns how many image layers it wrote.
     pub fn create_image_layers(&self) -> Result<usize> {

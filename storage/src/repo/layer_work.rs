@@ -222,6 +222,11 @@ impl<'a> LayerWork<'a> {
         LayerWork { view, seqs: grant.seqs.clone(), generation: grant.generation }
     }
 
+    /// The generation the next swap must be based on.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn view(&self) -> &'a Timeline {
         self.view
     }

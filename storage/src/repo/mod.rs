@@ -212,6 +212,10 @@ pub enum RepoError {
     /// ([`layer_work`]); the worker starts over from fresh state.
     #[error("layer swap refused: {0}")]
     SwapRefused(String),
+    /// The timeline's owner, asked from another process, failed to answer
+    /// or to apply a layer swap.
+    #[error("the timeline's owner failed: {0}")]
+    Owner(String),
     /// A crash simulated by [`CrashPoints`]; the repository must be reopened.
     #[error("simulated crash at {0}")]
     SimulatedCrash(&'static str),
