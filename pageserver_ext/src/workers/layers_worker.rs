@@ -34,9 +34,6 @@ struct PassSettings {
 
 fn current_settings() -> PassSettings {
     let fault = crate::guc::string(&crate::guc::LAYERS_FAULT);
-    if !fault.is_empty() && !FAULT_POINTS.contains(&fault.as_str()) {
-        warning!("pageserver.layers_fault = '{fault}' is not one of {FAULT_POINTS:?}; ignored");
-    }
     PassSettings {
         period: Duration::from_secs(crate::guc::COMPACTION_PERIOD_S.get().max(1) as u64),
         fault: FAULT_POINTS.contains(&fault.as_str()).then_some(fault),
@@ -62,16 +59,22 @@ pub fn run(ctx: &WorkerContext) {
             let owner = QueueOwner::new(&shared.commands, thread_stopping.clone());
             let stopping = || thread_stopping.load(Ordering::Relaxed);
             let mut last = String::from("none yet");
+            let mut last_end = Instant::now();
             loop {
-                let (period, fault) = {
-                    let s = thread_settings.lock().unwrap_or_else(|e| e.into_inner());
-                    (s.period, s.fault.clone())
+                // The period is looked at again while waiting, so that a
+                // reload that shortens it takes effect at once.
+                let fault = loop {
+                    let (period, fault) = {
+                        let s = thread_settings.lock().unwrap_or_else(|e| e.into_inner());
+                        (s.period, s.fault.clone())
+                    };
+                    let left = period.saturating_sub(last_end.elapsed());
+                    if stopping() || left.is_zero() {
+                        break fault;
+                    }
+                    slot.set_activity(&format!("idle: next pass in {} s (last pass: {last})", left.as_secs_f64().ceil() as u64));
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
                 };
-                slot.set_activity(&format!("idle: next pass in {} s (last pass: {last})", period.as_secs()));
-                let next = Instant::now() + period;
-                while !stopping() && Instant::now() < next {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
                 if stopping() {
                     break;
                 }
@@ -96,13 +99,20 @@ pub fn run(ctx: &WorkerContext) {
                         format!("failed: {e}")
                     }
                 };
+                last_end = Instant::now();
             }
         })
     })
     .unwrap_or_else(|e| error!("cannot start the layers worker's pass thread: {e}"));
     ctx.slot.set_state(WorkerState::Running);
 
+    let mut fault_setting = String::new();
     while ctx.wait(WAKE_INTERVAL) {
+        let fault = crate::guc::string(&crate::guc::LAYERS_FAULT);
+        if fault != fault_setting && !fault.is_empty() && !FAULT_POINTS.contains(&fault.as_str()) {
+            warning!("pageserver.layers_fault = '{fault}' is not one of {FAULT_POINTS:?}; ignored");
+        }
+        fault_setting = fault;
         *settings.lock().unwrap_or_else(|e| e.into_inner()) = current_settings();
         for line in log_lines.try_iter() {
             match line {

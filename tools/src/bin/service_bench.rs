@@ -11,13 +11,22 @@
 //!   ~10 ms of polling resolution). Reported: the p99, in ms.
 //! * GetPage with `pagebench` (the release binary next to this one): hot
 //!   pages (the first 1000 blocks of `pgbench_accounts`) at the primary's
-//!   LSN after pgbench, once the timeline has caught up and a compaction
-//!   pass started after that has finished, with 1 connection ×
+//!   LSN after pgbench, once the timeline has caught up (the layers worker
+//!   waits: the host runs with `pageserver.compaction_period = 3600s`),
+//!   with 1 connection ×
 //!   depth 1 and 8 connections × depth 32, 10 s each after a 2 s warmup;
 //!   and `pagebench --floor` (a trivial server process speaking the same
 //!   protocol) with the same shapes in the same run, as the floors.
 //!   During the 8×32 run the main worker's VmRSS is sampled every 50 ms
 //!   (the peak is reported) and its threads' CPU time is printed to stderr.
+//! * GetPage at depth 1 while the layers worker runs a pass over all of
+//!   that history (the host has `compaction_threshold = 2` and
+//!   `image_creation_threshold = 1`: the pass merges every L0 layer and
+//!   writes image layers over the whole database), started by a reload of
+//!   `compaction_period = 1s` while pgbench writes at 200 tps: its p99
+//!   against the idle p99 of the 1×1 run above as the floor, and the CPU
+//!   seconds of the layers worker, the main worker and the redo workers
+//!   over the measured part (from `/proc`).
 //! * the import of the whole (now ~1 GiB) primary into a second timeline:
 //!   MB/s against `pg_basebackup -Ft` of the same primary as the floor, and
 //!   the main worker's peak VmRSS while `create_timeline` runs.
@@ -118,29 +127,72 @@ fn compaction_status(client: &mut postgres::Client, timeline: &str) -> Result<(b
     bail!("timeline {timeline} not listed by pageserver.timelines()")
 }
 
-/// Waits until a compaction pass that started after this call has finished
-/// (two passes, as one may be running already): the layers are then as the
-/// background work leaves them, and a GetPage measurement is not sharing
-/// the two cores with it.
-fn wait_compaction_settled(host: &mut postgres::Client, timeline: &str) -> Result<()> {
+/// CPU seconds per process while GetPage was measured during a pass.
+struct CompactionCpu {
+    layers_s: f64,
+    main_s: f64,
+    redo_s: f64,
+}
+
+/// Pids of the workers of one kind, from `pageserver.status()`.
+fn worker_pids(host: &PgCluster, kind: &str) -> Result<Vec<u32>> {
+    let rows = host.sql(&format!("SELECT pid FROM pageserver.status() WHERE kind = '{kind}' AND pid IS NOT NULL"))?;
+    rows.iter().map(|r| Ok(r[0].as_deref().context("pid")?.parse()?)).collect()
+}
+
+/// Starts a pass of the layers worker (a reload of `compaction_period =
+/// 1s`), waits until it is compacting, and runs pagebench with `args` while
+/// pgbench writes; returns pagebench's figures and the CPU each process
+/// used over pagebench's measured part. Warns if the pass ended early.
+fn measure_while_compacting(
+    primary: &PgCluster,
+    host: &PgCluster,
+    hc: &mut postgres::Client,
+    timeline: &str,
+    args: &[String],
+) -> Result<(PageBench, CompactionCpu)> {
+    let (_, passes_before, _) = compaction_status(hc, timeline)?;
+    host.sql("ALTER SYSTEM SET pageserver.compaction_period = '1s'")?;
+    host.sql("SELECT pg_reload_conf()")?;
     let started = Instant::now();
-    let (_, first, _) = compaction_status(host, timeline)?;
-    let mut seen = first;
-    loop {
-        let (running, passes, last) = compaction_status(host, timeline)?;
-        if passes != seen {
-            eprintln!("compaction pass {passes}: {last}");
-            seen = passes;
-        }
-        if passes >= first + 2 && !running {
-            eprintln!("compaction settled after {:.1} s", started.elapsed().as_secs_f64());
-            return Ok(());
-        }
-        if started.elapsed() > CATCH_UP_TIMEOUT {
-            bail!("compaction still busy after {CATCH_UP_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    host.wait_for("the layers worker to start a pass", Duration::from_secs(60), || {
+        let activity = host.sql_one("SELECT activity FROM pageserver.status() WHERE kind = 'layers'").ok()??;
+        activity.starts_with("compacting").then_some(())
+    })?;
+    // One pass is enough: no other starts until the measurement is over.
+    host.sql("ALTER SYSTEM SET pageserver.compaction_period = '3600s'")?;
+    host.sql("SELECT pg_reload_conf()")?;
+    eprintln!("layers worker compacting {:.1} s after the reload", started.elapsed().as_secs_f64());
+    let (layers, main, redo) = (worker_pids(host, "layers")?, worker_pids(host, "main")?, worker_pids(host, "redo")?);
+    let ticks = |pids: &[u32]| pids.iter().map(|p| process_ticks(*p)).sum::<u64>();
+    let warmup = Duration::from_secs_f64(PAGEBENCH_WARMUP);
+    let mut window: Option<(Instant, [u64; 3])> = None;
+    let mut cpu = None;
+    let bench = std::thread::scope(|scope| {
+        let seconds = (PAGEBENCH_SECONDS + PAGEBENCH_WARMUP).ceil().to_string();
+        let writes = scope.spawn(move || primary.run_as_postgres_checked("pgbench", &["-c", "1", "-R", "200", "-T", &seconds, "postgres"]));
+        let bench = run_pagebench(args, |_, since| {
+            if since >= warmup && window.is_none() {
+                window = Some((Instant::now(), [ticks(&layers), ticks(&main), ticks(&redo)]));
+            }
+            if let Some((at, t0)) = &window {
+                let secs = |t: u64, t0: u64| t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S;
+                cpu = Some((at.elapsed(), secs(ticks(&layers), t0[0]), secs(ticks(&main), t0[1]), secs(ticks(&redo), t0[2])));
+            }
+        });
+        writes.join().map_err(|_| anyhow!("pgbench thread panicked"))??;
+        bench
+    })?;
+    let (window, layers_s, main_s, redo_s) = cpu.context("pagebench ended before its measured part")?;
+    let (running, passes, last) = compaction_status(hc, timeline)?;
+    if passes > passes_before + u64::from(running) {
+        eprintln!("warning: the pass ended during the measurement: {last}");
     }
+    eprintln!(
+        "during {:.1} s of GetPage while compacting: layers worker {layers_s:.1} s CPU, main worker {main_s:.1} s, redo workers {redo_s:.1} s",
+        window.as_secs_f64()
+    );
+    Ok((bench, CompactionCpu { layers_s, main_s, redo_s }))
 }
 
 /// What bootstrapping a second timeline from the (now ~1 GiB) primary took.
@@ -395,7 +447,13 @@ fn main() -> Result<()> {
     let bench_started = Instant::now();
 
     let primary = PgCluster::start_primary(&[("max_wal_size", "1GB")])?;
-    let host = PgCluster::start_host(&[])?;
+    // No pass of the layers worker until the benchmark starts one; then a
+    // pass that merges every L0 layer and writes images everywhere.
+    let host = PgCluster::start_host(&[
+        ("pageserver.compaction_period", "3600s"),
+        ("pageserver.compaction_threshold", "2"),
+        ("pageserver.image_creation_threshold", "1"),
+    ])?;
     host.sql("CREATE EXTENSION pageserver_ext")?;
     let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
     let conninfo = primary.connstr("postgres");
@@ -417,7 +475,6 @@ fn main() -> Result<()> {
 
     let request_lsn = primary_lsn(&mut pc)?;
     wait_caught_up(&mut hc, &timeline, request_lsn, "ingest after pgbench")?;
-    wait_compaction_settled(&mut hc, &timeline)?;
     let filenode = primary.sql_one("SELECT pg_relation_filenode('pgbench_accounts')")?.context("no filenode")?;
     let db_oid = primary.sql_one("SELECT oid FROM pg_database WHERE datname = 'postgres'")?.context("no db oid")?;
     let nblocks = primary.sql_one("SELECT pg_relation_size('pgbench_accounts') / 8192")?.context("no size")?;
@@ -484,8 +541,6 @@ fn main() -> Result<()> {
             _ => {}
         }
     })?;
-    let (running, passes, last) = compaction_status(&mut hc, &timeline)?;
-    eprintln!("after the GetPage runs: compaction pass {passes} {}: {last}", if running { "(another running)" } else { "" });
     eprintln!("main worker VmRSS: {} MiB before the 8x32 run, peak {} MiB during it", rss_before >> 10, peak_rss_kib >> 10);
 
     row("pagebench.p50_us_d1", server_d1.p50_us, "us", Some(floor_d1.p50_us));
@@ -496,6 +551,12 @@ fn main() -> Result<()> {
     row("pagebench.p99_us_8x32", server_8x32.p99_us, "us", Some(floor_8x32.p99_us));
     row("ingest.lag_p99_ms", lag_p99, "ms", None);
     row("pagebench.rss_mib", peak_rss_kib as f64 / 1024.0, "MiB", None);
+
+    let (compacting, cpu) = measure_while_compacting(&primary, &host, &mut hc, &timeline, &server(1, 1))?;
+    row("pagebench.p99_us_d1_compacting", compacting.p99_us, "us", Some(server_d1.p99_us));
+    row("compaction.cpu_s_layers_worker", cpu.layers_s, "s", None);
+    row("compaction.cpu_s_main_worker", cpu.main_s, "s", None);
+    row("compaction.cpu_s_redo_workers", cpu.redo_s, "s", None);
 
     let import = measure_import(&primary, &host, &tenant, main_pid)?;
     row("import.mb_s", import.mb_s, "MB/s", Some(import.floor_mb_s));

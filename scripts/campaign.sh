@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The long fault campaigns, with the full counts that CI shortens:
+#   - the layers worker stopped with SIGTERM at 50 random points of its
+#     passes (compaction, image layers, GC) and once by an injected panic,
+#     while pgbench writes and a reader reads (pgrx-tests/tests/layers_worker.rs;
+#     CI runs 10 stops).
+# Expects the machine set up and the extension installed (scripts/test.sh
+# does both); prints each campaign's summary line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+kills="${LAYERS_KILLS:-50}"
+log "layers worker: $kills stops and a panic"
+LAYERS_KILLS="$kills" cargo test -p pageserver_harness --test layers_worker -- --nocapture 2>&1 | tee /tmp/pageserver-campaign-layers.log |
+  grep -E "stops \(|^last pass|blocks:|test result"
