@@ -168,12 +168,15 @@ fn measure_while_compacting(
     let warmup = Duration::from_secs_f64(PAGEBENCH_WARMUP);
     let mut window: Option<(Instant, [u64; 3])> = None;
     let mut cpu = None;
+    let main_pid = *main.first().context("no main worker")? as i32;
+    let mut main_threads = Vec::new();
     let bench = std::thread::scope(|scope| {
         let seconds = (PAGEBENCH_SECONDS + PAGEBENCH_WARMUP).ceil().to_string();
         let writes = scope.spawn(move || primary.run_as_postgres_checked("pgbench", &["-c", "1", "-R", "200", "-T", &seconds, "postgres"]));
         let bench = run_pagebench(args, |_, since| {
             if since >= warmup && window.is_none() {
                 window = Some((Instant::now(), [ticks(&layers), ticks(&main), ticks(&redo)]));
+                main_threads = thread_times(main_pid);
             }
             if let Some((at, t0)) = &window {
                 let secs = |t: u64, t0: u64| t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S;
@@ -184,6 +187,7 @@ fn measure_while_compacting(
         bench
     })?;
     let (window, layers_s, main_s, redo_s) = cpu.context("pagebench ended before its measured part")?;
+    print_thread_cpu("main worker during GetPage while compacting", &main_threads, &thread_times(main_pid), window.as_secs_f64());
     let (running, passes, last) = compaction_status(hc, timeline)?;
     if passes > passes_before + u64::from(running) {
         eprintln!("warning: the pass ended during the measurement: {last}");
