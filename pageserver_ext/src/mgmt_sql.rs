@@ -28,7 +28,7 @@ fn call(command: &Command) -> Reply {
 
 /// Raises an ERROR with the SQLSTATE the main worker chose (the service's
 /// one mapping from error kinds to codes, `service::error`).
-fn raise(sqlstate: &str, message: &str) -> ! {
+pub(crate) fn raise(sqlstate: &str, message: &str) -> ! {
     ereport!(ERROR, PgSqlErrorCode::from(make_sqlstate(sqlstate)), message);
 }
 

@@ -55,10 +55,12 @@ fn redo_apply(
             pg_sys::check_for_interrupts!();
             error!("redo request cancelled")
         }
-        Err(RedoCallError::Redo { lsn, rmgr, message }) => {
-            error!("{}", redo_bgworker::RedoFailure { lsn, rmgr, message })
+        // Timeouts, dead workers, rejected records and failed redo each get
+        // their SQLSTATE from the service's one mapping.
+        Err(e) => {
+            let e = service::error::ServiceError::from(service::redo_client::redo_error(e));
+            crate::mgmt_sql::raise(e.sqlstate(), &e.to_string())
         }
-        Err(e) => error!("{e}"),
     }
 }
 

@@ -35,7 +35,11 @@ fn redo(host: &PgCluster, t: Target, base: Option<&[u8]>, raw: &[u8], start: u64
     );
     Ok(match result {
         Ok(row) => Ok(row.get(0)),
-        Err(e) => Err(e.as_db_error().map(|d| d.message().to_string()).with_context(|| format!("not a database error: {e}"))?),
+        // "SQLSTATE: message", so that checks can look at both.
+        Err(e) => Err(e
+            .as_db_error()
+            .map(|d| format!("{}: {}", d.code().code(), d.message()))
+            .with_context(|| format!("not a database error: {e}"))?),
     })
 }
 
@@ -101,6 +105,8 @@ fn bad_requests_get_clear_errors_and_redo_survives_errors_and_panics() -> Result
     expect_err("unreferenced block", redo(&host, elsewhere, Some(&p1), &r2.raw, s(r2), e(r2))?, "does not reference")?;
     expect_err("page newer than record", redo(&host, t, Some(&p2), &r2.raw, s(r2), e(r2))?, "already applied")?;
     expect_err("no base page", redo(&host, t, None, &r2.raw, s(r2), e(r2))?, "no base page")?;
+    // Each of those is a rejection, with the SQLSTATE of bad data.
+    expect_err("rejection's kind", redo(&host, t, Some(&p2), &r2.raw, s(r2), e(r2))?, "XX001: record rejected before redo: ")?;
 
     // An ERROR inside PostgreSQL's redo: a compressed image that cannot be
     // decompressed (the first pglz item is a back-reference before the start).
@@ -110,7 +116,8 @@ fn bad_requests_get_clear_errors_and_redo_survives_errors_and_panics() -> Result
     bad_image[at..at + 3].copy_from_slice(&[0x01, 0x00, 0x05]);
     let msg = redo(&host, t, None, &with_crc(bad_image), s(r3), e(r3))?;
     expect_err("undecompressible image", msg.clone(), "decompress")?;
-    expect_err("error names the record", msg, &format!("Heap record at {}", r3.start_lsn))?;
+    expect_err("error names the record", msg.clone(), &format!("Heap record at {}", r3.start_lsn))?;
+    expect_err("an ERROR inside redo is not a rejection", msg, "XX000: redo of Heap record")?;
     // Redo goes on, and the image record itself applies.
     let p3 = redo(&host, t, None, &r3.raw, s(r3), e(r3))?.map_err(anyhow::Error::msg)?;
     assert_eq!(redo(&host, t, Some(&p1), &r2.raw, s(r2), e(r2))?.map_err(anyhow::Error::msg)?, p2);

@@ -175,12 +175,18 @@ impl RedoEngine {
         mask: bool,
     ) -> Result<[u8; BLCKSZ], RedoFailure> {
         let Some(first) = records.first() else {
-            return base.copied().ok_or_else(|| RedoFailure { lsn: 0, rmgr: 0, message: "no records and no base image".into() });
+            return base.copied().ok_or_else(|| RedoFailure {
+                lsn: 0,
+                rmgr: 0,
+                message: "no records and no base image".into(),
+                rejected: true,
+            });
         };
         // Everything that can be checked in Rust is checked before PostgreSQL sees it.
         let mut headers = Vec::with_capacity(records.len());
         for r in records {
-            let fail = |rmid: u8, e: validate::Invalid| RedoFailure { lsn: r.start_lsn, rmgr: rmid, message: e.to_string() };
+            let fail =
+                |rmid: u8, e: validate::Invalid| RedoFailure { lsn: r.start_lsn, rmgr: rmid, message: e.to_string(), rejected: true };
             let h = validate::check_record(r.raw).map_err(|e| fail(r.raw.get(17).copied().unwrap_or(0), e))?;
             validate::check_rmgr(&h).map_err(|e| fail(h.xl_rmid, e))?;
             validate::check_lsns(r.start_lsn, r.end_lsn).map_err(|e| fail(h.xl_rmid, e))?;
@@ -195,6 +201,7 @@ impl RedoEngine {
                         "records out of order: this one starts before the previous one ends ({})",
                         validate::Lsn(pair[0].end_lsn)
                     ),
+                    rejected: true,
                 });
             }
         }
@@ -203,6 +210,7 @@ impl RedoEngine {
                 lsn: first.start_lsn,
                 rmgr: headers[0].xl_rmid,
                 message: e.to_string(),
+                rejected: true,
             })?;
         }
 
@@ -225,7 +233,12 @@ impl RedoEngine {
                 Err(message) => {
                     self.recover_after_error();
                     let r = &records[current.get().min(records.len() - 1)];
-                    Err(RedoFailure { lsn: r.start_lsn, rmgr: headers[current.get().min(headers.len() - 1)].xl_rmid, message })
+                    Err(RedoFailure {
+                        lsn: r.start_lsn,
+                        rmgr: headers[current.get().min(headers.len() - 1)].xl_rmid,
+                        message,
+                        rejected: false,
+                    })
                 }
             };
             pg_sys::InRecovery = saved_in_recovery;
@@ -252,6 +265,7 @@ impl RedoEngine {
                     "after redo the page LSN is {}: neither the base page's nor the end of a record applied",
                     validate::Lsn(lsn)
                 ),
+                rejected: false,
             });
         }
         if mask {

@@ -5,7 +5,7 @@
 //! primary is not suitable" from a broken disk without reading the text.
 
 use serde::{Deserialize, Serialize};
-use storage::repo::RepoError;
+use storage::repo::{RedoError, RepoError};
 
 /// SQLSTATE codes the service uses (PostgreSQL's `errcodes.txt`).
 pub mod sqlstate {
@@ -17,6 +17,8 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER: &str = "22023";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const CONNECTION_FAILURE: &str = "08006";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const SYSTEM_ERROR: &str = "58000";
     pub const IO_ERROR: &str = "58030";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
@@ -43,6 +45,13 @@ pub enum ServiceError {
     /// The primary could not be reached or the connection broke.
     #[error("{0}")]
     Connection(String),
+    /// Waiting for something (redo) took longer than its timeout.
+    #[error("{0}")]
+    Timeout(String),
+    /// A part of the page server needed for the answer is not working (a
+    /// redo worker died, no redo workers are configured).
+    #[error("{0}")]
+    Unavailable(String),
     /// Reading or writing the page server's own files failed.
     #[error("{0}")]
     Io(String),
@@ -63,6 +72,8 @@ impl ServiceError {
             ServiceError::InvalidArgument(_) => sqlstate::INVALID_PARAMETER,
             ServiceError::NotInPrerequisiteState(_) => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             ServiceError::Connection(_) => sqlstate::CONNECTION_FAILURE,
+            ServiceError::Timeout(_) => sqlstate::QUERY_CANCELED,
+            ServiceError::Unavailable(_) => sqlstate::SYSTEM_ERROR,
             ServiceError::Io(_) => sqlstate::IO_ERROR,
             ServiceError::Corrupt(_) => sqlstate::DATA_CORRUPTED,
             ServiceError::Internal(_) => sqlstate::INTERNAL_ERROR,
@@ -78,25 +89,34 @@ impl ServiceError {
             sqlstate::INVALID_PARAMETER => ServiceError::InvalidArgument(message),
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE => ServiceError::NotInPrerequisiteState(message),
             sqlstate::CONNECTION_FAILURE => ServiceError::Connection(message),
+            sqlstate::QUERY_CANCELED => ServiceError::Timeout(message),
+            sqlstate::SYSTEM_ERROR => ServiceError::Unavailable(message),
             sqlstate::IO_ERROR => ServiceError::Io(message),
             sqlstate::DATA_CORRUPTED => ServiceError::Corrupt(message),
             _ => ServiceError::Internal(message),
         }
     }
 
+    /// The same kind of error with `message` as its whole text.
+    pub fn with_message(self, message: String) -> ServiceError {
+        match self {
+            ServiceError::NotFound(_) => ServiceError::NotFound(message),
+            ServiceError::AlreadyExists(_) => ServiceError::AlreadyExists(message),
+            ServiceError::InvalidArgument(_) => ServiceError::InvalidArgument(message),
+            ServiceError::NotInPrerequisiteState(_) => ServiceError::NotInPrerequisiteState(message),
+            ServiceError::Connection(_) => ServiceError::Connection(message),
+            ServiceError::Timeout(_) => ServiceError::Timeout(message),
+            ServiceError::Unavailable(_) => ServiceError::Unavailable(message),
+            ServiceError::Io(_) => ServiceError::Io(message),
+            ServiceError::Corrupt(_) => ServiceError::Corrupt(message),
+            ServiceError::Internal(_) => ServiceError::Internal(message),
+        }
+    }
+
     /// The same kind of error with `context: ` in front of its message.
     pub fn context(self, context: impl std::fmt::Display) -> ServiceError {
-        let prefix = |m: String| format!("{context}: {m}");
-        match self {
-            ServiceError::NotFound(m) => ServiceError::NotFound(prefix(m)),
-            ServiceError::AlreadyExists(m) => ServiceError::AlreadyExists(prefix(m)),
-            ServiceError::InvalidArgument(m) => ServiceError::InvalidArgument(prefix(m)),
-            ServiceError::NotInPrerequisiteState(m) => ServiceError::NotInPrerequisiteState(prefix(m)),
-            ServiceError::Connection(m) => ServiceError::Connection(prefix(m)),
-            ServiceError::Io(m) => ServiceError::Io(prefix(m)),
-            ServiceError::Corrupt(m) => ServiceError::Corrupt(prefix(m)),
-            ServiceError::Internal(m) => ServiceError::Internal(prefix(m)),
-        }
+        let message = format!("{context}: {self}");
+        self.with_message(message)
     }
 }
 
@@ -110,7 +130,22 @@ impl From<RepoError> for ServiceError {
             RepoError::WaitTimeout { .. } | RepoError::SwapRefused(_) => ServiceError::NotInPrerequisiteState(message),
             RepoError::Io { .. } => ServiceError::Io(message),
             RepoError::Corrupt { .. } => ServiceError::Corrupt(message),
+            RepoError::Redo { error, .. } => ServiceError::from(error).with_message(message),
             _ => ServiceError::Internal(message),
+        }
+    }
+}
+
+impl From<RedoError> for ServiceError {
+    /// Timeouts, dead workers, rejected records and failed redo each get a
+    /// SQLSTATE of their own.
+    fn from(e: RedoError) -> ServiceError {
+        let message = e.to_string();
+        match e {
+            RedoError::Timeout(_) => ServiceError::Timeout(message),
+            RedoError::WorkerDied { .. } | RedoError::Unavailable(_) => ServiceError::Unavailable(message),
+            RedoError::Rejected(_) | RedoError::Invalid(_) => ServiceError::Corrupt(message),
+            RedoError::Failed(_) => ServiceError::Internal(message),
         }
     }
 }
@@ -129,6 +164,8 @@ mod tests {
             ServiceError::InvalidArgument("a".into()),
             ServiceError::NotInPrerequisiteState("a".into()),
             ServiceError::Connection("a".into()),
+            ServiceError::Timeout("a".into()),
+            ServiceError::Unavailable("a".into()),
             ServiceError::Io("a".into()),
             ServiceError::Corrupt("a".into()),
             ServiceError::Internal("a".into()),
@@ -141,6 +178,26 @@ mod tests {
             assert_eq!(with.sqlstate(), e.sqlstate());
             assert_eq!(with.to_string(), "tenant x: a");
         }
+    }
+
+    #[test]
+    fn redo_failures_map_by_kind() {
+        use std::time::Duration;
+        use storage::repo::RedoFailure;
+        let failure = |rejected| RedoFailure { lsn: 0x10, rmgr: 10, message: "bad".into(), rejected };
+        let cases = [
+            (RedoError::Timeout(Duration::from_secs(30)), sqlstate::QUERY_CANCELED),
+            (RedoError::WorkerDied { worker: 1, reason: "exited".into() }, sqlstate::SYSTEM_ERROR),
+            (RedoError::from(failure(true)), sqlstate::DATA_CORRUPTED),
+            (RedoError::from(failure(false)), sqlstate::INTERNAL_ERROR),
+        ];
+        for (error, code) in cases {
+            let repo = RepoError::Redo { key: storage::key::Key::MIN, lsn: Lsn(0x20), error: error.clone() };
+            let service = ServiceError::from(repo);
+            assert_eq!(service.sqlstate(), code, "{error:?}");
+            assert!(service.to_string().starts_with("redo of "), "{service}");
+        }
+        assert!(RedoError::from(failure(true)).to_string().starts_with("record rejected before redo: redo of Heap record at 0/10"));
     }
 
     #[test]

@@ -191,8 +191,8 @@ mod tests {
     /// Values are images only: no redo is ever needed.
     struct NoRedo;
     impl Redo for NoRedo {
-        fn apply(&self, _: Key, _: Option<Bytes>, _: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
-            Err("no redo in this test".into())
+        fn apply(&self, _: Key, _: Option<Bytes>, _: &[(Lsn, WalRecordValue)]) -> Result<Bytes, storage::repo::RedoError> {
+            Err(storage::repo::RedoError::Invalid("no redo in this test".into()))
         }
     }
 

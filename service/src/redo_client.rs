@@ -12,7 +12,7 @@ use shared_mem::RedoQueue;
 use std::time::Duration;
 use storage::key::{Key, KeyClass};
 use storage::lsn::Lsn;
-use storage::repo::Redo;
+use storage::repo::{Redo, RedoError, RedoFailure};
 use storage::value::{RecordPayload, WalRecordValue};
 
 const PAGE: usize = pg_constants::BLCKSZ;
@@ -28,9 +28,9 @@ impl QueueRedo {
         QueueRedo { queue, timeout }
     }
 
-    fn call_postgres(&self, key: Key, page: Option<[u8; PAGE]>, run: &[(Lsn, WalRecordValue)]) -> Result<[u8; PAGE], String> {
+    fn call_postgres(&self, key: Key, page: Option<[u8; PAGE]>, run: &[(Lsn, WalRecordValue)]) -> Result<[u8; PAGE], RedoError> {
         let Some(KeyClass::RelBlock { rel, blkno }) = key.classify() else {
-            return Err(format!("PostgreSQL records on key {key}, which is not a relation block"));
+            return Err(RedoError::Invalid(format!("PostgreSQL records on key {key}, which is not a relation block")));
         };
         let records = run
             .iter()
@@ -47,10 +47,19 @@ impl QueueRedo {
             records,
             flags: 0,
         };
-        self.queue.call(&request, self.timeout).map_err(|e| match e {
-            RedoCallError::Redo { lsn, rmgr, message } => storage::repo::RedoFailure { lsn, rmgr, message }.to_string(),
-            other => other.to_string(),
-        })
+        self.queue.call(&request, self.timeout).map_err(redo_error)
+    }
+}
+
+/// The kind of a failed redo call, for the repository and its callers.
+pub fn redo_error(e: RedoCallError) -> RedoError {
+    match e {
+        RedoCallError::Timeout { waited } => RedoError::Timeout(waited),
+        RedoCallError::WorkerDied { worker, reason } => RedoError::WorkerDied { worker, reason: reason.to_string() },
+        RedoCallError::Redo { lsn, rmgr, message, rejected } => RedoFailure { lsn, rmgr, message, rejected }.into(),
+        other @ (RedoCallError::TooLarge { .. } | RedoCallError::NoWorkers | RedoCallError::Cancelled | RedoCallError::BadReply { .. }) => {
+            RedoError::Unavailable(other.to_string())
+        }
     }
 }
 
@@ -65,7 +74,7 @@ fn approximate_start(end: Lsn, raw: &Bytes) -> u64 {
 }
 
 impl Redo for QueueRedo {
-    fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
+    fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, RedoError> {
         let mut page: Option<[u8; PAGE]> = match base {
             Some(b) => Some(b.as_ref().try_into().map_err(|_| format!("base image of {key} has {} bytes, not {PAGE}", b.len()))?),
             None => None,
@@ -86,6 +95,6 @@ impl Redo for QueueRedo {
                 }
             }
         }
-        page.map(|p| Bytes::copy_from_slice(&p)).ok_or_else(|| format!("no base and no records for {key}"))
+        page.map(|p| Bytes::copy_from_slice(&p)).ok_or_else(|| RedoError::Invalid(format!("no base and no records for {key}")))
     }
 }

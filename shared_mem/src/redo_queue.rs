@@ -265,8 +265,8 @@ pub enum RedoCallError {
     /// The worker died or gave up on the request, twice in a row (the first
     /// time the call is retried on another worker).
     WorkerDied { worker: usize, reason: &'static str },
-    /// Redo of a record failed.
-    Redo { lsn: u64, rmgr: u8, message: String },
+    /// Redo of a record failed; `rejected`: refused by the checks before redo.
+    Redo { lsn: u64, rmgr: u8, message: String, rejected: bool },
     /// A record is too large for a queue slot.
     TooLarge { message: String },
     /// The queue has no workers (`pageserver.redo_workers = 0`?).
@@ -286,8 +286,9 @@ impl fmt::Display for RedoCallError {
             RedoCallError::WorkerDied { worker, reason } => {
                 write!(f, "redo worker {worker} failed: {reason}")
             }
-            RedoCallError::Redo { lsn, rmgr, message } => {
-                write!(f, "redo of the record at {:X}/{:X} (resource manager {rmgr}) failed: {message}", lsn >> 32, lsn & 0xffff_ffff)
+            RedoCallError::Redo { lsn, rmgr, message, rejected } => {
+                let what = if *rejected { "was rejected before redo" } else { "failed" };
+                write!(f, "redo of the record at {:X}/{:X} (resource manager {rmgr}) {what}: {message}", lsn >> 32, lsn & 0xffff_ffff)
             }
             RedoCallError::TooLarge { message } => f.write_str(message),
             RedoCallError::NoWorkers => f.write_str("no redo workers are configured"),
@@ -549,7 +550,7 @@ impl RedoQueue {
         let buffer = unsafe { &*self.buffers[claim.slot].0.get() };
         let result = match wire::decode_reply_into(&buffer[..len], page) {
             Ok(()) => Ok(()),
-            Err(Ok(RedoReply::Err { lsn, rmgr, message })) => Err(RedoCallError::Redo { lsn, rmgr, message }),
+            Err(Ok(RedoReply::Err { lsn, rmgr, message, rejected })) => Err(RedoCallError::Redo { lsn, rmgr, message, rejected }),
             Err(Ok(RedoReply::Ok(p))) => {
                 *page = *p;
                 Ok(())
@@ -1006,8 +1007,8 @@ impl<'w> Job<'w> {
     }
 
     /// Replies with a redo error (long messages are cut to fit the slot).
-    pub fn reply_err(self, lsn: u64, rmgr: u8, message: &str) -> Result<(), StaleJob> {
-        self.reply_with(|buffer| wire::encode_reply_err(lsn, rmgr, message, buffer).unwrap_or(0))
+    pub fn reply_err(self, lsn: u64, rmgr: u8, message: &str, rejected: bool) -> Result<(), StaleJob> {
+        self.reply_with(|buffer| wire::encode_reply_err(lsn, rmgr, message, rejected, buffer).unwrap_or(0))
     }
 
     fn reply_with(mut self, encode: impl FnOnce(&mut [u8]) -> usize) -> Result<(), StaleJob> {

@@ -530,8 +530,8 @@ mod tests {
     struct NoRedo;
 
     impl Redo for NoRedo {
-        fn apply(&self, key: Key, _base: Option<Bytes>, _records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
-            Err(format!("no redo expected for {key:?}"))
+        fn apply(&self, key: Key, _base: Option<Bytes>, _records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, crate::repo::RedoError> {
+            Err(format!("no redo expected for {key:?}").into())
         }
     }
 

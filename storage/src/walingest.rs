@@ -570,7 +570,7 @@ mod tests {
     struct BaseRedo;
 
     impl Redo for BaseRedo {
-        fn apply(&self, _key: Key, base: Option<Bytes>, _records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
+        fn apply(&self, _key: Key, base: Option<Bytes>, _records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, crate::repo::RedoError> {
             Ok(base.unwrap_or_else(|| Bytes::from(vec![0u8; 8192])))
         }
     }

@@ -51,8 +51,8 @@ use storage::walingest::WalIngest;
 struct NoRedo;
 
 impl Redo for NoRedo {
-    fn apply(&self, key: Key, _base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
-        Err(format!("unexpected redo of {key:?} ({} records): the test reads only images", records.len()))
+    fn apply(&self, key: Key, _base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, storage::repo::RedoError> {
+        Err(format!("unexpected redo of {key:?} ({} records): the test reads only images", records.len()).into())
     }
 }
 

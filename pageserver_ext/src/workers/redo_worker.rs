@@ -35,7 +35,7 @@ pub fn run(ctx: &WorkerContext) {
 
 fn serve(engine: &mut RedoEngine, job: Job<'_>) {
     let reply = match job.request() {
-        Err(e) => Err((0, 0, format!("malformed redo request: {e}"))),
+        Err(e) => Err((0, 0, format!("malformed redo request: {e}"), true)),
         Ok(request) => {
             let t = request.target;
             let target = BlockTag { spc: t.spc_node, db: t.db_node, rel: t.rel_node, fork: t.fork, blkno: t.blkno };
@@ -43,12 +43,12 @@ fn serve(engine: &mut RedoEngine, job: Job<'_>) {
                 request.records().map(|r| Record { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw }).collect();
             let base: Option<&[u8; BLCKSZ]> = request.base_image;
             let mask = request.flags & FLAG_MASK_RESULT != 0;
-            engine.apply(target, base, &recs, mask).map_err(|f| (f.lsn, f.rmgr, f.message))
+            engine.apply(target, base, &recs, mask).map_err(|f| (f.lsn, f.rmgr, f.message, f.rejected))
         }
     };
     // A stale job (the caller gave up) just drops the reply.
     let _ = match reply {
         Ok(page) => job.reply_ok(&page),
-        Err((lsn, rmgr, message)) => job.reply_err(lsn, rmgr, &message),
+        Err((lsn, rmgr, message, rejected)) => job.reply_err(lsn, rmgr, &message, rejected),
     };
 }

@@ -42,7 +42,7 @@ fn serve_job(job: Job<'_>) {
     let request = job.request().expect("the caller sent a well-formed request");
     if request.target.blkno == ERROR_BLOCK {
         let lsn = request.records().next().map_or(0, |r| r.start_lsn);
-        let _ = job.reply_err(lsn, 10, "invalid lp");
+        let _ = job.reply_err(lsn, 10, "invalid lp", false);
         return;
     }
     let page = fake_apply(&request);
@@ -146,7 +146,7 @@ fn redo_error_reaches_the_caller_without_retry() {
         s.spawn(|| serve_until(&queue, 0, &stop));
         let request = request_with(&mut Rng(7), ERROR_BLOCK, 2, 40, true, 0);
         let err = queue.call(&request, LONG).unwrap_err();
-        assert_eq!(err, RedoCallError::Redo { lsn: request.records[0].start_lsn, rmgr: 10, message: "invalid lp".into() });
+        assert_eq!(err, RedoCallError::Redo { lsn: request.records[0].start_lsn, rmgr: 10, message: "invalid lp".into(), rejected: false });
         assert!(err.to_string().contains("invalid lp"));
         stop.store(true, Ordering::Release);
     });

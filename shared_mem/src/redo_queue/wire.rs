@@ -23,8 +23,10 @@
 //! headers removed; this format does not look inside it.
 //!
 //! Reply: one tag byte, then for `REPLY_OK` the 8192-byte page, for
-//! `REPLY_ERR` the LSN (8), the resource manager id (1), the message length
-//! (4) and the message (UTF-8).
+//! `REPLY_ERR` (redo raised `ERROR`, or its result failed the check after
+//! redo) and `REPLY_REJECTED` (a record refused by the checks before redo)
+//! the LSN (8), the resource manager id (1), the message length (4) and the
+//! message (UTF-8).
 
 use std::fmt;
 
@@ -46,6 +48,8 @@ pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"RDQ1");
 pub const REPLY_OK: u8 = 0;
 /// Reply tag: a redo error follows.
 pub const REPLY_ERR: u8 = 1;
+/// Reply tag: the error of a record rejected before redo follows.
+pub const REPLY_REJECTED: u8 = 2;
 
 /// Bytes of a request before the base image: magic, flags, target, base flag.
 pub const REQUEST_HEADER_LEN: usize = 4 + 4 + 4 + 4 + 4 + 1 + 4 + 1;
@@ -114,7 +118,13 @@ pub struct RedoRecordView<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedoReply {
     Ok(Box<[u8; PAGE_SIZE]>),
-    Err { lsn: u64, rmgr: u8, message: String },
+    /// `rejected`: refused by the checks before redo ([`REPLY_REJECTED`]).
+    Err {
+        lsn: u64,
+        rmgr: u8,
+        message: String,
+        rejected: bool,
+    },
 }
 
 /// Why bytes are not a well-formed request or reply.
@@ -143,7 +153,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadBaseImageFlag(b) => {
                 write!(f, "redo request base-image flag is {b}, expected 0 or 1")
             }
-            DecodeError::BadReplyTag(t) => write!(f, "redo reply tag is {t}, expected {REPLY_OK} or {REPLY_ERR}"),
+            DecodeError::BadReplyTag(t) => write!(f, "redo reply tag is {t}, expected {REPLY_OK}, {REPLY_ERR} or {REPLY_REJECTED}"),
             DecodeError::MessageNotUtf8 => write!(f, "redo error message is not UTF-8"),
             DecodeError::TrailingBytes(n) => {
                 write!(f, "{n} bytes after the end of the redo message")
@@ -329,9 +339,10 @@ pub fn encode_reply_ok(page: &[u8; PAGE_SIZE], buf: &mut [u8]) -> Result<usize, 
     Ok(REPLY_OK_LEN)
 }
 
-/// Writes an error reply; a message longer than the buffer allows is cut at a
-/// character boundary and marked with "…". Returns the bytes used.
-pub fn encode_reply_err(lsn: u64, rmgr: u8, message: &str, buf: &mut [u8]) -> Result<usize, BufferTooSmall> {
+/// Writes an error reply (`rejected`: before redo); a message longer than
+/// the buffer allows is cut at a character boundary and marked with "…".
+/// Returns the bytes used.
+pub fn encode_reply_err(lsn: u64, rmgr: u8, message: &str, rejected: bool, buf: &mut [u8]) -> Result<usize, BufferTooSmall> {
     const ELLIPSIS: &str = "…";
     if buf.len() < REPLY_ERR_HEADER_LEN + ELLIPSIS.len() {
         return Err(BufferTooSmall { needed: REPLY_ERR_HEADER_LEN + ELLIPSIS.len(), available: buf.len() });
@@ -348,7 +359,7 @@ pub fn encode_reply_err(lsn: u64, rmgr: u8, message: &str, buf: &mut [u8]) -> Re
     };
     let len = body.len() + suffix.len();
     let mut w = Writer { buf, pos: 0 };
-    w.put(&[REPLY_ERR]);
+    w.put(&[if rejected { REPLY_REJECTED } else { REPLY_ERR }]);
     w.put(&lsn.to_le_bytes());
     w.put(&[rmgr]);
     w.put(&(len as u32).to_le_bytes());
@@ -362,12 +373,12 @@ pub fn decode_reply(bytes: &[u8]) -> Result<RedoReply, DecodeError> {
     let mut r = Reader { bytes, pos: 0 };
     let reply = match r.u8("reply tag")? {
         REPLY_OK => RedoReply::Ok(Box::new(*r.array::<PAGE_SIZE>("page")?)),
-        REPLY_ERR => {
+        tag @ (REPLY_ERR | REPLY_REJECTED) => {
             let lsn = r.u64("error LSN")?;
             let rmgr = r.u8("error resource manager")?;
             let len = r.u32("error message length")? as usize;
             let message = std::str::from_utf8(r.take(len, "error message")?).map_err(|_| DecodeError::MessageNotUtf8)?.to_owned();
-            RedoReply::Err { lsn, rmgr, message }
+            RedoReply::Err { lsn, rmgr, message, rejected: tag == REPLY_REJECTED }
         }
         other => return Err(DecodeError::BadReplyTag(other)),
     };
@@ -563,10 +574,16 @@ mod tests {
         decode_reply_into(&buf[..n], &mut out).unwrap();
         assert_eq!(out, page);
 
-        let n = encode_reply_err(0x1_0000_0028, 10, "invalid lp: ünïcode", &mut buf).unwrap();
+        let n = encode_reply_err(0x1_0000_0028, 10, "invalid lp: ünïcode", false, &mut buf).unwrap();
         assert_eq!(
             decode_reply(&buf[..n]).unwrap(),
-            RedoReply::Err { lsn: 0x1_0000_0028, rmgr: 10, message: "invalid lp: ünïcode".into() }
+            RedoReply::Err { lsn: 0x1_0000_0028, rmgr: 10, message: "invalid lp: ünïcode".into(), rejected: false }
+        );
+        let n = encode_reply_err(7, 10, "not a page-level resource manager", true, &mut buf).unwrap();
+        assert_eq!(buf[0], REPLY_REJECTED);
+        assert_eq!(
+            decode_reply(&buf[..n]).unwrap(),
+            RedoReply::Err { lsn: 7, rmgr: 10, message: "not a page-level resource manager".into(), rejected: true }
         );
     }
 
@@ -574,7 +591,7 @@ mod tests {
     fn long_error_messages_are_cut_at_a_character_boundary() {
         let message = "é".repeat(100); // 200 bytes
         let mut buf = vec![0u8; REPLY_ERR_HEADER_LEN + 50];
-        let n = encode_reply_err(1, 2, &message, &mut buf).unwrap();
+        let n = encode_reply_err(1, 2, &message, false, &mut buf).unwrap();
         let RedoReply::Err { message: got, .. } = decode_reply(&buf[..n]).unwrap() else { panic!() };
         assert!(got.ends_with('…'));
         assert!(got.len() <= 50);
@@ -587,7 +604,7 @@ mod tests {
         assert_eq!(decode_reply(&[9]).unwrap_err(), DecodeError::BadReplyTag(9));
         assert!(matches!(decode_reply(&[REPLY_OK, 1, 2]), Err(DecodeError::Truncated { .. })));
         let mut buf = vec![0u8; 100];
-        let n = encode_reply_err(1, 2, "abc", &mut buf).unwrap();
+        let n = encode_reply_err(1, 2, "abc", true, &mut buf).unwrap();
         assert_eq!(decode_reply(&buf[..n + 1]).unwrap_err(), DecodeError::TrailingBytes(1));
         buf[n - 1] = 0xff;
         assert_eq!(decode_reply(&buf[..n]).unwrap_err(), DecodeError::MessageNotUtf8);

@@ -78,7 +78,7 @@ pub use gc::GcStats;
 pub use image_import::ImageImport;
 pub use layer_file::{LayerKind, LayerName, LsnRange};
 pub use layer_work::{GcChange, LayerSwap, LayerWork, LayerWorkGrant};
-pub use reconstruct::{Redo, RedoFailure};
+pub use reconstruct::{Redo, RedoError, RedoFailure};
 pub use repository::Repository;
 pub use timeline::{BackpressureStats, Timeline, TimelineWriter};
 
@@ -200,8 +200,8 @@ pub enum RepoError {
     TooOld { timeline: TimelineId, key: Key, lsn: Lsn, cutoff: Lsn },
     #[error("timed out waiting for timeline {timeline} to reach {lsn}; it is at {last_record_lsn}")]
     WaitTimeout { timeline: TimelineId, lsn: Lsn, last_record_lsn: Lsn },
-    #[error("redo of {key} at {lsn} failed: {msg}")]
-    Redo { key: Key, lsn: Lsn, msg: String },
+    #[error("redo of {key} at {lsn} failed: {error}")]
+    Redo { key: Key, lsn: Lsn, error: RedoError },
     #[error("timeline {0} not found")]
     TimelineNotFound(TimelineId),
     #[error("timeline {0} already exists")]

@@ -20,7 +20,7 @@ pub trait Redo: Send + Sync {
     /// Applies `records` (increasing LSN) to `base` (`None` when the first
     /// record is will-init, or when no older version exists) and returns the
     /// value of `key` after the last record.
-    fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String>;
+    fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, RedoError>;
 }
 
 /// Why PostgreSQL's redo of a record failed (in a redo worker), naming the record.
@@ -32,6 +32,60 @@ pub struct RedoFailure {
     /// Its resource manager id.
     pub rmgr: u8,
     pub message: String,
+    /// The record was refused by the checks before redo (malformed, not a
+    /// page-level resource manager, out of order, a base page that cannot
+    /// be the record's); otherwise PostgreSQL's redo raised `ERROR`, or its
+    /// result failed the check after redo.
+    pub rejected: bool,
+}
+
+/// Why a [`Redo`] could not produce a value: the kinds a caller may treat
+/// differently (retry later, report a dead worker, report bad data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedoError {
+    /// No answer within the redo timeout (waiting for a free slot included).
+    #[error("redo timed out after {:.1} s", .0.as_secs_f64())]
+    Timeout(std::time::Duration),
+    /// The redo worker died or gave up on the request (after one retry on another).
+    #[error("redo worker {worker} died: {reason}")]
+    WorkerDied { worker: usize, reason: String },
+    /// A record was refused before redo.
+    #[error("record rejected before redo: {0}")]
+    Rejected(RedoFailure),
+    /// PostgreSQL's redo of a record raised `ERROR` (or its result was wrong).
+    #[error("{0}")]
+    Failed(RedoFailure),
+    /// The request could not be made or its answer read (no redo workers, a
+    /// request too large for the queue, a malformed reply, a cancel).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The input cannot be redone (a project record that does not fit its
+    /// page, a base image of the wrong size, records of the wrong kind).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<RedoFailure> for RedoError {
+    fn from(f: RedoFailure) -> RedoError {
+        if f.rejected {
+            RedoError::Rejected(f)
+        } else {
+            RedoError::Failed(f)
+        }
+    }
+}
+
+impl From<String> for RedoError {
+    /// A failure of the caller's own checks: [`RedoError::Invalid`].
+    fn from(message: String) -> RedoError {
+        RedoError::Invalid(message)
+    }
+}
+
+impl From<&str> for RedoError {
+    fn from(message: &str) -> RedoError {
+        RedoError::Invalid(message.to_string())
+    }
 }
 
 /// The versions gathered by one read.
@@ -96,7 +150,7 @@ impl Collector {
     }
 
     /// Runs redo; `None` if the key has no version.
-    pub fn reconstruct(mut self, key: Key, redo: &dyn Redo) -> Result<Option<Bytes>, (Lsn, String)> {
+    pub fn reconstruct(mut self, key: Key, redo: &dyn Redo) -> Result<Option<Bytes>, (Lsn, RedoError)> {
         if self.records.is_empty() {
             return Ok(self.base.map(|(_, page)| page));
         }

@@ -312,7 +312,7 @@ impl Timeline {
         }
         collector.end_of_walk();
         let newest_record = collector.records.first().map(|(lsn, _)| *lsn);
-        let mut page = collector.reconstruct(key, self.shared.redo.as_ref()).map_err(|(lsn, msg)| RepoError::Redo { key, lsn, msg })?;
+        let mut page = collector.reconstruct(key, self.shared.redo.as_ref()).map_err(|(lsn, error)| RepoError::Redo { key, lsn, error })?;
         if self.shared.conf.data_checksums {
             page = page.map(|value| with_checksum(key, value));
         }

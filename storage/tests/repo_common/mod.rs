@@ -52,12 +52,12 @@ pub fn write_at(base: &mut Vec<u8>, offset: usize, data: &[u8]) {
 }
 
 impl Redo for TestRedo {
-    fn apply(&self, _key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
+    fn apply(&self, _key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, storage::repo::RedoError> {
         let mut page = base.map(|b| b.to_vec()).unwrap_or_default();
         let mut previous = Lsn(0);
         for (i, (lsn, record)) in records.iter().enumerate() {
             if *lsn <= previous {
-                return Err(format!("records out of order: {lsn} after {previous}"));
+                return Err(format!("records out of order: {lsn} after {previous}").into());
             }
             previous = *lsn;
             if record.will_init {

@@ -180,8 +180,8 @@ static ALLOC: CountingAlloc = CountingAlloc;
 struct NoRedo;
 
 impl Redo for NoRedo {
-    fn apply(&self, key: Key, _base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
-        Err(format!("unexpected redo of {key:?} ({} records): WAL ingest should read only images", records.len()))
+    fn apply(&self, key: Key, _base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, storage::repo::RedoError> {
+        Err(format!("unexpected redo of {key:?} ({} records): WAL ingest should read only images", records.len()).into())
     }
 }
 

@@ -33,7 +33,7 @@ const PAGE: usize = pg_constants::BLCKSZ;
 struct WriteAtRedo;
 
 impl Redo for WriteAtRedo {
-    fn apply(&self, _key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, String> {
+    fn apply(&self, _key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, storage::repo::RedoError> {
         let mut page = base.map(|b| b.to_vec()).unwrap_or_else(|| vec![0; PAGE]);
         for (_, record) in records {
             let RecordPayload::Postgres { raw, .. } = &record.rec else { return Err("unexpected record".into()) };
