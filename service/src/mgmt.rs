@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use storage::lsn::Lsn;
 use storage::repo::{GcChange, LayerName, LayerSwap, LayerWorkGrant, RepoError, TimelineId};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -245,21 +246,20 @@ const OWNER_TIMEOUT: Duration = Duration::from_secs(60);
 /// the shared-memory queue to the main worker, which owns the timelines.
 pub struct QueueOwner {
     queue: &'static CommandQueue,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
+    cancel: CancellationToken,
 }
 
 impl QueueOwner {
-    /// A call stops waiting once `stopping` is set.
-    pub fn new(queue: &'static CommandQueue, stopping: Arc<std::sync::atomic::AtomicBool>) -> QueueOwner {
-        QueueOwner { queue, stopping }
+    /// A call stops waiting once `cancel` is cancelled.
+    pub fn new(queue: &'static CommandQueue, cancel: CancellationToken) -> QueueOwner {
+        QueueOwner { queue, cancel }
     }
 
     fn call(&self, command: &Command) -> Result<Reply, ServiceError> {
         let request = serde_json::to_vec(command).map_err(|e| ServiceError::Internal(format!("cannot encode a command: {e}")))?;
-        let stopping = self.stopping.clone();
         let reply = self
             .queue
-            .call(&request, OWNER_TIMEOUT, &mut || stopping.load(std::sync::atomic::Ordering::Relaxed))
+            .call(&request, OWNER_TIMEOUT, &mut || self.cancel.is_cancelled())
             .map_err(|e| ServiceError::Connection(format!("the main worker did not answer: {e}")))?;
         let reply: Reply =
             serde_json::from_slice(&reply).map_err(|e| ServiceError::Internal(format!("malformed reply from the main worker: {e}")))?;

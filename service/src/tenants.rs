@@ -24,10 +24,15 @@
 //! protocol (grants, swaps, pass summaries for `pageserver.timelines()`).
 //!
 //! Nothing here calls PostgreSQL: it runs on the main worker's tokio
-//! runtime and plain threads.
+//! runtime and plain threads, and logs through `tracing`.
+//!
+//! Background work has one owner and one way to stop: the manager's
+//! [`CancellationToken`] ends the WAL receivers, imports, the page service
+//! (spawned through [`Manager::spawn`]), the flush thread and the command
+//! thread; its [`TaskTracker`] tracks the tasks, so the main worker can wait
+//! for them on exit ([`Manager::stop`], then [`Manager::wait_tasks`]).
 
 use crate::error::ServiceError;
-use crate::log::LogSink;
 use crate::timeline_handle::{CompactionPass, SourceMeta, SourceState, TenantId, TimelineHandle, TimelineState, TimelineStatus};
 use crate::walreceiver::replication::{ReplError, ReplicationConn};
 use crate::walreceiver::{self, backup_label_lsn};
@@ -35,11 +40,13 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use storage::lsn::Lsn;
 use storage::repo::{LayerSwap, LayerWorkGrant, Redo, RepoConfig, RepoError, Repository, TimelineId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often the flusher looks for frozen layers.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -75,9 +82,11 @@ pub struct Manager {
     redo: Arc<dyn Redo>,
     host: HostSettings,
     runtime: tokio::runtime::Handle,
-    log: LogSink,
     tenants: RwLock<BTreeMap<TenantId, Arc<Tenant>>>,
-    stopping: Arc<AtomicBool>,
+    /// Cancelled by [`Manager::stop`]: every task and thread of the manager ends.
+    cancel: CancellationToken,
+    /// The tasks started on the runtime (receivers, imports, the page service).
+    tasks: TaskTracker,
 }
 
 /// One row of `pageserver.timelines`.
@@ -124,7 +133,6 @@ impl Manager {
         redo: Arc<dyn Redo>,
         host: HostSettings,
         runtime: tokio::runtime::Handle,
-        log: LogSink,
     ) -> Result<Arc<Manager>, ServiceError> {
         let root = data_dir.join("tenants");
         let io = |e: std::io::Error| ServiceError::Io(format!("cannot read {}: {e}", root.display()));
@@ -135,15 +143,15 @@ impl Manager {
             redo,
             host,
             runtime,
-            log,
             tenants: RwLock::new(BTreeMap::new()),
-            stopping: Arc::new(AtomicBool::new(false)),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         for entry in std::fs::read_dir(&root).map_err(io)? {
             let entry = entry.map_err(io)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(id) = name.parse::<TenantId>() else {
-                manager.log.warning(format!("ignoring {} in the tenants directory", entry.path().display()));
+                tracing::warn!("ignoring {} in the tenants directory", entry.path().display());
                 continue;
             };
             let tenant = manager.load_tenant(id)?;
@@ -156,16 +164,32 @@ impl Manager {
         Ok(manager)
     }
 
+    /// Starts `task` on the manager's runtime, owned by the manager: it
+    /// gets the manager's cancellation token and [`wait_tasks`](Self::wait_tasks) waits for it.
+    pub fn spawn<F, T>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.tasks.spawn_on(task(self.cancel.clone()), &self.runtime);
+    }
+
+    /// Tells every task and thread of the manager to end.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        self.tasks.close();
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.cancel.is_cancelled()
     }
 
-    pub fn log(&self) -> &LogSink {
-        &self.log
+    /// After [`stop`](Self::stop): waits up to `timeout` for the tasks to
+    /// end; returns how many are still running.
+    pub fn wait_tasks(&self, timeout: Duration) -> usize {
+        let tasks = self.tasks.clone();
+        let _ = self.runtime.block_on(async move { tokio::time::timeout(timeout, tasks.wait()).await });
+        self.tasks.len()
     }
 
     fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, ServiceError> {
@@ -192,11 +216,11 @@ impl Manager {
             let source = entry.source.lock().clone();
             match source {
                 Some(s) if s.state == SourceState::Importing => {
-                    self.log.log(format!("timeline {}/{}: import was interrupted, starting it again", tenant.id, entry.timeline.id()));
+                    tracing::info!("timeline {}/{}: import was interrupted, starting it again", tenant.id, entry.timeline.id());
                     let id = entry.timeline.id();
                     tenant.timelines.write().remove(&id);
                     if let Err(e) = tenant.repo.delete_timeline(id) {
-                        self.log.warning(format!("timeline {}/{id}: cannot delete the interrupted import: {e}", tenant.id));
+                        tracing::warn!("timeline {}/{id}: cannot delete the interrupted import: {e}", tenant.id);
                         continue;
                     }
                     match tenant.repo.create_timeline(id) {
@@ -207,7 +231,7 @@ impl Manager {
                             tenant.timelines.write().insert(id, entry.clone());
                             self.spawn_import(tenant.clone(), entry);
                         }
-                        Err(e) => self.log.warning(format!("timeline {}/{id}: cannot recreate it: {e}", tenant.id)),
+                        Err(e) => tracing::warn!("timeline {}/{id}: cannot recreate it: {e}", tenant.id),
                     }
                 }
                 Some(_) => self.spawn_receiver(tenant.clone(), entry),
@@ -357,9 +381,13 @@ impl Manager {
 
     fn spawn_import(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
         let manager = self.clone();
-        self.runtime.spawn(async move {
+        self.spawn(|cancel| async move {
             let id = entry.timeline.id();
-            match walreceiver::import_base_backup(&entry).await {
+            let imported = tokio::select! {
+                _ = cancel.cancelled() => return,
+                imported = walreceiver::import_base_backup(&entry) => imported,
+            };
+            match imported {
                 Ok(start_lsn) => {
                     let mut source = entry.source.lock().clone().expect("a timeline being imported has a source");
                     source.start_lsn = start_lsn.0;
@@ -371,11 +399,11 @@ impl Manager {
                     }
                     *entry.source.lock() = Some(source);
                     *entry.status.state.lock() = TimelineState::Active;
-                    manager.log.log(format!("timeline {}/{id}: imported the base backup at {start_lsn}", tenant.id));
+                    tracing::info!("timeline {}/{id}: imported the base backup at {start_lsn}", tenant.id);
                     manager.spawn_receiver(tenant, entry);
                 }
                 Err(e) => {
-                    manager.log.warning(format!("timeline {}/{id}: import failed: {e}", tenant.id));
+                    tracing::warn!("timeline {}/{id}: import failed: {e}", tenant.id);
                     entry.status.error.lock().replace(format!("import failed: {e}"));
                     *entry.status.state.lock() = TimelineState::Broken;
                 }
@@ -384,8 +412,7 @@ impl Manager {
     }
 
     fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
-        let manager = self.clone();
-        self.runtime.spawn(walreceiver::run(manager.stopping.clone(), manager.log.clone(), tenant.id, entry));
+        self.spawn(|cancel| walreceiver::run(cancel, tenant.id, entry));
     }
 
     /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
@@ -461,7 +488,7 @@ impl Manager {
                     *seen = (last, std::time::Instant::now());
                 } else if tl.disk_consistent_lsn() < last && seen.1.elapsed() >= IDLE_FLUSH {
                     if let Err(e) = tl.writer().freeze() {
-                        self.log.warning(format!("timeline {}: freeze failed: {e}", tl.id()));
+                        tracing::warn!("timeline {}: freeze failed: {e}", tl.id());
                     }
                 }
                 if entry.timeline.frozen_layer_count() > 0 {
@@ -469,7 +496,7 @@ impl Manager {
                     match entry.timeline.flush_frozen_layers() {
                         Ok(()) => flushed_since_trim += bytes,
                         Err(e) => {
-                            self.log.warning(format!("timeline {}: flush failed: {e}", entry.timeline.id()));
+                            tracing::warn!("timeline {}: flush failed: {e}", entry.timeline.id());
                             entry.status.error.lock().replace(format!("flush failed: {e}"));
                         }
                     }

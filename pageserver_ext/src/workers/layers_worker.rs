@@ -14,10 +14,9 @@
 use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
 use service::layers::{LayersWorker, FAULT_POINTS};
-use service::log::{LogLine, LogSink};
+use service::log::LogLine;
 use service::mgmt::QueueOwner;
 use shared_mem::WorkerState;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,17 +46,17 @@ pub fn run(ctx: &WorkerContext) {
     let shared = crate::shmem::state();
     let redo_timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
     let redo = Arc::new(service::redo_client::QueueRedo::new(&shared.redo, redo_timeout));
-    let stopping = Arc::new(AtomicBool::new(false));
+    let cancel = tokio_util::sync::CancellationToken::new();
     let settings = Arc::new(std::sync::Mutex::new(current_settings()));
-    let (log, log_lines) = LogSink::new();
+    let log_lines = service::log::install().unwrap_or_else(|e| error!("{e}"));
     let slot = ctx.slot;
 
-    let thread_stopping = stopping.clone();
+    let thread_cancel = cancel.clone();
     let thread_settings = settings.clone();
     let pass_thread = with_signals_blocked(|| {
         std::thread::Builder::new().name("pageserver-layers".into()).spawn(move || {
-            let owner = QueueOwner::new(&shared.commands, thread_stopping.clone());
-            let stopping = || thread_stopping.load(Ordering::Relaxed);
+            let owner = QueueOwner::new(&shared.commands, thread_cancel.clone());
+            let stopping = || thread_cancel.is_cancelled();
             let mut last = String::from("none yet");
             let mut last_end = Instant::now();
             loop {
@@ -90,12 +89,12 @@ pub fn run(ctx: &WorkerContext) {
                 last = match worker.pass(&stopping) {
                     Ok((timelines, errors)) => {
                         for e in &errors {
-                            log.warning(e.clone());
+                            tracing::warn!("{e}");
                         }
                         format!("{timelines} timelines in {:.1} s, {} failed", started.elapsed().as_secs_f64(), errors.len())
                     }
                     Err(e) => {
-                        log.warning(format!("layers worker: cannot list the timelines: {e}"));
+                        tracing::warn!("layers worker: cannot list the timelines: {e}");
                         format!("failed: {e}")
                     }
                 };
@@ -134,8 +133,8 @@ pub fn run(ctx: &WorkerContext) {
         }
     }
     // A pass still running is cut short by the exit; calls it has in flight
-    // notice `stopping` or are reclaimed by the queues.
-    stopping.store(true, Ordering::Relaxed);
+    // notice the cancel or are reclaimed by the queues.
+    cancel.cancel();
     ctx.slot.set_state(WorkerState::Stopping);
 }
 

@@ -9,7 +9,7 @@
 
 use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
-use service::log::{LogLine, LogSink};
+use service::log::LogLine;
 use service::page_service::{self, commands::ServiceContext};
 use service::tenants::{HostSettings, Manager};
 use shared_mem::WorkerState;
@@ -37,19 +37,20 @@ pub fn run(ctx: &WorkerContext) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(RUNTIME_THREADS).thread_name("pageserver-tokio").enable_all().build()
     })
     .unwrap_or_else(|e| error!("cannot start the tokio runtime: {e}"));
-    let (log, log_lines) = LogSink::new();
+    let log_lines = service::log::install().unwrap_or_else(|e| error!("{e}"));
     let shared = crate::shmem::state();
     let redo_timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
     let redo = Arc::new(service::redo_client::QueueRedo::new(&shared.redo, redo_timeout));
     let host = HostSettings { data_checksums: setting("data_checksums"), wal_log_hints: setting("wal_log_hints") };
     let conf = crate::guc::repo_config();
     // Threads the manager starts must not receive PostgreSQL's signals.
-    let manager = with_signals_blocked(|| Manager::start(&data_dir, conf, redo, host, runtime.handle().clone(), log.clone()))
+    let manager = with_signals_blocked(|| Manager::start(&data_dir, conf, redo, host, runtime.handle().clone()))
         .unwrap_or_else(|e| error!("cannot open the tenants in \"{}\": {e}", data_dir.display()));
     let wait_lsn_timeout_ms = Arc::new(AtomicU64::new(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64));
     let service = ServiceContext { timelines: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
     if page_service::parse_listen_addr(&listen_addr).is_ok() {
-        runtime.spawn(page_service::run(listen_addr.clone(), log.clone(), Some(service)));
+        let addr = listen_addr.clone();
+        manager.spawn(|cancel| page_service::run(addr, Some(service), cancel));
     }
     let commands_manager = manager.clone();
     with_signals_blocked(|| {
@@ -77,7 +78,11 @@ pub fn run(ctx: &WorkerContext) {
     }
     ctx.slot.set_state(WorkerState::Stopping);
     manager.stop();
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    let left = manager.wait_tasks(Duration::from_secs(2));
+    if left > 0 {
+        log!("pageserver main worker: {left} tasks still running at exit");
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
 }
 
 /// The current value of a PostgreSQL setting, as SHOW prints it.

@@ -4,13 +4,14 @@
 //! It owns connection handling: startup, trust authentication, and simple
 //! queries dispatched to page-service commands. Nothing here calls
 //! PostgreSQL (tokio threads must never); messages for the server log go
-//! through [`LogSink`] to the worker's main thread.
+//! through `tracing` (module `log`) to the worker's main thread. It stops
+//! accepting connections when its cancellation token is cancelled.
 
 pub mod commands;
 pub mod pq;
 
-use crate::log::LogSink;
 use commands::ServiceContext;
+use tokio_util::sync::CancellationToken;
 
 use bytes::BytesMut;
 use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, Startup};
@@ -24,43 +25,49 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait before binding again when the address is taken.
 const BIND_RETRY: Duration = Duration::from_secs(2);
 
-/// Binds `listen_addr`, retrying while it is taken, then serves forever.
-pub async fn run(listen_addr: String, log: LogSink, ctx: Option<ServiceContext>) {
+/// Binds `listen_addr`, retrying while it is taken, then serves until `cancel`.
+pub async fn run(listen_addr: String, ctx: Option<ServiceContext>, cancel: CancellationToken) {
     let listener = loop {
         match TcpListener::bind(&listen_addr).await {
             Ok(l) => break l,
             Err(e) => {
-                log.warning(format!(
+                tracing::warn!(
                     "page service cannot listen on \"{listen_addr}\" (pageserver.listen_addr): {e}; retrying in {}s",
                     BIND_RETRY.as_secs()
-                ));
-                tokio::time::sleep(BIND_RETRY).await;
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(BIND_RETRY) => {}
+                }
             }
         }
     };
     match listener.local_addr() {
-        Ok(addr) => log.log(format!("page service listening on {addr}")),
-        Err(e) => log.warning(format!("page service listening, local address unknown: {e}")),
+        Ok(addr) => tracing::info!("page service listening on {addr}"),
+        Err(e) => tracing::warn!("page service listening, local address unknown: {e}"),
     }
-    serve(listener, log, ctx).await
+    serve(listener, ctx, cancel).await
 }
 
-/// Accepts connections and serves each on its own task.
-pub async fn serve(listener: TcpListener, log: LogSink, ctx: Option<ServiceContext>) {
+/// Accepts connections and serves each on its own task, until `cancel`.
+pub async fn serve(listener: TcpListener, ctx: Option<ServiceContext>, cancel: CancellationToken) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, peer)) => {
-                let log = log.clone();
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle_connection(stream, ctx).await {
-                        log.log(format!("page service connection from {peer} ended: {e}"));
+                        tracing::info!("page service connection from {peer} ended: {e}");
                     }
                 });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
-                log.warning(format!("page service accept failed: {e}"));
+                tracing::warn!("page service accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -187,16 +194,14 @@ pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::LogLine;
-    use std::sync::mpsc;
     use tokio::io::AsyncReadExt;
 
-    async fn start_server() -> (SocketAddr, mpsc::Receiver<LogLine>) {
+    async fn start_server() -> (SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (log, rx) = LogSink::new();
-        tokio::spawn(serve(listener, log, None));
-        (addr, rx)
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, None, cancel.clone()));
+        (addr, cancel)
     }
 
     async fn startup(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
@@ -226,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_command_gets_an_error_and_the_session_goes_on() {
-        let (addr, _log) = start_server().await;
+        let (addr, _cancel) = start_server().await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let hello = startup(&mut s).await;
         assert_eq!(hello[0].0, b'R');
@@ -241,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_startup_gets_a_fatal_error_and_the_listener_keeps_serving() {
-        let (addr, _log) = start_server().await;
+        let (addr, _cancel) = start_server().await;
         let mut bad = TcpStream::connect(addr).await.unwrap();
         // Only the length: the server rejects it before reading more, and
         // unread bytes would turn its close into a reset that hides the error.
@@ -256,8 +261,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancelled_listener_stops_accepting() {
+        let (addr, cancel) = start_server().await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(startup(&mut first).await[0].0, b'R');
+        cancel.cancel();
+        // The listener is dropped once the accept loop has seen the cancel.
+        let mut refused = false;
+        for _ in 0..50 {
+            if TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "the listener still accepts after the cancel");
+    }
+
+    #[tokio::test]
     async fn extended_protocol_is_refused_once_per_batch() {
-        let (addr, _log) = start_server().await;
+        let (addr, _cancel) = start_server().await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         startup(&mut s).await;
         // Parse, Bind, Sync: one error, then ReadyForQuery.

@@ -11,18 +11,18 @@
 
 pub mod replication;
 
-use crate::log::LogSink;
 use crate::timeline_handle::{TenantId, TimelineHandle};
 use bytes::Bytes;
 use replication::{ReplicationConn, StreamMessage};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::lsn::Lsn;
 use storage::repo::Timeline;
 use storage::wal::WalStreamDecoder;
 use storage::walingest::WalIngest;
+use tokio_util::sync::CancellationToken;
 
 /// How often a standby status update is sent while streaming.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -142,28 +142,35 @@ async fn import_tar_file(entry: &Arc<TimelineHandle>, path: String) -> Result<Ls
     .map_err(|e| e.to_string())?
 }
 
-/// Streams WAL for the timeline until `stopping` is set.
-pub async fn run(stopping: Arc<AtomicBool>, log: LogSink, tenant: TenantId, entry: Arc<TimelineHandle>) {
+/// Streams WAL for the timeline until `cancel` (a session in progress ends
+/// there; its ingest thread finishes the WAL it was given).
+pub async fn run(cancel: CancellationToken, tenant: TenantId, entry: Arc<TimelineHandle>) {
     let mut backoff = BACKOFF_MIN;
     let mut last_logged: Option<String> = None;
     let id = entry.timeline.id();
-    while !stopping.load(Ordering::SeqCst) {
+    while !cancel.is_cancelled() {
         let started = Instant::now();
-        let result = stream_once(&entry).await;
+        let result = tokio::select! {
+            _ = cancel.cancelled() => break,
+            result = stream_once(&entry) => result,
+        };
         entry.status.receiver.connected.store(false, Ordering::Relaxed);
         let message = match result {
             Ok(()) => "the primary ended the replication stream".to_string(),
             Err(e) => e,
         };
         if last_logged.as_deref() != Some(message.as_str()) {
-            log.warning(format!("timeline {tenant}/{id}: WAL receiver: {message}; reconnecting"));
+            tracing::warn!("timeline {tenant}/{id}: WAL receiver: {message}; reconnecting");
             last_logged = Some(message.clone());
         }
         *entry.status.receiver.last_error.lock() = Some(message);
         if started.elapsed() > Duration::from_secs(30) {
             backoff = BACKOFF_MIN;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }

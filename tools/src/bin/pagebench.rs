@@ -15,7 +15,9 @@
 //! (required with `latest`).
 //!
 //! `--floor` starts a trivial page server on 127.0.0.1 (startup, trust,
-//! CopyBoth, and a fixed 8 KiB page for every GetPage) in a child process
+//! CopyBoth, and a fixed 8 KiB page for every GetPage; built on the page
+//! service's own protocol code, `service::page_service::pq`, and the
+//! pagestream codec) in a child process
 //! (`pagebench --serve-floor`, a two-worker tokio runtime like the page
 //! server's) and runs the same client against it: the cost of the protocol,
 //! framing, client, loopback TCP and the cross-process wake-ups alone. The
@@ -483,14 +485,13 @@ mod floor {
 
     use anyhow::Context;
 
-    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use bytes::{Bytes, BytesMut};
+    use service::page_service::pq::{self, BackendWriter, FrontendMessage};
     use storage::pagestream::{ProtocolVersion, Request, Response};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     const NBLOCKS: u32 = 131072;
-    const SSL_REQUEST: u32 = 80877103;
-    const PROTOCOL_3: u32 = 3 << 16;
 
     /// Starts `pagebench --serve-floor`; returns it and its address. It
     /// exits when its stdin closes.
@@ -542,34 +543,8 @@ mod floor {
         Ok(addr)
     }
 
-    fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
-        out.put_u8(tag);
-        out.put_u32(body.len() as u32 + 4);
-        out.put_slice(body);
-    }
-
-    fn put_error(out: &mut BytesMut, message: &str) {
-        let mut body = Vec::new();
-        for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', "XX000"), (b'M', message)] {
-            body.push(field);
-            body.extend_from_slice(value.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        put_message(out, b'E', &body);
-    }
-
-    /// Reads until `buf` holds `n` bytes; false at a clean end of stream.
-    async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, n: usize) -> io::Result<bool> {
-        while buf.len() < n {
-            buf.reserve(n.max(64 * 1024));
-            if stream.read_buf(buf).await? == 0 {
-                return if buf.is_empty() { Ok(false) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
-            }
-        }
-        Ok(true)
-    }
-
+    /// The floor's answer: a constant page, every relation exists with
+    /// [`NBLOCKS`] blocks.
     fn answer(request: &Request, page: &Bytes) -> Response {
         let hdr = *request.header();
         match *request {
@@ -581,99 +556,68 @@ mod floor {
         }
     }
 
+    fn invalid(e: impl std::fmt::Display) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+    }
+
+    /// One connection, with the page service's own protocol code
+    /// (`service::page_service::pq`): startup (SSL refused), trust, simple
+    /// queries up to `pagestream_vN`, then every complete request in the
+    /// buffer is answered and all answers are written at once.
     async fn serve(mut stream: TcpStream, page: Bytes) -> io::Result<()> {
         stream.set_nodelay(true)?;
-        let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let mut out = BytesMut::with_capacity(64 * 1024);
-
-        // Startup packet (after refusing SSL if asked).
-        loop {
-            if !fill(&mut stream, &mut rbuf, 8).await? {
-                return Ok(());
-            }
-            let len = u32::from_be_bytes(rbuf[..4].try_into().unwrap()) as usize;
-            if !(8..=10_000).contains(&len) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad startup packet length"));
-            }
-            fill(&mut stream, &mut rbuf, len).await?;
-            let code = u32::from_be_bytes(rbuf[4..8].try_into().unwrap());
-            rbuf.advance(len);
-            match code {
-                SSL_REQUEST => stream.write_all(b"N").await?,
-                PROTOCOL_3 => break,
-                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unsupported protocol version")),
-            }
+        match pq::read_startup(&mut stream).await {
+            Ok(pq::Startup::Session(_)) => {}
+            Ok(pq::Startup::Cancel) | Err(pq::ProtocolError::Closed) => return Ok(()),
+            Err(e) => return Err(invalid(e)),
         }
-        put_message(&mut out, b'R', &0u32.to_be_bytes());
-        put_message(&mut out, b'Z', b"I");
+        let mut w = BackendWriter(&mut out);
+        w.authentication_ok();
+        w.ready_for_query();
         stream.write_all(&out).await?;
         out.clear();
 
-        // Simple queries up to a pagestream command.
         let version = loop {
-            if !fill(&mut stream, &mut rbuf, 5).await? {
-                return Ok(());
-            }
-            let tag = rbuf[0];
-            let len = u32::from_be_bytes(rbuf[1..5].try_into().unwrap()) as usize;
-            if !(4..=1 << 20).contains(&len) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad message length"));
-            }
-            fill(&mut stream, &mut rbuf, 1 + len).await?;
-            let msg = rbuf.split_to(1 + len);
-            match tag {
-                b'X' => return Ok(()),
-                b'Q' => {
-                    let query = String::from_utf8_lossy(&msg[5..]).trim_end_matches('\0').to_string();
-                    let command = query.split_whitespace().next().unwrap_or_default();
-                    match ProtocolVersion::from_command(command) {
-                        Some(v) if query.split_whitespace().count() == 3 => {
-                            put_message(&mut out, b'W', &[0, 0, 0]);
-                            stream.write_all(&out).await?;
-                            out.clear();
-                            break v;
-                        }
-                        _ => {
-                            put_error(&mut out, &format!("floor server: unsupported query {query:?}"));
-                            put_message(&mut out, b'Z', b"I");
-                        }
-                    }
+            let query = match pq::read_message(&mut stream).await {
+                Ok(FrontendMessage::Query(query)) => query,
+                Ok(FrontendMessage::Terminate) | Err(pq::ProtocolError::Closed) => return Ok(()),
+                Ok(_) => {
+                    let mut w = BackendWriter(&mut out);
+                    w.error("0A000", "floor server: only simple queries are supported", None);
+                    w.ready_for_query();
+                    stream.write_all(&out).await?;
+                    out.clear();
+                    continue;
+                }
+                Err(e) => return Err(invalid(e)),
+            };
+            let command = query.split_whitespace().next().unwrap_or_default();
+            match ProtocolVersion::from_command(command) {
+                Some(v) if query.split_whitespace().count() == 3 => {
+                    BackendWriter(&mut out).copy_both_response();
+                    stream.write_all(&out).await?;
+                    out.clear();
+                    break v;
                 }
                 _ => {
-                    put_error(&mut out, "floor server: only simple queries are supported");
-                    put_message(&mut out, b'Z', b"I");
+                    let mut w = BackendWriter(&mut out);
+                    w.error("42601", &format!("floor server: unsupported query {query:?}"), None);
+                    w.ready_for_query();
+                    stream.write_all(&out).await?;
+                    out.clear();
                 }
             }
-            stream.write_all(&out).await?;
-            out.clear();
         };
 
-        // The stream: answer every complete request in the buffer, then write
-        // all answers at once.
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
         loop {
-            while rbuf.len() >= 5 {
-                let tag = rbuf[0];
-                let len = u32::from_be_bytes(rbuf[1..5].try_into().unwrap()) as usize;
-                if !(4..=1 << 20).contains(&len) {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad message length"));
-                }
-                if rbuf.len() < 1 + len {
-                    break;
-                }
-                let msg = rbuf.split_to(1 + len);
+            while let Some((tag, body)) = pq::take_message(&mut rbuf).map_err(invalid)? {
                 match tag {
-                    b'd' => match Request::parse(version, &msg[5..]) {
-                        Ok(request) => {
-                            let response = answer(&request, &page);
-                            let start = out.len();
-                            out.put_u8(b'd');
-                            out.put_u32(0);
-                            response.encode(version, &mut out);
-                            let msg_len = (out.len() - start - 1) as u32;
-                            out[start + 1..start + 5].copy_from_slice(&msg_len.to_be_bytes());
-                        }
+                    b'd' => match Request::parse(version, &body) {
+                        Ok(request) => BackendWriter(&mut out).copy_data_with(|buf| answer(&request, &page).encode(version, buf)),
                         Err(e) => {
-                            put_error(&mut out, &format!("floor server: {e}"));
+                            BackendWriter(&mut out).error("08P01", &format!("floor server: {e}"), None);
                             stream.write_all(&out).await?;
                             return Ok(());
                         }
@@ -683,7 +627,8 @@ mod floor {
                         return Ok(());
                     }
                     other => {
-                        put_error(&mut out, &format!("floor server: unexpected message {other} in the pagestream"));
+                        let message = format!("floor server: unexpected message {other} in the pagestream");
+                        BackendWriter(&mut out).error("08P01", &message, None);
                         stream.write_all(&out).await?;
                         return Ok(());
                     }
