@@ -225,7 +225,7 @@ mod tests {
     }
 
     fn tenant() -> TenantId {
-        TimelineId(0xabc)
+        TenantId(0xabc)
     }
 
     fn conf() -> RepoConfig {

@@ -164,11 +164,12 @@ impl Reply {
     }
 }
 
-fn parse_id(what: &str, s: &str) -> Result<storage::repo::TimelineId, ServiceError> {
+/// A tenant or timeline id from a command.
+fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ServiceError> {
     s.trim().parse().map_err(|_| ServiceError::InvalidArgument(format!("invalid {what} \"{s}\": expected 32 hexadecimal digits")))
 }
 
-fn parse_opt_id(what: &str, s: &Option<String>) -> Result<Option<storage::repo::TimelineId>, ServiceError> {
+fn parse_opt_id<T: std::str::FromStr>(what: &str, s: &Option<String>) -> Result<Option<T>, ServiceError> {
     s.as_deref().map(|s| parse_id(what, s)).transpose()
 }
 

@@ -241,7 +241,7 @@ impl Manager {
     }
 
     pub fn create_tenant(&self, id: Option<TenantId>) -> Result<TenantId, ServiceError> {
-        let id = id.unwrap_or_else(random_id);
+        let id = id.unwrap_or_else(|| TenantId(random_u128()));
         let mut tenants = self.tenants.write();
         if tenants.contains_key(&id) {
             return Err(ServiceError::AlreadyExists(format!("tenant {id} already exists")));
@@ -289,7 +289,7 @@ impl Manager {
             }
         };
         let tenant = self.tenant(tenant_id)?;
-        let id = timeline_id.unwrap_or_else(random_id);
+        let id = timeline_id.unwrap_or_else(|| TimelineId(random_u128()));
         if tenant.timelines.read().contains_key(&id) {
             return Err(ServiceError::AlreadyExists(format!("timeline {id} already exists in tenant {tenant_id}")));
         }
@@ -426,7 +426,7 @@ impl Manager {
         let tenant = self.tenant(tenant_id)?;
         let parent_entry = self.timeline(tenant_id, parent)?;
         let lsn = lsn.unwrap_or_else(|| parent_entry.timeline.last_record_lsn());
-        let child = child.unwrap_or_else(random_id);
+        let child = child.unwrap_or_else(|| TimelineId(random_u128()));
         if tenant.timelines.read().contains_key(&child) {
             return Err(ServiceError::AlreadyExists(format!("timeline {child} already exists in tenant {tenant_id}")));
         }
@@ -552,13 +552,13 @@ fn release_freed_heap() {
 }
 
 /// A random 128-bit id (from the kernel; ids only need to be unique).
-fn random_id() -> TimelineId {
+fn random_u128() -> u128 {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
         bytes = (nanos ^ ((std::process::id() as u128) << 64)).to_le_bytes();
     }
-    TimelineId(u128::from_le_bytes(bytes))
+    u128::from_le_bytes(bytes)
 }
 
 fn source_path(tenant_dir: &Path, id: TimelineId) -> PathBuf {

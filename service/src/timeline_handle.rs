@@ -8,10 +8,35 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
-use storage::repo::{Timeline, TimelineId};
+use storage::repo::Timeline;
 
-/// A tenant's identifier: 32 hexadecimal digits, like a timeline's.
-pub type TenantId = TimelineId;
+/// A tenant's identifier: 128 bits printed as 32 hexadecimal digits, like
+/// a timeline's, but a type of its own so that the two cannot be mixed up.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(pub u128);
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for TenantId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TenantId, String> {
+        let bad = || format!("tenant id \"{s}\" is not 32 hexadecimal digits");
+        if s.len() != 32 {
+            return Err(bad());
+        }
+        u128::from_str_radix(s, 16).map(TenantId).map_err(|_| bad())
+    }
+}
 
 /// Where a timeline's WAL comes from, persisted next to the repository.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -131,6 +156,15 @@ pub struct TimelineHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_ids_print_and_parse_as_32_hex_digits() {
+        let id: TenantId = "000000000000000000000000000000ab".parse().unwrap();
+        assert_eq!(id, TenantId(0xab));
+        assert_eq!(id.to_string(), "000000000000000000000000000000ab");
+        assert!("ab".parse::<TenantId>().is_err());
+        assert!("zz000000000000000000000000000000".parse::<TenantId>().is_err());
+    }
 
     #[test]
     fn source_files_keep_their_format_and_states_show_as_before() {

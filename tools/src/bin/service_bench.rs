@@ -23,8 +23,10 @@
 //!   that history (the host has `compaction_threshold = 2` and
 //!   `image_creation_threshold = 1`: the pass merges every L0 layer and
 //!   writes image layers over the whole database), started by a reload of
-//!   `compaction_period = 1s` while pgbench writes at 200 tps: its p99
-//!   against the idle p99 of the 1×1 run above as the floor, and the CPU
+//!   `compaction_period = 1s` while pgbench writes at 200 tps, measured for
+//!   6 s after 1 s of warmup (the pass must still be running at the end, or
+//!   the benchmark fails): its p99 against the idle p99 of the 1×1 run above
+//!   as the floor, and the CPU
 //!   seconds of the layers worker, the main worker and the redo workers
 //!   over the measured part (from `/proc`).
 //! * the import of the whole (now ~1 GiB) primary into a second timeline:
@@ -51,6 +53,10 @@ const HOT_PAGES: u32 = 1000;
 const PAGEBENCH_SECONDS: f64 = 10.0;
 const PAGEBENCH_WARMUP: f64 = 2.0;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1800);
+/// The GetPage run during a pass: shorter than the pass (about 12 s here),
+/// so that the whole measured part overlaps it.
+const COMPACTING_SECONDS: f64 = 6.0;
+const COMPACTING_WARMUP: f64 = 1.0;
 /// Linux's USER_HZ, the unit of utime/stime in /proc/<pid>/task/<tid>/stat.
 const CLOCK_TICKS_PER_S: f64 = 100.0;
 
@@ -165,15 +171,15 @@ fn measure_while_compacting(
     eprintln!("layers worker compacting {:.1} s after the reload", started.elapsed().as_secs_f64());
     let (layers, main, redo) = (worker_pids(host, "layers")?, worker_pids(host, "main")?, worker_pids(host, "redo")?);
     let ticks = |pids: &[u32]| pids.iter().map(|p| process_ticks(*p)).sum::<u64>();
-    let warmup = Duration::from_secs_f64(PAGEBENCH_WARMUP);
+    let warmup = Duration::from_secs_f64(COMPACTING_WARMUP);
     let mut window: Option<(Instant, [u64; 3])> = None;
     let mut cpu = None;
     let main_pid = *main.first().context("no main worker")? as i32;
     let mut main_threads = Vec::new();
     let bench = std::thread::scope(|scope| {
-        let seconds = (PAGEBENCH_SECONDS + PAGEBENCH_WARMUP).ceil().to_string();
+        let seconds = (COMPACTING_SECONDS + COMPACTING_WARMUP).ceil().to_string();
         let writes = scope.spawn(move || primary.run_as_postgres_checked("pgbench", &["-c", "1", "-R", "200", "-T", &seconds, "postgres"]));
-        let bench = run_pagebench(args, |_, since| {
+        let bench = run_pagebench_for(args, COMPACTING_SECONDS, COMPACTING_WARMUP, |_, since| {
             if since >= warmup && window.is_none() {
                 window = Some((Instant::now(), [ticks(&layers), ticks(&main), ticks(&redo)]));
                 main_threads = thread_times(main_pid);
@@ -190,8 +196,9 @@ fn measure_while_compacting(
     print_thread_cpu("main worker during GetPage while compacting", &main_threads, &thread_times(main_pid), window.as_secs_f64());
     let (running, passes, last) = compaction_status(hc, timeline)?;
     if passes > passes_before + u64::from(running) {
-        eprintln!("warning: the pass ended during the measurement: {last}");
+        bail!("the pass ended before the measurement did ({last}): make the pass longer or the run shorter");
     }
+    eprintln!("the pass was still running when the measurement ended");
     eprintln!(
         "during {:.1} s of GetPage while compacting: layers worker {layers_s:.1} s CPU, main worker {main_s:.1} s, redo workers {redo_s:.1} s",
         window.as_secs_f64()
@@ -367,12 +374,17 @@ fn pagebench_exe() -> Result<PathBuf> {
 
 /// Runs pagebench with `args` (plus the common ones), calling `during`
 /// every 50 ms while it runs with its pid and the time since it started.
-fn run_pagebench(args: &[String], mut during: impl FnMut(u32, Duration)) -> Result<PageBench> {
+fn run_pagebench(args: &[String], during: impl FnMut(u32, Duration)) -> Result<PageBench> {
+    run_pagebench_for(args, PAGEBENCH_SECONDS, PAGEBENCH_WARMUP, during)
+}
+
+/// [`run_pagebench`] measuring `seconds` after `warmup` seconds.
+fn run_pagebench_for(args: &[String], seconds: f64, warmup: f64, mut during: impl FnMut(u32, Duration)) -> Result<PageBench> {
     let exe = pagebench_exe()?;
     let mut cmd = Command::new(&exe);
     cmd.args(args)
         .args(["--pattern", &format!("hot:{HOT_PAGES}")])
-        .args(["--duration", &PAGEBENCH_SECONDS.to_string(), "--warmup", &PAGEBENCH_WARMUP.to_string()])
+        .args(["--duration", &seconds.to_string(), "--warmup", &warmup.to_string()])
         .arg("--json")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
