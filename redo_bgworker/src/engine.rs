@@ -277,6 +277,11 @@ impl RedoEngine {
     }
 
     /// The PostgreSQL part of [`apply`](Self::apply); may raise ERROR.
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, with this engine's resource
+    /// owner and request memory context current (as `apply` sets them up),
+    /// `InRecovery` set, and inside a `PgTryBuilder` that catches the ERROR.
     unsafe fn apply_in_postgres(
         &mut self,
         target: BlockTag,
@@ -349,6 +354,12 @@ impl RedoEngine {
     }
 
     /// Decodes a raw record into the reader, in buffers reused across records.
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, with this engine's resource
+    /// owner and request memory context current (as `apply` sets them up);
+    /// `rec.raw` passed `validate::check_record`. The returned reader is
+    /// valid until the next call.
     unsafe fn decode(&mut self, rec: &Record<'_>) -> Result<*mut pg_sys::XLogReaderState, String> {
         // SAFETY: both buffers are 8-byte aligned (MAXALIGN) and sized as
         // DecodeXLogRecord requires; the reader and the decoded record are
@@ -378,6 +389,11 @@ impl RedoEngine {
     }
 
     /// Opens (once) the scratch relation `scratch` and creates its forks.
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, with this engine's resource
+    /// owner and request memory context current (as `apply` sets them up);
+    /// `scratch` is below the engine's scratch count.
     unsafe fn open_scratch(&mut self, scratch: usize) -> pg_sys::SMgrRelation {
         // SAFETY: smgr calls on the main thread; owner slots live in a Box
         // that the engine keeps for the life of the process.
@@ -401,6 +417,10 @@ impl RedoEngine {
         }
     }
 
+    /// [`place`](Self::place), unless this request already placed that block.
+    ///
+    /// # Safety
+    /// As for [`place`](Self::place).
     unsafe fn place_once(&mut self, node: pg_sys::RelFileNode, scratch: usize, fork: i32, blkno: u32, content: PageContent<'_>) {
         if !self.placed.contains(&Placed { scratch, fork, blkno }) {
             // SAFETY: as for place.
@@ -409,6 +429,11 @@ impl RedoEngine {
     }
 
     /// Puts a page into a non-permanent shared buffer and releases the pin.
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, with this engine's resource
+    /// owner and request memory context current (as `apply` sets them up);
+    /// `node` is this engine's scratch relation `scratch`.
     unsafe fn place(&mut self, node: pg_sys::RelFileNode, scratch: usize, fork: i32, blkno: u32, content: PageContent<'_>) {
         // SAFETY: the buffer is pinned and exclusively locked between
         // ReadBufferWithoutRelcache(RBM_ZERO_AND_LOCK) and the unlock.
@@ -443,6 +468,10 @@ impl RedoEngine {
     }
 
     /// Copies the target page out of its scratch buffer (a buffer hit).
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, with this engine's resource
+    /// owner and request memory context current (as `apply` sets them up); the target was placed by this request.
     unsafe fn read_target(&mut self, target: BlockTag) -> Result<[u8; BLCKSZ], String> {
         // SAFETY: pin + share lock while copying.
         unsafe {
@@ -464,6 +493,10 @@ impl RedoEngine {
 
     /// Drops every page placed by this request, by lookup (InRecovery is on,
     /// so the cached size `blkno + 1` makes it one hash probe, not a scan).
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, with this engine's resource
+    /// owner and request memory context current (as `apply` sets them up); no buffer of this request is pinned.
     unsafe fn drop_placed(&mut self) {
         // SAFETY: no pins are held on scratch buffers here.
         unsafe {
@@ -481,6 +514,10 @@ impl RedoEngine {
 
     /// After an ERROR in redo: release what the error left held (LWLocks,
     /// buffer pins), then drop every scratch buffer of this engine.
+    ///
+    /// # Safety
+    /// The redo worker's PostgreSQL main thread, right after a caught ERROR
+    /// of [`apply_in_postgres`](Self::apply_in_postgres), before anything else runs.
     unsafe fn recover_after_error(&mut self) {
         // SAFETY: main thread, outside any critical section (an error in one
         // is a PANIC, which never gets here).
@@ -517,12 +554,19 @@ enum PageContent<'a> {
     AlreadyNewer,
 }
 
+/// Block `id` of a decoded record.
+///
+/// # Safety
+/// `record` points to a decoded record and `id <= (*record).max_block_id`.
 unsafe fn block(record: *mut pg_sys::DecodedXLogRecord, id: usize) -> *mut pg_sys::DecodedBkpBlock {
     // SAFETY: id <= max_block_id, checked by callers; blocks is a flexible array.
     unsafe { (*record).blocks.as_mut_ptr().add(id) }
 }
 
 /// The block id of `record` that refers to `target`.
+///
+/// # Safety
+/// `record` points to a decoded record.
 unsafe fn find_block(record: *mut pg_sys::DecodedXLogRecord, target: BlockTag) -> Option<usize> {
     // SAFETY: reads of a decoded record.
     unsafe {
