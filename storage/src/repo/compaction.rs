@@ -56,30 +56,36 @@ impl Timeline {
     /// in-process: planned on this timeline and applied through layer swaps
     /// ([`super::layer_work`]), as the layers worker does from its view.
     pub fn compact(&self) -> Result<CompactionStats> {
-        let _compaction = self.compaction_lock.lock();
-        let grant = self.begin_layer_work(self.gc_cutoff(), Vec::new())?;
-        LayerWork::new(self, &grant).compact(&|swap| self.apply_layer_swap(swap))
+        self.in_process(|work| work.compact(&|swap| self.apply_layer_swap(swap)))
     }
 
     /// L0 → L1 compaction alone, in-process (see [`compact`](Self::compact)).
     pub fn compact_level0(&self) -> Result<CompactionStats> {
-        let _compaction = self.compaction_lock.lock();
-        let grant = self.begin_layer_work(self.gc_cutoff(), Vec::new())?;
-        let mut work = LayerWork::new(self, &grant);
-        let Some((swap, stats)) = work.plan_level0()? else { return Ok(CompactionStats::default()) };
-        work.commit(&swap, &|swap| self.apply_layer_swap(swap))?;
-        Ok(stats)
+        self.in_process(|work| self.plan_and_apply(work, LayerWork::plan_level0)).map(Option::unwrap_or_default)
     }
 
     /// Image layer creation alone, in-process (see [`compact`](Self::compact));
     /// returns how many image layers it wrote.
     pub fn create_image_layers(&self) -> Result<usize> {
+        self.in_process(|work| self.plan_and_apply(work, LayerWork::plan_image_layers)).map(Option::unwrap_or_default)
+    }
+
+    /// Runs `pass` on this timeline as its own view, under a grant of its own.
+    fn in_process<T>(&self, pass: impl FnOnce(&mut LayerWork<'_>) -> Result<T>) -> Result<T> {
         let _compaction = self.compaction_lock.lock();
         let grant = self.begin_layer_work(self.gc_cutoff(), Vec::new())?;
-        let mut work = LayerWork::new(self, &grant);
-        let Some((swap, images)) = work.plan_image_layers()? else { return Ok(0) };
+        pass(&mut LayerWork::new(self, &grant))
+    }
+
+    /// One planning step and its swap, applied here.
+    fn plan_and_apply<'v, T>(
+        &self,
+        work: &mut LayerWork<'v>,
+        plan: impl FnOnce(&mut LayerWork<'v>) -> Result<Option<(LayerSwap, T)>>,
+    ) -> Result<Option<T>> {
+        let Some((swap, result)) = plan(work)? else { return Ok(None) };
         work.commit(&swap, &|swap| self.apply_layer_swap(swap))?;
-        Ok(images)
+        Ok(Some(result))
     }
 }
 

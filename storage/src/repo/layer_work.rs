@@ -12,8 +12,10 @@
 //!    reserved for the pass's new files (made durable in the index first, so
 //!    no flush ever reuses one), and what the worker cannot know from disk:
 //!    `last_record_lsn`, the GC cutoff wanted now and the branch points.
-//!    Granting also removes files a previous pass wrote under earlier grants
-//!    and never got swapped in (a killed or refused worker).
+//!    Granting also removes the files the previous pass wrote under its
+//!    grant and never got swapped in (a killed or refused worker); files a
+//!    swap took in are left to the layer map, which unlinks them once they
+//!    have left it and no reader holds them.
 //! 2. [`LayerSwap`] (worker → owner, [`Timeline::apply_layer_swap`]): the
 //!    layers to drop, the new files to add (already durable under their final
 //!    names) and, for GC, the new cutoff with the branch points it was
@@ -83,6 +85,17 @@ impl LayerSwap {
     }
 }
 
+/// The owner's record of its current grant: the sequence numbers it handed
+/// out, and those of files a swap took into the layer map. A granted file
+/// never taken in is garbage once the next grant starts; one taken in is
+/// unlinked by the layer map when it leaves it (not before its readers are
+/// done), never by the grant cleanup.
+#[derive(Default)]
+pub(crate) struct Grants {
+    seqs: Vec<Range<u64>>,
+    adopted: std::collections::BTreeSet<u64>,
+}
+
 fn refused(timeline: &Timeline, why: String) -> RepoError {
     RepoError::SwapRefused(format!("timeline {}: {why}", timeline.id()))
 }
@@ -100,8 +113,9 @@ impl Timeline {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Owner side: starts a pass of layer work. Removes the files of earlier
-    /// grants that are not in the layer map, reserves [`SEQS_PER_GRANT`]
+    /// Owner side: starts a pass of layer work. Removes the files of the
+    /// previous grant that no swap took in (temporary files included),
+    /// reserves [`SEQS_PER_GRANT`]
     /// sequence numbers (durably: the index is rewritten with the new
     /// `next_layer_seq`), and returns the grant. `gc_cutoff` and
     /// `branch_points` are the repository's (see
@@ -111,22 +125,20 @@ impl Timeline {
             return Err(RepoError::Invalid(format!("timeline {} is a read-only view: it grants no layer work", self.id())));
         }
         let _swap = self.swap_lock.lock();
-        let mut granted = self.granted_seqs.lock();
-        let in_map: Vec<LayerName> = self.layers.read().historic.iter().map(|l| l.name).collect();
+        let mut grants = self.grants.lock();
         for entry in std::fs::read_dir(self.dir()).map_err(super::io_error(self.dir()))? {
             let entry = entry.map_err(super::io_error(self.dir()))?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
             let Some(name) = LayerName::parse(file_name.strip_suffix(".tmp").unwrap_or(&file_name)) else { continue };
-            let ours = granted.iter().any(|range| range.contains(&name.seq));
-            if ours && (file_name.ends_with(".tmp") || !in_map.contains(&name)) {
+            let granted = grants.seqs.iter().any(|range| range.contains(&name.seq));
+            if granted && !grants.adopted.contains(&name.seq) {
                 std::fs::remove_file(entry.path()).map_err(super::io_error(entry.path()))?;
             }
         }
         let start = self.next_layer_seq.fetch_add(SEQS_PER_GRANT, Ordering::SeqCst);
         let seqs = start..start + SEQS_PER_GRANT;
         self.replace_layers(|_| {}, None, None)?;
-        granted.clear();
-        granted.push(seqs.clone());
+        *grants = Grants { seqs: vec![seqs.clone()], adopted: Default::default() };
         Ok(LayerWorkGrant {
             generation: self.layer_generation(),
             seqs,
@@ -168,7 +180,7 @@ impl Timeline {
             if map.historic.iter().any(|l| l.name == *name) {
                 return Err(refused(self, format!("layer {} is in the layer map already", name.file_name())));
             }
-            if !self.read_only && !self.granted_seqs.lock().iter().any(|r| r.contains(&name.seq)) {
+            if !self.read_only && !self.grants.lock().seqs.iter().any(|r| r.contains(&name.seq)) {
                 return Err(refused(self, format!("layer {} has a sequence number this owner did not grant", name.file_name())));
             }
             let path = self.dir().join(name.file_name());
@@ -194,7 +206,10 @@ impl Timeline {
             self.raise_gc_cutoff(cutoff);
         }
         match owner_generation {
-            None => self.replace_layers(modify, None, cutoff)?,
+            None => {
+                self.replace_layers(modify, None, cutoff)?;
+                self.grants.lock().adopted.extend(swap.add.iter().map(|(name, _)| name.seq));
+            }
             Some(_) => self.publish_in_memory(modify),
         }
         let next = owner_generation.unwrap_or(current + 1);
@@ -259,5 +274,64 @@ impl<'a> LayerWork<'a> {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+    use crate::repo::{Redo, RedoError, RepoConfig, Repository, TimelineId};
+    use crate::value::{Value, WalRecordValue};
+    use bytes::Bytes;
+
+    struct NoRedo;
+    impl Redo for NoRedo {
+        fn apply(&self, key: Key, _: Option<Bytes>, _: &[(Lsn, WalRecordValue)]) -> Result<Bytes, RedoError> {
+            Err(RedoError::Invalid(format!("no redo expected for {key}")))
+        }
+    }
+
+    #[test]
+    fn a_grant_removes_only_the_files_no_swap_took_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = RepoConfig { fsync: false, compaction_threshold: 2, ..RepoConfig::default() };
+        let repo = Repository::open(dir.path(), conf, Arc::new(NoRedo)).unwrap();
+        let tl = repo.create_timeline(TimelineId(1)).unwrap();
+        for round in 1..=2u64 {
+            let mut writer = tl.writer();
+            for n in 0..4 {
+                let lsn = Lsn(round * 0x100 + n * 8);
+                writer.put(Key { field6: n as u32, ..Key::MIN }, lsn, Value::Image(Bytes::from(vec![round as u8; 64]))).unwrap();
+                writer.finish_lsn(lsn).unwrap();
+            }
+            writer.freeze().unwrap();
+            drop(writer);
+            tl.flush_frozen_layers().unwrap();
+        }
+        // A pass: an L1 swapped in, plus what a stopped worker leaves under
+        // the same grant (a finished file and a temporary one, never swapped in).
+        let grant = tl.begin_layer_work(Lsn(0), Vec::new()).unwrap();
+        let mut work = LayerWork::new(&tl, &grant);
+        let (swap, _) = work.plan_level0().unwrap().expect("two L0 layers to merge");
+        work.commit(&swap, &|swap| tl.apply_layer_swap(swap)).unwrap();
+        let l1 = swap.add[0].0;
+        let stray = LayerName { seq: grant.seqs.end - 1, ..l1 }.file_name();
+        let stray_tmp = format!("{}.tmp", LayerName { seq: grant.seqs.end - 2, ..l1 }.file_name());
+        std::fs::write(tl.dir().join(&stray), b"stray").unwrap();
+        std::fs::write(tl.dir().join(&stray_tmp), b"stray").unwrap();
+
+        // A reader's snapshot holds the L1 while a later swap drops it.
+        let snapshot = tl.layers.read().clone();
+        let drop_l1 = LayerSwap { generation: tl.layer_generation(), remove: vec![l1], ..LayerSwap::default() };
+        tl.apply_layer_swap(&drop_l1).unwrap();
+
+        // The next grant removes the strays, but not the file the reader holds.
+        tl.begin_layer_work(Lsn(0), Vec::new()).unwrap();
+        assert!(!tl.dir().join(&stray).exists(), "a file no swap took in survived the next grant");
+        assert!(!tl.dir().join(&stray_tmp).exists(), "a temporary file survived the next grant");
+        assert!(tl.dir().join(l1.file_name()).exists(), "the grant removed a layer a reader still holds");
+        drop(snapshot);
+        assert!(!tl.dir().join(l1.file_name()).exists(), "the dropped layer outlived its last reader");
     }
 }

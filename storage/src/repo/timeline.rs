@@ -103,7 +103,7 @@ pub struct Timeline {
     /// Swap generation and layer-work grants ([`super::layer_work`]).
     pub(crate) generation: AtomicU64,
     pub(crate) swap_lock: Mutex<()>,
-    pub(crate) granted_seqs: Mutex<Vec<std::ops::Range<u64>>>,
+    pub(crate) grants: Mutex<super::layer_work::Grants>,
     /// (time, last_record_lsn) samples, oldest first, for the PITR cutoff.
     lsn_history: Mutex<VecDeque<(SystemTime, Lsn)>>,
 }
@@ -157,7 +157,7 @@ impl Timeline {
             read_only,
             generation: AtomicU64::new(super::layer_work::initial_generation()),
             swap_lock: Mutex::new(()),
-            granted_seqs: Mutex::new(Vec::new()),
+            grants: Mutex::new(super::layer_work::Grants::default()),
             lsn_history: Mutex::new(
                 index.lsn_history.iter().map(|(secs, lsn)| (SystemTime::UNIX_EPOCH + Duration::from_secs(*secs), *lsn)).collect(),
             ),
