@@ -45,6 +45,11 @@ local_conf host "$HOST_PORT"
 cat >>"$demo/host/postgresql.conf" <<CONF
 shared_preload_libraries = 'pageserver_ext'
 pageserver.listen_addr = '$LISTEN_ADDR'
+# Small layers and frequent passes, so that the layers worker has work to
+# show within the demo.
+pageserver.checkpoint_distance = '8MB'
+pageserver.compaction_threshold = 3
+pageserver.compaction_period = '5s'
 CONF
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" -l "$demo/host.log" -w start >/dev/null
 
@@ -112,6 +117,17 @@ for _ in $(seq 600); do
 done
 [ "$caught_up" = t ] || { echo "the page server did not catch up with $target" >&2; exit 1; }
 host_psql -tA -F ' ' -c "$lag_sql" | awk '{printf "  caught up: ingested %s, primary at %s, lag %s bytes\n", $1, $3, $4}'
+
+log "the layers worker compacts in a process of its own; waiting for its next pass"
+passes_sql="SELECT compaction_passes FROM pageserver.timelines() WHERE timeline_id = '$timeline'"
+passes_before=$(host_psql -tA -c "$passes_sql")
+for _ in $(seq 1200); do
+  [ "$(host_psql -tA -c "$passes_sql")" -ge $((passes_before + 2)) ] && break
+  sleep 0.1
+done
+[ "$(host_psql -tA -c "$passes_sql")" -ge $((passes_before + 2)) ] || { echo "the layers worker ran no pass in 120 s" >&2; exit 1; }
+host_psql -c "SELECT kind, pid, activity FROM pageserver.status() WHERE kind IN ('main', 'layers')"
+host_psql -c "SELECT layer_files, pg_size_pretty(layer_bytes) AS layer_bytes, last_compaction FROM pageserver.timelines() WHERE timeline_id = '$timeline'"
 
 log "branching the timeline at $before_lsn (before pgbench) and starting a stock PostgreSQL from its fullbackup"
 branch=$(host_psql -tA -c "SELECT timeline_id FROM pageserver.branch_timeline('$tenant', '$timeline', '$before_lsn')")

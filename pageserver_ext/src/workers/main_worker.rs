@@ -59,15 +59,17 @@ pub fn run(ctx: &WorkerContext) {
             .spawn(move || service::mgmt::serve(&shared.commands, commands_manager))
     })
     .unwrap_or_else(|e| error!("cannot start the command thread: {e}"));
-    let tenants = manager.tenant_ids().len();
-    ctx.slot.set_activity(&if page_service::parse_listen_addr(&listen_addr).is_ok() {
-        format!("serving {tenants} tenants; page service on {listen_addr}")
+    let listener = if page_service::parse_listen_addr(&listen_addr).is_ok() {
+        format!("page service on {listen_addr}")
     } else {
-        format!("serving {tenants} tenants; page service not started: bad pageserver.listen_addr")
-    });
+        "page service not started: bad pageserver.listen_addr".to_string()
+    };
+    let activity = || format!("serving {} tenants; {listener}", manager.tenant_ids().len());
+    ctx.slot.set_activity(&activity());
     ctx.slot.set_state(WorkerState::Running);
 
     while ctx.wait(LOG_FLUSH_INTERVAL) {
+        ctx.slot.set_activity(&activity());
         wait_lsn_timeout_ms.store(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64, Ordering::Relaxed);
         for line in log_lines.try_iter() {
             match line {
