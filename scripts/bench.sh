@@ -19,6 +19,13 @@ run() {
   grep '^| ' "$rows.out" | grep -v '^| name ' >>"$rows" || true
 }
 
+# The benchmarks' own set-up: pgBackRest, the peer of pitr_bench (Debian's
+# package, as a DBA would install it).
+if ! command -v pgbackrest >/dev/null; then
+  echo "== bench: installing pgbackrest" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pgbackrest >&2
+fi
+
 # One line per benchmark; each is also the `command` column of its rows.
 BENCHES=(
   "cargo run --release -p tools --bin repo_bench"
@@ -26,6 +33,7 @@ BENCHES=(
   "cargo run --release -p tools --bin ingest_rss_bench"
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin redo_bench"
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p tools --bin pagebench && cargo run --release -p tools --bin service_bench"
+  "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench"
 )
 
 for b in "${BENCHES[@]}"; do

@@ -38,8 +38,9 @@
 //! ## Relation files
 //!
 //! [`BackupKind::Fullbackup`] writes every fork of every relation of every
-//! database in the database directory, every block read with
-//! [`Timeline::get`] (a block with no version is written as zeros, as an
+//! database in the database directory, the blocks of a fork read together
+//! with [`Timeline::read_in_order`] (parallel batches, streamed in block
+//! order as they are rebuilt; a block with no version is written as zeros, as an
 //! extension without data leaves it), split into segments of `relseg_size`
 //! blocks (from `pg_control`; 1 GiB by default) named as `md.c` names them.
 //! A fork with zero blocks is an empty file. **Unlogged relations** (those
@@ -99,8 +100,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use bytes::Bytes;
 
 use crate::key::{
     Key, RelTag, SlruKind, DEFAULTTABLESPACE_OID, FSM_FORKNUM, GLOBALTABLESPACE_OID, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM,
@@ -542,35 +541,40 @@ impl<W: Write> Backup<'_, W> {
         Ok(())
     }
 
-    fn page(&self, key: Key) -> Result<Option<Bytes>, BackupError> {
-        let page = self.timeline.get(key, self.lsn)?;
-        if let Some(p) = &page {
-            if p.len() != BLCKSZ {
-                return Err(invalid("page", format!("{key:?} at {} is {} bytes, not {BLCKSZ}", self.lsn, p.len())));
-            }
-        }
-        Ok(page)
-    }
-
-    /// Writes fork `source`'s blocks as the files of fork `target`.
+    /// Writes fork `source`'s blocks as the files of fork `target`: a bulk
+    /// read ([`Timeline::read_in_order`]), so pages are rebuilt in parallel
+    /// batches while the tar streams the ones before them.
     fn rel_files(&mut self, dir: &str, source: RelTag, target: RelTag) -> Result<(), BackupError> {
         let nblocks = self.timeline.get_rel_size(source, self.lsn)?.unwrap_or(0);
-        let nsegs = nblocks.div_ceil(self.relseg_size).max(1);
-        for segno in 0..nsegs {
-            let first = segno * self.relseg_size;
-            let last = nblocks.min(first + self.relseg_size);
-            let name = rel_file_name(dir, target, segno);
-            self.tar.begin_file(&name, u64::from(last - first) * BLCKSZ as u64)?;
-            for blkno in first..last {
-                match self.page(Key::rel_block(source, blkno))? {
-                    Some(page) => self.tar.data(&page)?,
-                    None => self.tar.zeros(BLCKSZ as u64)?,
-                }
-            }
+        if nblocks == 0 {
+            self.tar.begin_file(&rel_file_name(dir, target, 0), 0)?;
             self.stats.files += 1;
             self.stats.rel_files += 1;
-            self.stats.rel_blocks += u64::from(last - first);
+            return Ok(());
         }
+        let keys: Vec<Key> = (0..nblocks).map(|blkno| Key::rel_block(source, blkno)).collect();
+        let (timeline, lsn, relseg_size) = (self.timeline, self.lsn, self.relseg_size);
+        let mut blkno = 0u32;
+        let mut files = 0u64;
+        timeline.read_in_order(&keys, lsn, |key, page| {
+            if blkno.is_multiple_of(relseg_size) {
+                let segment_blocks = (nblocks - blkno).min(relseg_size);
+                self.tar.begin_file(&rel_file_name(dir, target, blkno / relseg_size), u64::from(segment_blocks) * BLCKSZ as u64)?;
+                files += 1;
+            }
+            match page {
+                Some(page) if page.len() != BLCKSZ => {
+                    return Err(invalid("page", format!("{key:?} at {lsn} is {} bytes, not {BLCKSZ}", page.len())));
+                }
+                Some(page) => self.tar.data(&page)?,
+                None => self.tar.zeros(BLCKSZ as u64)?,
+            }
+            blkno += 1;
+            Ok(())
+        })?;
+        self.stats.files += files;
+        self.stats.rel_files += files;
+        self.stats.rel_blocks += u64::from(nblocks);
         Ok(())
     }
 

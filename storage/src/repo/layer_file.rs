@@ -54,11 +54,13 @@
 //! Writing: the file is written under `<name>.tmp`, fsynced, renamed to its
 //! name, and the directory fsynced. Only then may an index reference it.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -632,6 +634,30 @@ impl LayerReader {
         Ok(())
     }
 
+    /// [`get_versions`](Self::get_versions) for a read of many neighbouring
+    /// keys: blocks come from `cache`, so each block is read, checked and
+    /// parsed once per bulk read however many of its keys are asked for.
+    pub(crate) fn get_versions_cached(
+        self: &Arc<Self>,
+        key: Key,
+        lsns: Range<Lsn>,
+        out: &mut Vec<(Lsn, Value)>,
+        cache: &mut BlockCache,
+    ) -> Result<()> {
+        let first = self.blocks.partition_point(|b| b.last_key < key);
+        for index in first..self.blocks.len() {
+            if self.blocks[index].first_key > key {
+                break;
+            }
+            let entries = cache.block(self, index)?;
+            let start = entries.partition_point(|e| (e.key, e.lsn) < (key, lsns.start));
+            for entry in entries[start..].iter().take_while(|e| e.key == key && e.lsn < lsns.end) {
+                out.push((entry.lsn, self.decode_value(entry)?));
+            }
+        }
+        Ok(())
+    }
+
     /// True if the block index says `key` may be in this file (no I/O).
     pub fn may_contain(&self, key: Key) -> bool {
         let first = self.blocks.partition_point(|b| b.last_key < key);
@@ -668,13 +694,53 @@ impl LayerReader {
     }
 
     /// An iterator over all entries, for merging; reads a block at a time.
-    pub(crate) fn iter(self: &std::sync::Arc<Self>) -> LayerIter {
+    pub(crate) fn iter(self: &Arc<Self>) -> LayerIter {
         LayerIter { reader: self.clone(), next_block: 0, pending: Vec::new().into_iter() }
     }
 }
 
+/// The parsed blocks of layer files that one bulk read has visited (see
+/// [`LayerReader::get_versions_cached`]). A block is keyed by its reader,
+/// which the cache holds, so a key can never name another file's block.
+/// Once the blocks held exceed `limit_bytes` the cache starts over.
+pub(crate) struct BlockCache {
+    /// (reader address, block number) → the reader (kept alive) and the block's entries.
+    blocks: HashMap<(usize, usize), CachedBlock>,
+    bytes: usize,
+    limit_bytes: usize,
+}
+
+type CachedBlock = (Arc<LayerReader>, Arc<[RawEntry]>);
+
+impl BlockCache {
+    pub fn new(limit_bytes: usize) -> BlockCache {
+        BlockCache { blocks: HashMap::new(), bytes: 0, limit_bytes }
+    }
+
+    fn block(&mut self, reader: &Arc<LayerReader>, index: usize) -> Result<Arc<[RawEntry]>> {
+        let id = (Arc::as_ptr(reader) as usize, index);
+        if let Some((_, entries)) = self.blocks.get(&id) {
+            return Ok(entries.clone());
+        }
+        let block = reader.read_block(index)?;
+        let mut entries = Vec::new();
+        reader.parse_block(index, &block, |entry| {
+            entries.push(entry);
+            Ok(true)
+        })?;
+        let entries: Arc<[RawEntry]> = entries.into();
+        if self.bytes + block.len() > self.limit_bytes {
+            self.blocks.clear();
+            self.bytes = 0;
+        }
+        self.bytes += block.len();
+        self.blocks.insert(id, (reader.clone(), entries.clone()));
+        Ok(entries)
+    }
+}
+
 pub(crate) struct LayerIter {
-    reader: std::sync::Arc<LayerReader>,
+    reader: Arc<LayerReader>,
     next_block: usize,
     pending: std::vec::IntoIter<RawEntry>,
 }

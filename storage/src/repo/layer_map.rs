@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::inmem_layer::InMemoryLayer;
-use super::layer_file::{LayerName, LayerReader};
+use super::layer_file::{BlockCache, LayerName, LayerReader};
 use super::reconstruct::Collector;
 use super::{CrashPoints, Result};
 use crate::key::Key;
@@ -81,8 +81,9 @@ enum Candidate<'a> {
 
 impl LayerMap {
     /// Walks down from `cont` (exclusive) gathering versions of `key`; returns
-    /// the LSN (exclusive) below which nothing was visited.
-    pub(crate) fn search(&self, key: Key, mut cont: Lsn, collector: &mut Collector) -> Result<Lsn> {
+    /// the LSN (exclusive) below which nothing was visited. A bulk read
+    /// passes its `cache` of layer-file blocks.
+    pub(crate) fn search(&self, key: Key, mut cont: Lsn, collector: &mut Collector, mut cache: Option<&mut BlockCache>) -> Result<Lsn> {
         while !collector.reached_floor(cont) {
             let mut best: Option<(Lsn, bool, Lsn, Candidate)> = None;
             let mut newest_image: Option<Lsn> = None;
@@ -113,7 +114,10 @@ impl LayerMap {
             let mut versions = Vec::new();
             match candidate {
                 Candidate::Memory(mem) => mem.get_versions(key, lower..cont, &mut versions),
-                Candidate::File(layer) => layer.reader()?.get_versions(key, lower..cont, &mut versions)?,
+                Candidate::File(layer) => match cache.as_deref_mut() {
+                    Some(cache) => layer.reader()?.get_versions_cached(key, lower..cont, &mut versions, cache)?,
+                    None => layer.reader()?.get_versions(key, lower..cont, &mut versions)?,
+                },
             }
             collector.add_ascending(versions);
             cont = lower;

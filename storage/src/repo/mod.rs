@@ -59,6 +59,7 @@
 //! new files first, then replacing the index atomically; files that no index
 //! references (left by a crash) are removed when the repository is opened.
 
+mod bulk_read;
 mod compaction;
 pub mod dirs;
 mod gc;
@@ -131,6 +132,10 @@ pub struct RepoConfig {
     /// ([`crate::checksum`]); pages in WAL records and pages rebuilt by redo
     /// do not have one by themselves.
     pub data_checksums: bool,
+    /// Threads of one bulk read ([`Timeline::read_in_order`], used by
+    /// `fullbackup`): each has one batch of redo in flight, so about twice
+    /// the number of redo workers keeps them all busy.
+    pub read_parallelism: usize,
 }
 
 impl RepoConfig {
@@ -155,6 +160,7 @@ impl Default for RepoConfig {
             ancestor_wait_timeout: Duration::from_secs(60),
             fsync: true,
             data_checksums: false,
+            read_parallelism: 4,
         }
     }
 }

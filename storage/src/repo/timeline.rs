@@ -29,7 +29,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::index::IndexFile;
 use super::inmem_layer::InMemoryLayer;
-use super::layer_file::{LayerKind, LayerName, LayerWriter};
+use super::layer_file::{BlockCache, LayerKind, LayerName, LayerWriter};
 use super::layer_map::{LayerMap, PersistentLayer};
 use super::reconstruct::{with_checksum, Collector, Redo};
 use super::{CrashPoints, RepoConfig, RepoError, Result, TimelineId};
@@ -73,6 +73,9 @@ struct BackpressureCounters {
 /// Longest single wait of a writer under back-pressure before it looks again
 /// (whether the flush it waits for is still running, or ended with an error).
 const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Bound on the layer-file blocks one bulk read keeps parsed.
+const BULK_READ_CACHE_BYTES: usize = 32 << 20;
 
 pub struct Timeline {
     id: TimelineId,
@@ -283,7 +286,70 @@ impl Timeline {
             }
         }
         let final_lsn = lsn <= self.last_record_lsn();
-        let mut collector = Collector { floor: cached, ..Collector::default() };
+        let collector = self.collect(key, lsn, check_cutoff, cached, None)?;
+        let newest_record = collector.records.first().map(|(lsn, _)| *lsn);
+        let page = self.reconstruct(key, collector)?;
+        if let (Some(record_lsn), Some(page)) = (newest_record, &page) {
+            self.shared.page_cache.insert(self.id, key, record_lsn, page.clone());
+        }
+        // Also at the read LSN, for the next read there (hot pages, relation
+        // sizes): only once no more versions can arrive at or below it, which
+        // is not yet so for the writer's reads at its pending LSN.
+        if let (true, Some(value)) = (final_lsn, &page) {
+            if newest_record != Some(lsn) {
+                self.shared.page_cache.insert(self.id, key, lsn, value.clone());
+            }
+        }
+        Ok(page)
+    }
+
+    /// The values of `keys` (ascending, typically a run of neighbouring
+    /// relation blocks) as of `lsn`, in the same order: a bulk read. Each
+    /// layer-file block it needs is read and parsed once for all the keys,
+    /// not once per key, and the pages it rebuilds are not put in the page
+    /// cache (a bulk read would only push out the pages that reads come
+    /// back to). Same rules for `lsn` as [`get`](Self::get). Runs redo on
+    /// the calling thread; callers spread batches over threads (see
+    /// [`RepoConfig::read_parallelism`]).
+    pub fn get_many(&self, keys: &[Key], lsn: Lsn) -> Result<Vec<Option<Bytes>>> {
+        let last = self.last_record_lsn();
+        if lsn > last {
+            return Err(RepoError::Invalid(format!("read at {lsn} on timeline {} ahead of last_record_lsn {last}", self.id)));
+        }
+        let mut blocks = BlockCache::new(BULK_READ_CACHE_BYTES);
+        let mut collectors = Vec::with_capacity(keys.len());
+        for &key in keys {
+            let cached = self.shared.page_cache.lookup(self.id, key, lsn);
+            if let Some((at, value)) = &cached {
+                if *at == lsn && lsn >= self.gc_cutoff() {
+                    collectors.push((key, Err(value.clone())));
+                    continue;
+                }
+            }
+            collectors.push((key, Ok(self.collect(key, lsn, true, cached, Some(&mut blocks))?)));
+        }
+        drop(blocks);
+        collectors
+            .into_iter()
+            .map(|(key, collected)| match collected {
+                Ok(collector) => self.reconstruct(key, collector),
+                Err(cached) => Ok(Some(cached)),
+            })
+            .collect()
+    }
+
+    /// Gathers the versions of `key` needed at `lsn`: this timeline's layers,
+    /// then its ancestors' at the branch LSN, down to an image, a will-init
+    /// record or the `floor` (a cached value at or below `lsn`).
+    fn collect(
+        &self,
+        key: Key,
+        lsn: Lsn,
+        check_cutoff: bool,
+        floor: Option<(Lsn, Bytes)>,
+        mut blocks: Option<&mut BlockCache>,
+    ) -> Result<Collector> {
+        let mut collector = Collector { floor, ..Collector::default() };
         let mut timeline = self;
         let mut read_lsn = lsn;
         let mut check_cutoff = check_cutoff;
@@ -295,7 +361,7 @@ impl Timeline {
                     return Err(RepoError::TooOld { timeline: timeline.id, key, lsn, cutoff });
                 }
             }
-            let cont = map.search(key, read_lsn + 1, &mut collector)?;
+            let cont = map.search(key, read_lsn + 1, &mut collector, blocks.as_deref_mut())?;
             if collector.done {
                 break;
             }
@@ -311,23 +377,17 @@ impl Timeline {
             }
         }
         collector.end_of_walk();
-        let newest_record = collector.records.first().map(|(lsn, _)| *lsn);
-        let mut page = collector.reconstruct(key, self.shared.redo.as_ref()).map_err(|(lsn, error)| RepoError::Redo { key, lsn, error })?;
-        if self.shared.conf.data_checksums {
-            page = page.map(|value| with_checksum(key, value));
-        }
-        if let (Some(record_lsn), Some(page)) = (newest_record, &page) {
-            self.shared.page_cache.insert(self.id, key, record_lsn, page.clone());
-        }
-        // Also at the read LSN, for the next read there (hot pages, relation
-        // sizes): only once no more versions can arrive at or below it, which
-        // is not yet so for the writer's reads at its pending LSN.
-        if let (true, Some(value)) = (final_lsn, &page) {
-            if newest_record != Some(lsn) {
-                self.shared.page_cache.insert(self.id, key, lsn, value.clone());
-            }
-        }
-        Ok(page)
+        Ok(collector)
+    }
+
+    /// Runs redo over what [`collect`](Self::collect) gathered, and stamps
+    /// the checksum if the tenant has them.
+    fn reconstruct(&self, key: Key, collector: Collector) -> Result<Option<Bytes>> {
+        let page = collector.reconstruct(key, self.shared.redo.as_ref()).map_err(|(lsn, error)| RepoError::Redo { key, lsn, error })?;
+        Ok(match page {
+            Some(value) if self.shared.conf.data_checksums => Some(with_checksum(key, value)),
+            page => page,
+        })
     }
 
     /// Keys in `range` that have a version at or below `lsn`, here or in ancestors.

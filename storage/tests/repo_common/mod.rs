@@ -123,6 +123,7 @@ pub fn small_config() -> RepoConfig {
         ancestor_wait_timeout: Duration::from_secs(10),
         fsync: false,
         data_checksums: false,
+        read_parallelism: 3,
     }
 }
 
@@ -265,11 +266,14 @@ impl Model {
             lsns.retain(|l| *l <= timeline.last_record_lsn());
             lsns.sort();
             lsns.dedup();
+            let mut sorted = keys.to_vec();
+            sorted.sort();
             for lsn in &lsns {
                 for key in keys {
                     check_read(self, &timeline, *key, *lsn);
                     reads += 1;
                 }
+                check_bulk_read(self, &timeline, &sorted, *lsn);
             }
         }
         reads
@@ -282,6 +286,29 @@ pub fn ingest(timeline: &Timeline, lsn: Lsn, versions: &[(Key, Value)]) -> Resul
         writer.put(*key, lsn, value.clone())?;
     }
     writer.finish_lsn(lsn).map(|_| ())
+}
+
+/// A bulk read of `keys` (ascending) at `lsn` gives each key's value in
+/// order, or fails as a whole when some key's version is below the cutoff.
+/// Small batches, so that several threads share the read.
+pub fn check_bulk_read(model: &Model, timeline: &Timeline, keys: &[Key], lsn: Lsn) {
+    let expected: Vec<Expected> = keys.iter().map(|key| model.expected(timeline.id(), *key, lsn)).collect();
+    let mut got = Vec::new();
+    let outcome = timeline.read_in_batches(keys, lsn, 4, |key, value| {
+        got.push((key, value));
+        Ok::<(), RepoError>(())
+    });
+    if expected.iter().any(|e| matches!(e, Expected::TooOld)) {
+        assert!(matches!(outcome, Err(RepoError::TooOld { .. })), "timeline {} bulk read at {lsn}: {outcome:?}", timeline.id());
+        return;
+    }
+    outcome.unwrap_or_else(|e| panic!("timeline {} bulk read at {lsn}: {e}", timeline.id()));
+    assert_eq!(got.len(), keys.len());
+    for ((key, value), (want_key, want)) in got.iter().zip(keys.iter().zip(&expected)) {
+        assert_eq!(key, want_key);
+        let Expected::Value(want) = want else { unreachable!() };
+        assert_eq!(value, want, "timeline {} key {key:?} at {lsn} (bulk read)", timeline.id());
+    }
 }
 
 pub fn check_read(model: &Model, timeline: &Timeline, key: Key, lsn: Lsn) {

@@ -45,6 +45,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use pageserver_harness::{cluster::check_pageserver_installed, PgCluster};
 use storage::lsn::Lsn;
+use tools::bench_host::{
+    primary_lsn, print_thread_cpu, process_ticks, thread_times, timeline_lsn, wait_caught_up, worker_pids, CLOCK_TICKS_PER_S,
+};
 
 const COMMAND: &str = "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p tools --bin pagebench && cargo run --release -p tools --bin service_bench";
 const SCALE: u32 = 68;
@@ -52,71 +55,13 @@ const PGBENCH_SECONDS: u32 = 30;
 const HOT_PAGES: u32 = 1000;
 const PAGEBENCH_SECONDS: f64 = 10.0;
 const PAGEBENCH_WARMUP: f64 = 2.0;
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The GetPage run during a pass: shorter than the pass (about 12 s here),
 /// so that the whole measured part overlaps it.
 const COMPACTING_SECONDS: f64 = 6.0;
 const COMPACTING_WARMUP: f64 = 1.0;
-/// Linux's USER_HZ, the unit of utime/stime in /proc/<pid>/task/<tid>/stat.
-const CLOCK_TICKS_PER_S: f64 = 100.0;
-
-fn parse_lsn(s: &str) -> Result<Lsn> {
-    s.trim().parse().map_err(|e| anyhow!("bad LSN {s:?}: {e}"))
-}
-
-fn first_text(client: &mut postgres::Client, query: &str) -> Result<Option<String>> {
-    for m in client.simple_query(query).with_context(|| format!("running {query}"))? {
-        if let postgres::SimpleQueryMessage::Row(row) = m {
-            return Ok(row.get(0).map(str::to_string));
-        }
-    }
-    bail!("no row from {query}")
-}
-
-fn primary_lsn(client: &mut postgres::Client) -> Result<Lsn> {
-    parse_lsn(&first_text(client, "SELECT pg_current_wal_lsn()::text")?.context("NULL LSN")?)
-}
-
-/// The timeline's last_record_lsn; fails if the timeline is broken or gone.
-fn timeline_lsn(client: &mut postgres::Client, timeline: &str) -> Result<Lsn> {
-    let query =
-        format!("SELECT last_record_lsn, state, coalesce(last_error, '') FROM pageserver.timelines() WHERE timeline_id = '{timeline}'");
-    for m in client.simple_query(&query)? {
-        if let postgres::SimpleQueryMessage::Row(row) = m {
-            let state = row.get(1).unwrap_or_default();
-            if state == "broken" {
-                bail!("timeline {timeline} is broken: {}", row.get(2).unwrap_or_default());
-            }
-            return parse_lsn(row.get(0).context("NULL last_record_lsn")?);
-        }
-    }
-    bail!("timeline {timeline} not listed by pageserver.timelines()")
-}
 
 fn midpoint(t0: Instant, t1: Instant) -> Instant {
     t0 + (t1 - t0) / 2
-}
-
-/// Polls until the timeline has ingested up to `target`.
-fn wait_caught_up(host: &mut postgres::Client, timeline: &str, target: Lsn, what: &str) -> Result<()> {
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    loop {
-        let lsn = timeline_lsn(host, timeline)?;
-        if lsn >= target {
-            eprintln!("{what}: timeline at {lsn} >= {target} after {:.1} s", started.elapsed().as_secs_f64());
-            return Ok(());
-        }
-        if started.elapsed() > CATCH_UP_TIMEOUT {
-            bail!("{what}: timeline at {lsn}, still short of {target} after {CATCH_UP_TIMEOUT:?}");
-        }
-        if last_report.elapsed() >= Duration::from_secs(10) {
-            let behind = target.0.saturating_sub(lsn.0);
-            eprintln!("{what}: timeline at {lsn}, {} MiB behind {target}", behind >> 20);
-            last_report = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// (compacting, compaction_passes, last_compaction) of the timeline.
@@ -138,12 +83,6 @@ struct CompactionCpu {
     layers_s: f64,
     main_s: f64,
     redo_s: f64,
-}
-
-/// Pids of the workers of one kind, from `pageserver.status()`.
-fn worker_pids(host: &PgCluster, kind: &str) -> Result<Vec<u32>> {
-    let rows = host.sql(&format!("SELECT pid FROM pageserver.status() WHERE kind = '{kind}' AND pid IS NOT NULL"))?;
-    rows.iter().map(|r| Ok(r[0].as_deref().context("pid")?.parse()?)).collect()
 }
 
 /// Starts a pass of the layers worker (a reload of `compaction_period =
@@ -412,45 +351,6 @@ fn vm_rss_kib(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// (tid, name, utime + stime in ticks) of every thread of `pid`.
-fn thread_times(pid: i32) -> Vec<(i32, String, u64)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let name = stat[open + 1..close].to_string();
-        // After ")": state is field 3; utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        out.push((tid, name, ticks(14) + ticks(15)));
-    }
-    out
-}
-
-/// Prints each thread's CPU use between two snapshots, busiest first.
-fn print_thread_cpu(what: &str, before: &[(i32, String, u64)], after: &[(i32, String, u64)], secs: f64) {
-    let mut rows: Vec<(f64, i32, &str)> = after
-        .iter()
-        .map(|(tid, name, t)| {
-            let t0 = before.iter().find(|(b, _, _)| b == tid).map_or(0, |(_, _, t0)| *t0);
-            (t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S / secs * 100.0, *tid, name.as_str())
-        })
-        .collect();
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let total: f64 = rows.iter().map(|r| r.0).sum();
-    eprintln!("{what}: {total:.0}% CPU over {secs:.1} s in {} threads; busiest:", rows.len());
-    for (pct, tid, name) in rows.iter().take(10).filter(|r| r.0 >= 0.5) {
-        eprintln!("  {pct:6.1}%  tid {tid:<8} {name}");
-    }
-}
-
-/// Total utime + stime of a whole process, in ticks.
-fn process_ticks(pid: u32) -> u64 {
-    thread_times(pid as i32).iter().map(|t| t.2).sum()
 }
 
 fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {

@@ -1,0 +1,373 @@
+//! Benchmark: "a running copy of my database as of LSN X", the page server
+//! against pgBackRest, same primary, same X, same run.
+//!
+//! Set-up: a stock primary archiving its WAL with pgBackRest (zstd,
+//! `process-max=2`, `archive-async`, repository on local disk) and a host.
+//! `pgbench -i -s 64` (about 1 GiB); then, at the same point, the page
+//! server imports the primary (`create_timeline`) and pgBackRest takes a full
+//! backup. `pgbench -c 4 -j 2` then writes until about 1 GiB of WAL lies
+//! after the backup; a marker row is committed, and X is the primary's LSN
+//! just after it; a little more WAL follows (a table that must not exist
+//! at X), the WAL is switched and archived, and the host ingests it all.
+//!
+//! Rows (each copy is started on an empty directory, warm caches; "first
+//! query" means the server is out of recovery and the marker row reads back,
+//! the later table is absent):
+//! * `pitr.first_query_s`: `fullbackup` at X piped to `tar -x`, a stock
+//!   PostgreSQL started on it, first query; floor: `pgbackrest restore
+//!   --type=lsn --target=X --target-action=promote`, start, replay to X,
+//!   first query.
+//! * `pitr.first_query_s_branch`: `branch_timeline` at X, then the same with
+//!   the branch's `fullbackup`; same floor.
+//! * `fullbackup.mb_s`: `fullbackup` at the import LSN (images only, no WAL
+//!   to apply) written to a file, in MB/s of tar; floor: `pg_basebackup -Ft
+//!   -X none` of the primary, which holds the same data then.
+//! * `layers.bytes_per_history`: the timeline's layer bytes after the
+//!   workload (as the layers worker left them), in MiB; floor: pgBackRest's
+//!   repository for the same window (the full backup plus the archived WAL
+//!   from the backup's start to X).
+//!
+//! During the page server's race the CPU seconds of the main worker and of
+//! the redo workers are printed to stderr.
+//!
+//! `PITR_SCALE` (default 64) and `PITR_WAL_MIB` (default 1024) shrink the
+//! run for a quick look. Needs the extension installed and `pgbackrest`
+//! (`scripts/bench.sh` installs it): see `COMMAND`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, ClusterConfig, PgCluster};
+use storage::lsn::Lsn;
+use tools::bench_host::{first_text, parse_lsn, primary_lsn, process_ticks, wait_caught_up, worker_pids, CLOCK_TICKS_PER_S};
+
+const COMMAND: &str =
+    "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench";
+const STANZA: &str = "bench";
+const MARKER: i32 = 42;
+/// How long a restored copy may take to come out of recovery.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
+    tools::print_row(name, value, unit, floor, COMMAND);
+}
+
+/// Runs `program` as `postgres` and fails with its output if it fails.
+fn run_as_postgres(program: &str, args: &[&str]) -> Result<Output> {
+    let out = as_postgres::command(program, &[]).args(args).output().with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// pgBackRest with its own configuration, repository and spool directory.
+struct PgBackRest {
+    dir: tempfile::TempDir,
+}
+
+impl PgBackRest {
+    fn new() -> Result<PgBackRest> {
+        let version = Command::new("pgbackrest").arg("version").output();
+        match version {
+            Ok(out) if out.status.success() => eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim()),
+            _ => bail!("pgbackrest is not installed: scripts/bench.sh installs it (apt-get install pgbackrest)"),
+        }
+        let dir = tempfile::Builder::new().prefix("pitr-bench-").tempdir()?;
+        for sub in ["repo", "spool", "log", "lock"] {
+            std::fs::create_dir(dir.path().join(sub))?;
+        }
+        let this = PgBackRest { dir };
+        as_postgres::chown_to_postgres(this.dir.path())?;
+        for sub in ["repo", "spool", "log", "lock"] {
+            as_postgres::chown_to_postgres(&this.dir.path().join(sub))?;
+        }
+        Ok(this)
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("pgbackrest.conf")
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn archive_command(&self) -> String {
+        format!("pgbackrest --config={} --stanza={STANZA} archive-push %p", self.conf().display())
+    }
+
+    fn write_conf(&self, primary: &PgCluster) -> Result<()> {
+        let d = self.dir.path().display();
+        let text = format!(
+            "[global]\nrepo1-path={d}/repo\nrepo1-retention-full=1\ncompress-type=zst\nprocess-max=2\narchive-async=y\n\
+             spool-path={d}/spool\nlog-path={d}/log\nlock-path={d}/lock\nlog-level-console=warn\nlog-level-file=off\n\
+             start-fast=y\n\n[{STANZA}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
+            primary.data_dir().display(),
+            primary.port(),
+            primary.socket_dir().display(),
+        );
+        std::fs::write(self.conf(), text)?;
+        as_postgres::chown_to_postgres(&self.conf())
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        let conf = format!("--config={}", self.conf().display());
+        let stanza = format!("--stanza={STANZA}");
+        let mut all = vec![conf.as_str(), stanza.as_str()];
+        all.extend_from_slice(args);
+        run_as_postgres("pgbackrest", &all)
+    }
+}
+
+/// Bytes of the files under `dir` whose name passes `keep`.
+fn dir_bytes(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            total += dir_bytes(&entry.path(), keep)?;
+        } else if keep(&entry.file_name().to_string_lossy()) {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// A copy of the primary is up: out of recovery, the marker row committed
+/// before X is there and the table created after X is not.
+fn first_query(copy: &PgCluster) -> Result<()> {
+    let started = Instant::now();
+    let mut client = loop {
+        match copy.client("postgres") {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() < RECOVERY_TIMEOUT => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.context("connecting to the restored copy")),
+        }
+    };
+    while first_text(&mut client, "SELECT pg_is_in_recovery()")?.as_deref() == Some("t") {
+        ensure!(started.elapsed() < RECOVERY_TIMEOUT, "still in recovery after {RECOVERY_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let marker = first_text(&mut client, "SELECT v FROM pitr_marker")?;
+    ensure!(marker.as_deref() == Some(&MARKER.to_string()), "pitr_marker holds {marker:?}, not {MARKER}");
+    let later = first_text(&mut client, "SELECT to_regclass('pitr_after') IS NULL")?;
+    ensure!(later.as_deref() == Some("t"), "pitr_after exists: the copy is past X");
+    Ok(())
+}
+
+/// A stock server for a copy: no archiving of its own.
+fn copy_config() -> ClusterConfig {
+    ClusterConfig::default().setting("archive_mode", "off").setting("max_prepared_transactions", "10")
+}
+
+/// `fullbackup` of `timeline` (at `lsn`, or its latest) over psql, piped
+/// into `tar -x` in `dir`, as `postgres`.
+fn fullbackup_into(host: &PgCluster, tenant: &str, timeline: &str, lsn: Option<Lsn>, dir: &Path) -> Result<()> {
+    let addr = host.listener_addr().context("host without pageserver.listen_addr")?;
+    let command = match lsn {
+        Some(lsn) => format!("fullbackup {tenant} {timeline} {lsn}"),
+        None => format!("fullbackup {tenant} {timeline}"),
+    };
+    let psql = pageserver_harness::pg_bin("psql");
+    let script = format!(
+        "set -o pipefail; {} -X -w -d 'host={} port={} user=compute' -c '{command}' | tar -x -C {}",
+        psql.display(),
+        addr.ip(),
+        addr.port(),
+        dir.display()
+    );
+    as_postgres::chown_to_postgres(dir)?;
+    run_as_postgres("bash", &["-c", &script]).map(|_| ())
+}
+
+/// Seconds from nothing to the first query on a copy made by `fill`.
+fn race(what: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<f64> {
+    let started = Instant::now();
+    let copy = PgCluster::start_on_data_dir(copy_config(), fill).with_context(|| format!("{what}: starting the copy"))?;
+    first_query(&copy).with_context(|| format!("{what}: first query"))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("{what}: first query after {secs:.1} s");
+    Ok(secs)
+}
+
+/// CPU seconds of the host's main worker and redo workers while `f` runs.
+fn with_worker_cpu<T>(host: &PgCluster, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let main = worker_pids(host, "main")?;
+    let redo = worker_pids(host, "redo")?;
+    let ticks = |pids: &[u32]| pids.iter().map(|p| process_ticks(*p)).collect::<Vec<u64>>();
+    let (main0, redo0) = (ticks(&main), ticks(&redo));
+    let started = Instant::now();
+    let out = f()?;
+    let secs = started.elapsed().as_secs_f64();
+    let used = |before: &[u64], pids: &[u32]| -> Vec<String> {
+        ticks(pids).iter().zip(before).map(|(t, t0)| format!("{:.1}", t.saturating_sub(*t0) as f64 / CLOCK_TICKS_PER_S)).collect()
+    };
+    eprintln!(
+        "{what}: {secs:.1} s; CPU seconds: main worker {}, redo workers [{}]",
+        used(&main0, &main).join(""),
+        used(&redo0, &redo).join(", ")
+    );
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    check_pageserver_installed()?;
+    let scale = env_u64("PITR_SCALE", 64);
+    let wal_bytes = env_u64("PITR_WAL_MIB", 1024) << 20;
+    let bench_started = Instant::now();
+    let backrest = PgBackRest::new()?;
+
+    let archive_command = backrest.archive_command();
+    let primary = PgCluster::start_primary(&[("max_wal_size", "1GB"), ("archive_mode", "on"), ("archive_command", &archive_command)])?;
+    backrest.write_conf(&primary)?;
+    backrest.run(&["stanza-create"])?;
+    let host = PgCluster::start_host(&[])?;
+    host.sql("CREATE EXTENSION pageserver_ext")?;
+
+    let started = Instant::now();
+    primary.run_as_postgres_checked("pgbench", &["-i", "-s", &scale.to_string(), "-q", "postgres"])?;
+    primary.sql("CHECKPOINT")?;
+    let size = primary.sql_one("SELECT pg_size_pretty(pg_database_size('postgres'))")?.unwrap_or_default();
+    eprintln!("pgbench -i -s {scale}: {:.1} s, database {size}", started.elapsed().as_secs_f64());
+
+    // The page server's and pgBackRest's bases, at the same point.
+    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
+    let conninfo = primary.connstr("postgres");
+    let started = Instant::now();
+    let timeline = host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.context("NULL timeline")?;
+    eprintln!("create_timeline (import): {:.1} s", started.elapsed().as_secs_f64());
+    let import_lsn = parse_lsn(
+        &host
+            .sql_one(&format!("SELECT last_record_lsn FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))?
+            .context("NULL last_record_lsn")?,
+    )?;
+    let mut pc = primary.client("postgres")?;
+    let backup_start = primary_lsn(&mut pc)?;
+    let backup_start_segment = first_text(&mut pc, &format!("SELECT pg_walfile_name('{backup_start}')"))?.context("no segment")?;
+    let started = Instant::now();
+    backrest.run(&["backup", "--type=full"])?;
+    eprintln!("pgbackrest backup --type=full: {:.1} s", started.elapsed().as_secs_f64());
+
+    // fullbackup with no WAL to apply, against pg_basebackup of the same data.
+    let scratch = tempfile::Builder::new().prefix("pitr-bench-tar-").tempdir()?;
+    as_postgres::chown_to_postgres(scratch.path())?;
+    let (full_mb_s, basebackup_mb_s) = {
+        let tar = scratch.path().join("fullbackup.tar");
+        let addr = host.listener_addr().context("listener")?;
+        let script = format!(
+            "{} -X -w -d 'host={} port={} user=compute' -c 'fullbackup {tenant} {timeline} {import_lsn}' > {}",
+            pageserver_harness::pg_bin("psql").display(),
+            addr.ip(),
+            addr.port(),
+            tar.display()
+        );
+        let started = Instant::now();
+        run_as_postgres("bash", &["-c", &script])?;
+        let secs = started.elapsed().as_secs_f64();
+        let full_mb = std::fs::metadata(&tar)?.len() as f64 / 1e6;
+        std::fs::remove_file(&tar)?;
+        let base_dir = scratch.path().join("basebackup");
+        let started = Instant::now();
+        primary.run_as_postgres_checked(
+            "pg_basebackup",
+            &["-Ft", "-X", "none", "--checkpoint=fast", "--no-sync", "-D", &base_dir.display().to_string()],
+        )?;
+        let base_secs = started.elapsed().as_secs_f64();
+        let base_mb = dir_bytes(&base_dir, &|_| true)? as f64 / 1e6;
+        std::fs::remove_dir_all(&base_dir)?;
+        eprintln!("fullbackup at {import_lsn}: {full_mb:.0} MB in {secs:.1} s; pg_basebackup: {base_mb:.0} MB in {base_secs:.1} s");
+        (full_mb / secs, base_mb / base_secs)
+    };
+
+    // About `wal_bytes` of WAL after the backup.
+    let started = Instant::now();
+    loop {
+        let lsn = primary_lsn(&mut pc)?;
+        let written = lsn.0 - backup_start.0;
+        if written >= wal_bytes {
+            eprintln!("pgbench: {} MiB of WAL after the backup in {:.1} s", written >> 20, started.elapsed().as_secs_f64());
+            break;
+        }
+        primary.run_as_postgres_checked("pgbench", &["-c", "4", "-j", "2", "-T", "10", "-n", "postgres"])?;
+    }
+    primary.sql("CREATE TABLE pitr_marker (v int); INSERT INTO pitr_marker VALUES (42)")?;
+    let x = primary_lsn(&mut pc)?;
+    primary.run_as_postgres_checked("pgbench", &["-c", "2", "-j", "2", "-T", "2", "-n", "postgres"])?;
+    primary.sql("CREATE TABLE pitr_after (v int)")?;
+    let end = primary_lsn(&mut pc)?;
+    let end_segment = first_text(&mut pc, &format!("SELECT pg_walfile_name('{end}')"))?.context("no segment")?;
+    primary.sql("SELECT pg_switch_wal()")?;
+    primary.wait_for("the WAL up to the end to be archived", Duration::from_secs(300), || {
+        let archived = primary.sql_one("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").ok()??;
+        (archived.len() >= 24 && archived[..24] >= *end_segment).then_some(())
+    })?;
+    let mut hc = host.client("postgres")?;
+    wait_caught_up(&mut hc, &timeline, end, "ingest of the workload")?;
+    eprintln!("X = {x}; set-up done after {:.1} s", bench_started.elapsed().as_secs_f64());
+
+    // The races, pgBackRest first.
+    let conf = backrest.conf();
+    let backrest_s = race("pgbackrest restore + replay", |dir| {
+        as_postgres::chown_to_postgres(dir)?;
+        let target = format!("--target={x}");
+        let pg1 = format!("--pg1-path={}", dir.display());
+        let config = format!("--config={}", conf.display());
+        run_as_postgres("pgbackrest", &[&config, "--stanza=bench", &pg1, "--type=lsn", &target, "--target-action=promote", "restore"])
+            .map(|_| ())
+    })?;
+    let fullbackup_s = with_worker_cpu(&host, "fullbackup at X", || {
+        race("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir))
+    })?;
+    let branch_s = with_worker_cpu(&host, "branch at X + fullbackup", || {
+        race("branch at X + fullbackup", |dir| {
+            let branch = host
+                .sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}', '{x}')"))?
+                .context("NULL branch")?;
+            fullbackup_into(&host, &tenant, &branch, None, dir)
+        })
+    })?;
+
+    // Bytes kept for the window: the layers against the backup + WAL archive.
+    let layer_bytes: f64 = host
+        .sql_one(&format!("SELECT layer_bytes FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))?
+        .context("NULL layer_bytes")?
+        .parse()?;
+    let x_segment = first_text(&mut pc, &format!("SELECT pg_walfile_name('{x}')"))?.context("no segment")?;
+    let repo = backrest.repo();
+    let backup_bytes = dir_bytes(&repo.join("backup"), &|_| true)?;
+    let in_window = |name: &str| name.len() >= 24 && name[..24] >= *backup_start_segment && name[..24] <= *x_segment;
+    let archive_bytes = dir_bytes(&repo.join("archive"), &|name| in_window(name) && !name.ends_with(".history"))?;
+    let mib = |b: f64| b / (1 << 20) as f64;
+    eprintln!(
+        "layers: {:.0} MiB; pgBackRest: backup {:.0} MiB + WAL {:.0} MiB ({backup_start_segment}..={x_segment})",
+        mib(layer_bytes),
+        mib(backup_bytes as f64),
+        mib(archive_bytes as f64)
+    );
+
+    row("pitr.first_query_s", fullbackup_s, "s", Some(backrest_s));
+    row("pitr.first_query_s_branch", branch_s, "s", Some(backrest_s));
+    row("fullbackup.mb_s", full_mb_s, "MB/s", Some(basebackup_mb_s));
+    row("layers.bytes_per_history", mib(layer_bytes), "MiB", Some(mib((backup_bytes + archive_bytes) as f64)));
+
+    let log = host.log();
+    if log.contains("ERROR") || log.contains("PANIC") {
+        eprintln!("warning: the host log has errors:\n{}", host.log_tail(30));
+    }
+    eprintln!("pitr_bench took {:.1} s", bench_started.elapsed().as_secs_f64());
+    Ok(())
+}
