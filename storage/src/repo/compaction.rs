@@ -5,7 +5,9 @@
 //! merged in (key, LSN) order, streaming a block at a time, into L1 delta
 //! layers that cover the union of their LSN ranges and partition the key space:
 //! a new file is started at a key boundary once the current one reaches
-//! `target_file_size`. Entries are copied as stored (no recompression).
+//! `target_file_size` on disk. Entries are copied as stored, without decoding,
+//! except values a format version 1 file compressed one by one: these are
+//! copied uncompressed, for the new file's block compression to cover them.
 //!
 //! **Image layers.** The keys existing at `disk_consistent_lsn` are cut into
 //! partitions of about `target_file_size` of pages, the partitions together
@@ -153,6 +155,7 @@ impl LayerWork<'_> {
                 };
                 writer = Some(LayerWriter::new(view.dir(), name, conf.fsync)?);
             }
+            let entry = readers[i].uncompressed_entry(entry)?;
             writer.as_mut().unwrap().put_raw(entry.key, entry.lsn, entry.flags, &entry.bytes)?;
         }
         if let Some(writer) = writer {
