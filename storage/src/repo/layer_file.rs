@@ -748,8 +748,10 @@ impl LayerReader {
             }
             let block = self.read_block(index)?;
             let mut raw = Vec::new();
+            let mut past = false;
             self.parse_block(index, &block, |entry| {
                 if entry.key > key || entry.lsn >= lsns.end && entry.key == key {
+                    past = true;
                     return Ok(false);
                 }
                 if entry.key == key && entry.lsn >= lsns.start {
@@ -759,6 +761,10 @@ impl LayerReader {
             })?;
             for entry in raw {
                 out.push((entry.lsn, self.decode_value(&entry)?));
+            }
+            // Entries are in (key, LSN) order: nothing wanted lies in later blocks.
+            if past {
+                break;
             }
         }
         Ok(())
@@ -781,8 +787,13 @@ impl LayerReader {
             }
             let entries = cache.block(self, index)?;
             let start = entries.partition_point(|e| (e.key, e.lsn) < (key, lsns.start));
-            for entry in entries[start..].iter().take_while(|e| e.key == key && e.lsn < lsns.end) {
+            let wanted = entries[start..].iter().take_while(|e| e.key == key && e.lsn < lsns.end).count();
+            for entry in &entries[start..start + wanted] {
                 out.push((entry.lsn, self.decode_value(entry)?));
+            }
+            // An entry past the wanted ones: later blocks hold nothing wanted.
+            if start + wanted < entries.len() {
+                break;
             }
         }
         Ok(())
