@@ -12,7 +12,13 @@
 //! or `hot:N` (uniform over the first N blocks). Every request reads at
 //! `--request-lsn` (`X/Y`, or `latest` for the largest LSN) with
 //! `not_modified_since` = `--not-modified-since`, by default the request LSN
-//! (required with `latest`).
+//! (required with `latest`). With `--lsn-from <primary conninfo>` the LSNs
+//! move as a compute's do while its primary writes: a thread polls the
+//! primary's `pg_current_wal_lsn()` every 5 ms, and each request carries the
+//! newest one as `request_lsn` and, as `not_modified_since`, the one of
+//! `--not-modified-lag-ms` ago (a compute's last-written LSN for a page it
+//! has not written lately), so the server need not wait for WAL that did not
+//! touch the page.
 //!
 //! `--floor` starts a trivial page server on 127.0.0.1 (startup, trust,
 //! CopyBoth, and a fixed 8 KiB page for every GetPage; built on the page
@@ -77,11 +83,18 @@ struct Args {
     #[arg(long, default_value = "random")]
     pattern: Pattern,
     /// The request LSN: X/Y, or `latest` (the largest LSN).
-    #[arg(long, alias = "lsn", value_parser = parse_request_lsn, required_unless_present_any = ["floor", "serve_floor"])]
+    #[arg(long, alias = "lsn", value_parser = parse_request_lsn, required_unless_present_any = ["floor", "serve_floor", "lsn_from"])]
     request_lsn: Option<Lsn>,
     /// not_modified_since, X/Y; defaults to the request LSN.
     #[arg(long, value_parser = parse_lsn)]
     not_modified_since: Option<Lsn>,
+    /// Take both LSNs of each request from this primary (libpq conninfo),
+    /// polled every 5 ms, instead of --request-lsn/--not-modified-since.
+    #[arg(long, conflicts_with_all = ["request_lsn", "not_modified_since"])]
+    lsn_from: Option<String>,
+    /// With --lsn-from: how far behind the newest LSN not_modified_since is.
+    #[arg(long, default_value_t = 1000)]
+    not_modified_lag_ms: u64,
     /// Concurrent connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -258,6 +271,8 @@ struct Plan {
     pattern: Pattern,
     request_lsn: Lsn,
     not_modified_since: Lsn,
+    /// With `--lsn-from`: the LSNs to use instead of the two above.
+    live: Option<Arc<LiveLsns>>,
     depth: usize,
     measure_start: Instant,
     end: Instant,
@@ -292,7 +307,11 @@ async fn run_connection(plan: Arc<Plan>, conn: usize, mut client: PagestreamClie
         while client.in_flight() < plan.depth && may_issue(&plan) {
             let (rel, blkno) = plan.blocks.at(picker.next());
             reqid += 1;
-            let hdr = RequestHeader { reqid, request_lsn: plan.request_lsn, not_modified_since: plan.not_modified_since };
+            let (request_lsn, not_modified_since) = match &plan.live {
+                Some(live) => live.get(),
+                None => (plan.request_lsn, plan.not_modified_since),
+            };
+            let hdr = RequestHeader { reqid, request_lsn, not_modified_since };
             client.queue(Request::GetPage { hdr, rel, blkno });
             sent_at.push_back(Instant::now());
         }
@@ -315,6 +334,56 @@ async fn run_connection(plan: Arc<Plan>, conn: usize, mut client: PagestreamClie
     }
     client.close().await?;
     Ok(ConnResult { hist, last_done })
+}
+
+/// The LSNs of a primary as a compute would send them (`--lsn-from`).
+struct LiveLsns {
+    request_lsn: AtomicU64,
+    not_modified_since: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl LiveLsns {
+    fn get(&self) -> (Lsn, Lsn) {
+        // Read `not_modified_since` first: it is never above a later `request_lsn`.
+        let since = Lsn(self.not_modified_since.load(Ordering::Acquire));
+        (Lsn(self.request_lsn.load(Ordering::Acquire)), since)
+    }
+
+    /// Connects to the primary, takes its first LSN (for both), and starts
+    /// the thread that keeps them moving until `stop`.
+    fn start(conninfo: &str, lag: Duration) -> anyhow::Result<(Arc<LiveLsns>, std::thread::JoinHandle<anyhow::Result<()>>)> {
+        let mut client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to --lsn-from")?;
+        let mut poll = move || -> anyhow::Result<Lsn> {
+            let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[])?;
+            row.get::<_, String>(0).parse().map_err(|e| anyhow!("bad LSN from the primary: {e}"))
+        };
+        let first = poll()?;
+        let live = Arc::new(LiveLsns {
+            request_lsn: AtomicU64::new(first.0),
+            not_modified_since: AtomicU64::new(first.0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let shared = live.clone();
+        let thread = std::thread::spawn(move || {
+            let mut history: VecDeque<(Instant, Lsn)> = VecDeque::new();
+            while !shared.stop.load(Ordering::Relaxed) {
+                let lsn = poll()?;
+                let now = Instant::now();
+                history.push_back((now, lsn));
+                while history.len() > 1 && now.duration_since(history[1].0) >= lag {
+                    history.pop_front();
+                }
+                if now.duration_since(history[0].0) >= lag {
+                    shared.not_modified_since.store(history[0].1 .0, Ordering::Release);
+                }
+                shared.request_lsn.store(lsn.0, Ordering::Release);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        });
+        Ok((live, thread))
+    }
 }
 
 async fn run(plan: Arc<Plan>) -> anyhow::Result<(Histogram<u64>, Duration)> {
@@ -367,7 +436,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     };
     let not_modified_since = match args.not_modified_since {
         Some(lsn) => lsn,
-        None if request_lsn == Lsn::MAX => {
+        None if request_lsn == Lsn::MAX && args.lsn_from.is_none() => {
             bail!("--request-lsn latest needs --not-modified-since X/Y (the protocol wants a real LSN there)")
         }
         None => request_lsn,
@@ -376,6 +445,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         bail!("--not-modified-since {not_modified_since} is after --request-lsn {request_lsn}");
     }
 
+    let live = match &args.lsn_from {
+        Some(conninfo) => Some(LiveLsns::start(conninfo, Duration::from_millis(args.not_modified_lag_ms))?),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         // Kept until the run ends: the floor server process lives as long.
@@ -399,8 +472,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             args.pattern,
             blocks.total,
             blocks.rels.len(),
-            request_lsn,
-            not_modified_since,
+            if live.is_some() { "from the primary".to_string() } else { request_lsn.to_string() },
+            if live.is_some() { format!("{} ms behind", args.not_modified_lag_ms) } else { not_modified_since.to_string() },
             args.duration,
             args.warmup,
         );
@@ -415,6 +488,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             pattern: args.pattern,
             request_lsn,
             not_modified_since,
+            live: live.as_ref().map(|(live, _)| live.clone()),
             depth: args.depth,
             measure_start,
             end: measure_start + Duration::from_secs_f64(args.duration),
@@ -430,7 +504,12 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             connections: args.connections,
             seed: args.seed,
         });
-        let (hist, measured) = run(plan.clone()).await?;
+        let outcome = run(plan.clone()).await;
+        if let Some((live, thread)) = live {
+            live.stop.store(true, Ordering::Relaxed);
+            thread.join().map_err(|_| anyhow!("the --lsn-from thread panicked"))?.context("polling --lsn-from")?;
+        }
+        let (hist, measured) = outcome?;
         report(&args, &describe, &hist, measured);
         if let Some(mut child) = floor_server {
             drop(child.stdin.take()); // its signal to exit

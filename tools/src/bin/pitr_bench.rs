@@ -8,7 +8,8 @@
 //! backup. `pgbench -c 4 -j 2` then writes until about 1 GiB of WAL lies
 //! after the backup; a marker row is committed, and X is the primary's LSN
 //! just after it; a little more WAL follows (a table that must not exist
-//! at X), the WAL is switched and archived, and the host ingests it all.
+//! at X), the WAL is switched and archived, the host ingests it all, and
+//! any pass of the layers worker in progress ends.
 //!
 //! Rows (each copy is started on an empty directory, warm caches; "first
 //! query" means the server is out of recovery and the marker row reads back,
@@ -197,10 +198,18 @@ fn fullbackup_into(host: &PgCluster, tenant: &str, timeline: &str, lsn: Option<L
 /// Seconds from nothing to the first query on a copy made by `fill`.
 fn race(what: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<f64> {
     let started = Instant::now();
-    let copy = PgCluster::start_on_data_dir(copy_config(), fill).with_context(|| format!("{what}: starting the copy"))?;
+    let mut filled = None;
+    let copy = PgCluster::start_on_data_dir(copy_config(), |dir| {
+        let result = fill(dir);
+        filled = Some(started.elapsed());
+        result
+    })
+    .with_context(|| format!("{what}: starting the copy"))?;
+    let up = started.elapsed();
     first_query(&copy).with_context(|| format!("{what}: first query"))?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("{what}: first query after {secs:.1} s");
+    let filled = filled.map_or(0.0, |d| d.as_secs_f64());
+    eprintln!("{what}: first query after {secs:.1} s (directory filled after {filled:.1} s, server up after {:.1} s)", up.as_secs_f64());
     Ok(secs)
 }
 
@@ -317,6 +326,13 @@ fn main() -> Result<()> {
     })?;
     let mut hc = host.client("postgres")?;
     wait_caught_up(&mut hc, &timeline, end, "ingest of the workload")?;
+    // A pass of the layers worker still running would take CPU from either
+    // side of the race, by chance: wait until it has ended.
+    host.wait_for("the layers worker's pass to end", Duration::from_secs(600), || {
+        let compacting =
+            host.sql_one(&format!("SELECT compacting FROM pageserver.timelines() WHERE timeline_id = '{timeline}'")).ok()??;
+        (compacting == "f").then_some(())
+    })?;
     eprintln!("X = {x}; set-up done after {:.1} s", bench_started.elapsed().as_secs_f64());
 
     // The races, pgBackRest first.

@@ -19,6 +19,12 @@
 //!   protocol) with the same shapes in the same run, as the floors.
 //!   During the 8×32 run the main worker's VmRSS is sampled every 50 ms
 //!   (the peak is reported) and its threads' CPU time is printed to stderr.
+//! * GetPage at the latest LSN, as computes read: random blocks of every
+//!   relation of the database (about 1 GiB, 16 times the host's 64 MiB page
+//!   cache) while `pgbench -c 1 -R 300` writes on the primary, each request
+//!   carrying the primary's current LSN as `request_lsn` and its LSN of 1 s
+//!   before as `not_modified_since` (`pagebench --lsn-from`), 1×1 and 8×32,
+//!   against the floor server under the same writes and shapes.
 //! * GetPage at depth 1 while the layers worker runs a pass over all of
 //!   that history (the host has `compaction_threshold = 2` and
 //!   `image_creation_threshold = 1`: the pass merges every L0 layer and
@@ -83,6 +89,32 @@ struct CompactionCpu {
     layers_s: f64,
     main_s: f64,
     redo_s: f64,
+}
+
+/// `spc/db/relfilenode:nblocks` of every non-empty permanent relation fork
+/// (main forks) of the primary's `postgres` database, shared catalogs included.
+fn all_relations(primary: &PgCluster) -> Result<Vec<String>> {
+    let rows = primary.sql(
+        "SELECT CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END, \
+                CASE WHEN c.relisshared THEN 0 ELSE d.oid END, pg_relation_filenode(c.oid), \
+                pg_relation_size(c.oid) / 8192 \
+         FROM pg_class c, pg_database d \
+         WHERE d.datname = current_database() AND c.relpersistence = 'p' \
+           AND pg_relation_filenode(c.oid) IS NOT NULL AND pg_relation_size(c.oid) > 0",
+    )?;
+    let field = |r: &Vec<Option<String>>, i: usize| r[i].clone().context("NULL in the relation list");
+    rows.iter().map(|r| Ok(format!("{}/{}/{}:{}", field(r, 0)?, field(r, 1)?, field(r, 2)?, field(r, 3)?))).collect()
+}
+
+/// pagebench with `args` while `pgbench -c 1 -R 300` writes on the primary.
+fn run_pagebench_while_writing(primary: &PgCluster, args: &[String]) -> Result<PageBench> {
+    std::thread::scope(|scope| {
+        let seconds = (PAGEBENCH_SECONDS + PAGEBENCH_WARMUP + 1.0).ceil().to_string();
+        let writes = scope.spawn(move || primary.run_as_postgres_checked("pgbench", &["-c", "1", "-R", "300", "-T", &seconds, "postgres"]));
+        let bench = run_pagebench(args, |_, _| {});
+        writes.join().map_err(|_| anyhow!("pgbench thread panicked"))??;
+        bench
+    })
 }
 
 /// Starts a pass of the layers worker (a reload of `compaction_period =
@@ -467,6 +499,31 @@ fn main() -> Result<()> {
     row("pagebench.p99_us_8x32", server_8x32.p99_us, "us", Some(floor_8x32.p99_us));
     row("ingest.lag_p99_ms", lag_p99, "ms", None);
     row("pagebench.rss_mib", peak_rss_kib as f64 / 1024.0, "MiB", None);
+
+    // At the latest LSN, over every relation, while pgbench writes.
+    let relations = all_relations(&primary)?;
+    let latest = |conns: usize, depth: usize, floor: bool| -> Vec<String> {
+        let mut a = vec!["--connections".into(), conns.to_string(), "--depth".into(), depth.to_string()];
+        for rel in &relations {
+            a.extend(["--rel".to_string(), rel.clone()]);
+        }
+        // The floor polls the primary too (and ignores the LSNs), so both
+        // sides pay for the polling.
+        a.extend(["--lsn-from".into(), primary.connstr("postgres")]);
+        if floor {
+            a.push("--floor".into());
+        } else {
+            a.extend(["--addr".into(), addr.clone(), "--tenant".into(), tenant.clone(), "--timeline".into(), timeline.clone()]);
+        }
+        a
+    };
+    eprintln!("GetPage at the latest LSN over {} relations while pgbench writes", relations.len());
+    let latest_floor_d1 = run_pagebench_while_writing(&primary, &latest(1, 1, true))?;
+    let latest_d1 = run_pagebench_while_writing(&primary, &latest(1, 1, false))?;
+    let latest_floor_8x32 = run_pagebench_while_writing(&primary, &latest(8, 32, true))?;
+    let latest_8x32 = run_pagebench_while_writing(&primary, &latest(8, 32, false))?;
+    row("pagebench.p99_us_latest_d1", latest_d1.p99_us, "us", Some(latest_floor_d1.p99_us));
+    row("pagebench.pages_s_latest_8x32", latest_8x32.pages_s, "pages/s", Some(latest_floor_8x32.pages_s));
 
     let (compacting, cpu) = measure_while_compacting(&primary, &host, &mut hc, &timeline, &server(1, 1))?;
     row("pagebench.p99_us_d1_compacting", compacting.p99_us, "us", Some(server_d1.p99_us));
