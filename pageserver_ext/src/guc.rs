@@ -187,8 +187,8 @@ pub fn repo_config() -> storage::repo::RepoConfig {
         // SAFETY: reads the control file's value, set at startup; called on
         // the main worker's PostgreSQL thread.
         data_checksums: unsafe { pgrx::pg_sys::DataChecksumsEnabled() },
-        // Two batches of a bulk read in flight per redo worker keep them busy.
-        read_parallelism: (REDO_WORKERS.get().max(1) as usize) * 2,
+        // Four batches of a bulk read in flight per redo worker keep them busy.
+        read_parallelism: (REDO_WORKERS.get().max(1) as usize) * 4,
         ..Default::default()
     }
 }

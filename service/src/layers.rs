@@ -139,6 +139,9 @@ impl LayersWorker<'_> {
             // disk fails at once and the next pass tries again.
             ancestor_wait_timeout: Duration::ZERO,
             page_cache_bytes: self.conf.page_cache_bytes.min(16 << 20),
+            // Image creation rebuilds pages on half the threads a fullbackup
+            // uses: the redo workers keep room for GetPage.
+            read_parallelism: (self.conf.read_parallelism / 2).max(1),
             ..self.conf.clone()
         };
         let repo = Repository::open_read_only(&self.tenants_dir.join(tenant.to_string()), view_conf, self.redo.clone())?;

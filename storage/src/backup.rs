@@ -106,7 +106,7 @@ use crate::key::{
 };
 use crate::lsn::Lsn;
 use crate::pg_control::{CheckPoint, ControlFile, DB_SHUTDOWNED, PG_CONTROL_FILE_SIZE, SIZE_OF_CHECKPOINT, XLOG_CHECKPOINT_SHUTDOWN};
-use crate::repo::{RepoError, Timeline};
+use crate::repo::{BulkReadStats, RepoError, Timeline};
 use crate::wal::encode::{RecordBuilder, WalWriter};
 use crate::wal::record::record_crc;
 use crate::wal::{page_header_size, rmgr, segment_file_name, BLCKSZ, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD};
@@ -143,6 +143,8 @@ pub struct BackupStats {
     pub rel_blocks: u64,
     /// Bytes of the tar stream.
     pub tar_bytes: u64,
+    /// The bulk reads of the relation files, summed.
+    pub reads: BulkReadStats,
 }
 
 /// Why a backup could not be written.
@@ -556,7 +558,7 @@ impl<W: Write> Backup<'_, W> {
         let (timeline, lsn, relseg_size) = (self.timeline, self.lsn, self.relseg_size);
         let mut blkno = 0u32;
         let mut files = 0u64;
-        timeline.read_in_order(&keys, lsn, |key, page| {
+        let reads = timeline.read_in_order(&keys, lsn, |key, page| {
             if blkno.is_multiple_of(relseg_size) {
                 let segment_blocks = (nblocks - blkno).min(relseg_size);
                 self.tar.begin_file(&rel_file_name(dir, target, blkno / relseg_size), u64::from(segment_blocks) * BLCKSZ as u64)?;
@@ -575,6 +577,7 @@ impl<W: Write> Backup<'_, W> {
         self.stats.files += files;
         self.stats.rel_files += files;
         self.stats.rel_blocks += u64::from(nblocks);
+        self.stats.reads += reads;
         Ok(())
     }
 

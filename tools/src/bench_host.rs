@@ -109,7 +109,14 @@ pub fn print_thread_cpu(what: &str, before: &[(i32, String, u64)], after: &[(i32
     }
 }
 
-/// Total utime + stime of a whole process, in ticks.
+/// Total utime + stime of a whole process, in ticks: `/proc/<pid>/stat`,
+/// which also counts threads that have exited (summing the live threads
+/// would miss the short-lived ones, such as a bulk read's).
 pub fn process_ticks(pid: u32) -> u64 {
-    thread_times(pid as i32).iter().map(|t| t.2).sum()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Some(close) = stat.rfind(')') else { return 0 };
+    // After ")": state is field 3; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    ticks(14) + ticks(15)
 }

@@ -376,6 +376,7 @@ async fn send_backup(
         }
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let started = std::time::Instant::now();
     let tl = timeline.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut sink = ChunkSender { tx, buf: BytesMut::new() };
@@ -403,9 +404,10 @@ async fn send_backup(
         send(stream, out).await?;
     }
     match writer.await {
-        Ok(Ok(_)) => {
+        Ok(Ok(stats)) => {
             BackendWriter(out).copy_done();
             BackendWriter(out).command_complete("COPY 0");
+            log_backup(timeline.id(), lsn, kind, &stats, started.elapsed());
         }
         Ok(Err(e)) => {
             // Mid-stream: the tar is cut short; the error ends the copy.
@@ -414,6 +416,24 @@ async fn send_backup(
         Err(e) => BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &e.to_string(), None),
     }
     Ok(())
+}
+
+/// One line per backup sent: its size and time, and where the time of its
+/// relation pages went (see `storage::repo::BulkReadStats`).
+fn log_backup(timeline: TimelineId, lsn: Lsn, kind: BackupKind, stats: &storage::backup::BackupStats, elapsed: Duration) {
+    let r = &stats.reads;
+    tracing::info!(
+        "{kind:?} of timeline {timeline} at {lsn}: {} MB in {:.1} s; {} relation blocks, {} rebuilt by redo ({} records); \
+         reading threads: {:.1} s gathering, {:.1} s in redo; the tar waited {:.1} s for pages",
+        stats.tar_bytes / 1_000_000,
+        elapsed.as_secs_f64(),
+        stats.rel_blocks,
+        r.redone,
+        r.records,
+        r.gather.as_secs_f64(),
+        r.redo.as_secs_f64(),
+        r.waited.as_secs_f64(),
+    );
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //! covering the whole key space. A partition whose delta depth (delta layers
 //! with versions above its newest image) reaches `image_creation_threshold`
 //! gets an image layer at `disk_consistent_lsn` holding the materialized value
-//! of each of its keys. A delta layer counts towards a partition's depth only
+//! of each of its keys, rebuilt with a bulk read (`bulk_read.rs`: parallel
+//! batches, each layer-file block read once per batch). A delta layer counts towards a partition's depth only
 //! if it holds a version of one of the partition's keys: an L0
 //! layer's key range spans every key changed in its LSN range, so a few
 //! scattered changes would otherwise re-image every partition between them.
@@ -28,6 +29,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use super::bulk_read::BULK_READ_BATCH_KEYS;
 use super::gc::covered;
 use super::layer_file::{LayerIter, LayerKind, LayerName, LayerReader, LayerWriter, LsnRange, RawEntry};
 use super::layer_map::PersistentLayer;
@@ -227,11 +229,10 @@ impl LayerWork<'_> {
                 seq: self.next_seq()?,
             };
             let mut writer = LayerWriter::new(view.dir(), name, conf.fsync)?;
-            for key in chunk {
-                if let Some(page) = view.get_unchecked_ahead(*key, lsn, false)? {
-                    writer.put_value(*key, lsn, &Value::Image(page))?;
-                }
-            }
+            view.bulk_read(chunk, lsn, BULK_READ_BATCH_KEYS, false, |key, page| match page {
+                Some(page) => writer.put_value(key, lsn, &Value::Image(page)),
+                None => Ok(()),
+            })?;
             written.push(writer.finish(&view.shared.crash)?);
         }
         if written.is_empty() {

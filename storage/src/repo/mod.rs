@@ -74,6 +74,7 @@ mod reconstruct;
 mod repository;
 mod timeline;
 
+pub use bulk_read::BulkReadStats;
 pub use compaction::CompactionStats;
 pub use gc::GcStats;
 pub use image_import::ImageImport;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use super::bulk_read::BulkReadStats;
 use super::index::IndexFile;
 use super::inmem_layer::InMemoryLayer;
 use super::layer_file::{BlockCache, LayerKind, LayerName, LayerWriter};
@@ -312,30 +313,48 @@ impl Timeline {
     /// the calling thread; callers spread batches over threads (see
     /// [`RepoConfig::read_parallelism`]).
     pub fn get_many(&self, keys: &[Key], lsn: Lsn) -> Result<Vec<Option<Bytes>>> {
+        self.get_batch(keys, lsn, true).map(|(values, _)| values)
+    }
+
+    /// [`get_many`](Self::get_many), also saying what it took; with
+    /// `check_cutoff` false without the GC cutoff check (image creation at
+    /// `disk_consistent_lsn`).
+    pub(crate) fn get_batch(&self, keys: &[Key], lsn: Lsn, check_cutoff: bool) -> Result<(Vec<Option<Bytes>>, BulkReadStats)> {
         let last = self.last_record_lsn();
         if lsn > last {
             return Err(RepoError::Invalid(format!("read at {lsn} on timeline {} ahead of last_record_lsn {last}", self.id)));
         }
+        let started = Instant::now();
+        let mut stats = BulkReadStats { keys: keys.len() as u64, ..BulkReadStats::default() };
         let mut blocks = BlockCache::new(BULK_READ_CACHE_BYTES);
         let mut collectors = Vec::with_capacity(keys.len());
         for &key in keys {
             let cached = self.shared.page_cache.lookup(self.id, key, lsn);
             if let Some((at, value)) = &cached {
-                if *at == lsn && lsn >= self.gc_cutoff() {
+                if *at == lsn && !(check_cutoff && lsn < self.gc_cutoff()) {
                     collectors.push((key, Err(value.clone())));
                     continue;
                 }
             }
-            collectors.push((key, Ok(self.collect(key, lsn, true, cached, Some(&mut blocks))?)));
+            let collector = self.collect(key, lsn, check_cutoff, cached, Some(&mut blocks))?;
+            if !collector.records.is_empty() {
+                stats.redone += 1;
+                stats.records += collector.records.len() as u64;
+            }
+            collectors.push((key, Ok(collector)));
         }
         drop(blocks);
-        collectors
+        let gathered = Instant::now();
+        stats.gather = gathered - started;
+        let values = collectors
             .into_iter()
             .map(|(key, collected)| match collected {
                 Ok(collector) => self.reconstruct(key, collector),
                 Err(cached) => Ok(Some(cached)),
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        stats.redo = gathered.elapsed();
+        Ok((values, stats))
     }
 
     /// Gathers the versions of `key` needed at `lsn`: this timeline's layers,

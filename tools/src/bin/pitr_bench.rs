@@ -8,8 +8,10 @@
 //! backup. `pgbench -c 4 -j 2` then writes until about 1 GiB of WAL lies
 //! after the backup; a marker row is committed, and X is the primary's LSN
 //! just after it; a little more WAL follows (a table that must not exist
-//! at X), the WAL is switched and archived, the host ingests it all, and
-//! any pass of the layers worker in progress ends.
+//! at X), the WAL is switched and archived, and the host ingests it all.
+//! The host runs no pass of the layers worker until the races are over, so
+//! that at X every page changed since the import is rebuilt from the
+//! import's images and the WAL: the worst case, and the same in every run.
 //!
 //! Rows (each copy is started on an empty directory, warm caches; "first
 //! query" means the server is out of recovery and the marker row reads back,
@@ -24,7 +26,7 @@
 //!   to apply) written to a file, in MB/s of tar; floor: `pg_basebackup -Ft
 //!   -X none` of the primary, which holds the same data then.
 //! * `layers.bytes_per_history`: the timeline's layer bytes after the
-//!   workload (as the layers worker left them), in MiB; floor: pgBackRest's
+//!   workload and one pass of the layers worker, in MiB; floor: pgBackRest's
 //!   repository for the same window (the full backup plus the archived WAL
 //!   from the backup's start to X).
 //!
@@ -213,20 +215,31 @@ fn race(what: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<f64> {
     Ok(secs)
 }
 
+/// (busy, all) ticks of all CPUs since boot, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
 /// CPU seconds of the host's main worker and redo workers while `f` runs.
 fn with_worker_cpu<T>(host: &PgCluster, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let main = worker_pids(host, "main")?;
     let redo = worker_pids(host, "redo")?;
     let ticks = |pids: &[u32]| pids.iter().map(|p| process_ticks(*p)).collect::<Vec<u64>>();
-    let (main0, redo0) = (ticks(&main), ticks(&redo));
+    let (main0, redo0, machine0) = (ticks(&main), ticks(&redo), machine_ticks());
     let started = Instant::now();
     let out = f()?;
     let secs = started.elapsed().as_secs_f64();
+    let (busy, all) = machine_ticks();
+    let machine = (busy - machine0.0) as f64 / (all - machine0.1).max(1) as f64 * 100.0;
     let used = |before: &[u64], pids: &[u32]| -> Vec<String> {
         ticks(pids).iter().zip(before).map(|(t, t0)| format!("{:.1}", t.saturating_sub(*t0) as f64 / CLOCK_TICKS_PER_S)).collect()
     };
     eprintln!(
-        "{what}: {secs:.1} s; CPU seconds: main worker {}, redo workers [{}]",
+        "{what}: {secs:.1} s; CPU seconds: main worker {}, redo workers [{}]; the machine was {machine:.0}% busy",
         used(&main0, &main).join(""),
         used(&redo0, &redo).join(", ")
     );
@@ -244,7 +257,10 @@ fn main() -> Result<()> {
     let primary = PgCluster::start_primary(&[("max_wal_size", "1GB"), ("archive_mode", "on"), ("archive_command", &archive_command)])?;
     backrest.write_conf(&primary)?;
     backrest.run(&["stanza-create"])?;
-    let host = PgCluster::start_host(&[])?;
+    // No pass of the layers worker before the races: at X every page changed
+    // since the import is rebuilt from the import's images and the WAL (the
+    // worst case, and the same in every run); one pass after them.
+    let host = PgCluster::start_host(&[("pageserver.compaction_period", "3600s")])?;
     host.sql("CREATE EXTENSION pageserver_ext")?;
 
     let started = Instant::now();
@@ -326,13 +342,6 @@ fn main() -> Result<()> {
     })?;
     let mut hc = host.client("postgres")?;
     wait_caught_up(&mut hc, &timeline, end, "ingest of the workload")?;
-    // A pass of the layers worker still running would take CPU from either
-    // side of the race, by chance: wait until it has ended.
-    host.wait_for("the layers worker's pass to end", Duration::from_secs(600), || {
-        let compacting =
-            host.sql_one(&format!("SELECT compacting FROM pageserver.timelines() WHERE timeline_id = '{timeline}'")).ok()??;
-        (compacting == "f").then_some(())
-    })?;
     eprintln!("X = {x}; set-up done after {:.1} s", bench_started.elapsed().as_secs_f64());
 
     // The races, pgBackRest first.
@@ -357,7 +366,23 @@ fn main() -> Result<()> {
         })
     })?;
 
-    // Bytes kept for the window: the layers against the backup + WAL archive.
+    // Bytes kept for the window, once a pass of the layers worker has
+    // compacted the history: the layers against the backup + WAL archive.
+    let passes = |host: &PgCluster| -> Option<(u64, bool)> {
+        let rows =
+            host.sql(&format!("SELECT compaction_passes, compacting FROM pageserver.timelines() WHERE timeline_id = '{timeline}'")).ok()?;
+        let row = rows.first()?;
+        Some((row[0].as_deref()?.parse().ok()?, row[1].as_deref() == Some("t")))
+    };
+    let (before, _) = passes(&host).context("timeline not listed")?;
+    host.sql("ALTER SYSTEM SET pageserver.compaction_period = '1s'")?;
+    host.sql("SELECT pg_reload_conf()")?;
+    let started = Instant::now();
+    host.wait_for("a pass of the layers worker", Duration::from_secs(900), || {
+        let (done, running) = passes(&host)?;
+        (done > before && !running).then_some(())
+    })?;
+    eprintln!("a pass of the layers worker over the history took {:.1} s", started.elapsed().as_secs_f64());
     let layer_bytes: f64 = host
         .sql_one(&format!("SELECT layer_bytes FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))?
         .context("NULL layer_bytes")?
@@ -381,6 +406,9 @@ fn main() -> Result<()> {
     row("layers.bytes_per_history", mib(layer_bytes), "MiB", Some(mib((backup_bytes + archive_bytes) as f64)));
 
     let log = host.log();
+    for line in log.lines().filter(|l| l.contains("Fullbackup of timeline")) {
+        eprintln!("host: {}", line.split_once("LOG:").map_or(line, |(_, rest)| rest.trim()));
+    }
     if log.contains("ERROR") || log.contains("PANIC") {
         eprintln!("warning: the host log has errors:\n{}", host.log_tail(30));
     }
