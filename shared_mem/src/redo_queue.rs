@@ -122,8 +122,9 @@ use crate::process_exists;
 
 pub use crate::futex::{POLLS_PER_YIELD, SPIN_POLLS};
 pub use wire::{
-    decode_reply, decode_request, encode_reply_err, encode_reply_ok, encode_request, encode_request_into, encoded_request_len, DecodeError,
-    RedoRecord, RedoRecordView, RedoReply, RedoRequest, RedoRequestView, RelBlock, FLAG_MASK_RESULT, PAGE_SIZE,
+    decode_reply, decode_request, encode_reply_err, encode_reply_ok, encode_request, encode_request_into, encoded_request_len, BatchItem,
+    BatchItemReply, DecodeError, RedoRecord, RedoRecordView, RedoReply, RedoRequest, RedoRequestView, RelBlock, FLAG_MASK_RESULT,
+    PAGE_SIZE,
 };
 
 /// Slots in the queue: the most requests in flight at once.
@@ -315,6 +316,9 @@ impl fmt::Display for StaleJob {
 
 impl std::error::Error for StaleJob {}
 
+/// Reads a reply out of its slot (with the worker's number, for errors).
+type DecodeReply<'a> = dyn FnMut(&[u8], usize) -> Result<(), RedoCallError> + 'a;
+
 /// A slot claimed by a caller: index and ticket.
 #[derive(Clone, Copy, Debug)]
 struct Claim {
@@ -458,13 +462,90 @@ impl RedoQueue {
         avoid_worker: Option<usize>,
         page: &mut [u8; PAGE_SIZE],
     ) -> Result<(), RedoCallError> {
+        let encode = |buffer: &mut [u8]| wire::encode_request_parts(chunk.target, chunk.base_image, chunk.records, chunk.flags, buffer);
+        let mut decode = |reply: &[u8], worker: usize| match wire::decode_reply_into(reply, page) {
+            Ok(()) => Ok(()),
+            Err(Ok(RedoReply::Err { lsn, rmgr, message, rejected })) => Err(RedoCallError::Redo { lsn, rmgr, message, rejected }),
+            Err(Ok(RedoReply::Ok(p))) => {
+                *page = *p;
+                Ok(())
+            }
+            Err(Err(error)) => Err(RedoCallError::BadReply { worker, error }),
+        };
+        self.exchange(&encode, wait, avoid_worker, &mut decode)
+    }
+
+    /// Rebuilds several pages in one round trip (a batch, see [`wire`]):
+    /// one reply per item, in order; an item whose redo failed has an
+    /// error reply and does not fail the others. The batch and its reply
+    /// must fit in a slot ([`RedoQueue::batch_fits`]). Retried once on
+    /// another worker if its worker dies, like [`RedoQueue::call`].
+    pub fn call_batch<R: AsRef<[u8]>>(&self, items: &[BatchItem<'_, R>], timeout: Duration) -> Result<Vec<RedoReply>, RedoCallError> {
+        let started = Instant::now();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.worker_count() == 0 {
+            return Err(RedoCallError::NoWorkers);
+        }
+        if !RedoQueue::batch_fits(items) {
+            return Err(RedoCallError::TooLarge {
+                message: format!(
+                    "a redo batch of {} pages ({} bytes) does not fit in a queue slot of {REDO_SLOT_BUFFER} bytes",
+                    items.len(),
+                    wire::encoded_batch_len(items)
+                ),
+            });
+        }
+        let mut wait = Wait { started, deadline: started + timeout, is_cancelled: &mut || false };
+        let encode = |buffer: &mut [u8]| wire::encode_batch_into(items, buffer);
+        let mut replies = Vec::new();
+        let mut decode = |reply: &[u8], worker: usize| match wire::decode_batch_reply(reply) {
+            Ok(got) if got.len() == items.len() => {
+                replies = got;
+                Ok(())
+            }
+            Ok(got) => Err(RedoCallError::BadReply { worker, error: DecodeError::WrongCount { expected: items.len(), got: got.len() } }),
+            // The whole batch refused (it could not be decoded).
+            Err(Ok(RedoReply::Err { lsn, rmgr, message, rejected })) => Err(RedoCallError::Redo { lsn, rmgr, message, rejected }),
+            Err(Ok(RedoReply::Ok(_))) => {
+                Err(RedoCallError::BadReply { worker, error: DecodeError::WrongCount { expected: items.len(), got: 1 } })
+            }
+            Err(Err(error)) => Err(RedoCallError::BadReply { worker, error }),
+        };
+        let result = match self.exchange(&encode, &mut wait, None, &mut decode) {
+            Err(RedoCallError::WorkerDied { worker, .. }) => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                self.exchange(&encode, &mut wait, Some(worker), &mut decode)
+            }
+            other => other,
+        };
+        if matches!(result, Err(RedoCallError::Timeout { .. })) {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        result.map(|()| replies)
+    }
+
+    /// True if a batch of `items` and its reply fit in one slot.
+    pub fn batch_fits<R: AsRef<[u8]>>(items: &[BatchItem<'_, R>]) -> bool {
+        wire::encoded_batch_len(items) <= REDO_SLOT_BUFFER && wire::encoded_batch_reply_len(items.len()) <= REDO_SLOT_BUFFER
+    }
+
+    /// One message through one slot to one worker: `encode` writes the
+    /// request into the slot, `decode` reads the reply (with the worker's
+    /// number, for errors).
+    fn exchange(
+        &self,
+        encode: &dyn Fn(&mut [u8]) -> Result<usize, wire::BufferTooSmall>,
+        wait: &mut Wait<'_>,
+        avoid_worker: Option<usize>,
+        decode: &mut DecodeReply<'_>,
+    ) -> Result<(), RedoCallError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let claim = self.claim_free_slot(wait)?;
         let header = &self.headers[claim.slot];
         // SAFETY: the slot is FILLING under our ticket, so we are its only
         // user until we publish SUBMITTED (module docs, "who writes what").
         let buffer = unsafe { &mut *self.buffers[claim.slot].0.get() };
-        let encoded = wire::encode_request_parts(chunk.target, chunk.base_image, chunk.records, chunk.flags, buffer);
+        let encoded = encode(&mut buffer[..]);
         let len = match encoded {
             Ok(len) => len,
             Err(too_small) => {
@@ -484,10 +565,10 @@ impl RedoQueue {
         // visible to the worker that takes the slot with an Acquire CAS.
         header.word.store(pack(claim.ticket, SUBMITTED), Ordering::SeqCst);
         self.ring_doorbell(worker);
-        self.wait_for_reply(claim, worker, wait, page)
+        self.wait_for_reply(claim, worker, wait, decode)
     }
 
-    fn wait_for_reply(&self, claim: Claim, worker: usize, wait: &mut Wait<'_>, page: &mut [u8; PAGE_SIZE]) -> Result<(), RedoCallError> {
+    fn wait_for_reply(&self, claim: Claim, worker: usize, wait: &mut Wait<'_>, decode: &mut DecodeReply<'_>) -> Result<(), RedoCallError> {
         let deadline = wait.deadline;
         let header = &self.headers[claim.slot];
         let mut spinner = Spinner::new();
@@ -496,7 +577,7 @@ impl RedoQueue {
             let word = header.word.load(Ordering::Acquire);
             debug_assert_eq!(ticket_of(word), claim.ticket, "a caller's slot changed hands");
             match state_of(word) {
-                DONE => return self.take_reply(claim, worker, page),
+                DONE => return self.take_reply(claim, worker, decode),
                 state if failure_reason(state).is_some() => {
                     self.release_slot(claim);
                     return Err(RedoCallError::WorkerDied { worker, reason: failure_reason(state).unwrap_or("") });
@@ -540,23 +621,15 @@ impl RedoQueue {
         }
     }
 
-    /// Reads a DONE slot's reply into `page` and frees the slot.
-    fn take_reply(&self, claim: Claim, worker: usize, page: &mut [u8; PAGE_SIZE]) -> Result<(), RedoCallError> {
+    /// Hands a DONE slot's reply to `decode` and frees the slot.
+    fn take_reply(&self, claim: Claim, worker: usize, decode: &mut DecodeReply<'_>) -> Result<(), RedoCallError> {
         let header = &self.headers[claim.slot];
         let len = (header.reply_len.load(Ordering::Relaxed) as usize).min(REDO_SLOT_BUFFER);
         // SAFETY: the slot is DONE under our ticket (seen with Acquire, after
         // the worker's Release), so the worker is finished with it and we are
         // its only user until we free it.
         let buffer = unsafe { &*self.buffers[claim.slot].0.get() };
-        let result = match wire::decode_reply_into(&buffer[..len], page) {
-            Ok(()) => Ok(()),
-            Err(Ok(RedoReply::Err { lsn, rmgr, message, rejected })) => Err(RedoCallError::Redo { lsn, rmgr, message, rejected }),
-            Err(Ok(RedoReply::Ok(p))) => {
-                *page = *p;
-                Ok(())
-            }
-            Err(Err(error)) => Err(RedoCallError::BadReply { worker, error }),
-        };
+        let result = decode(&buffer[..len], worker);
         self.release_slot(claim);
         result
     }
@@ -986,6 +1059,12 @@ pub struct Job<'w> {
 impl<'w> Job<'w> {
     /// The request, decoded in place (no copy).
     pub fn request(&self) -> Result<RedoRequestView<'_>, DecodeError> {
+        decode_request(self.request_bytes())
+    }
+
+    /// The request's bytes as the caller wrote them: one request
+    /// ([`Job::request`]) or a batch ([`wire::is_batch`], [`wire::decode_batch`]).
+    pub fn request_bytes(&self) -> &[u8] {
         let header = &self.end.queue.headers[self.slot];
         let len = (header.request_len.load(Ordering::Relaxed) as usize).min(REDO_SLOT_BUFFER);
         // SAFETY: we took the slot (IN_PROGRESS under our ticket) with an
@@ -993,7 +1072,12 @@ impl<'w> Job<'w> {
         // DONE, and we only write it in reply_* which consume the job, so
         // this shared borrow ends before any write.
         let buffer = unsafe { &*self.end.queue.buffers[self.slot].0.get() };
-        decode_request(&buffer[..len])
+        &buffer[..len]
+    }
+
+    /// Replies to a batch: one reply per item, in order.
+    pub fn reply_batch(self, replies: &[BatchItemReply<'_>]) -> Result<(), StaleJob> {
+        self.reply_with(|buffer| wire::encode_batch_reply(replies, buffer).unwrap_or(0))
     }
 
     /// The slot index (diagnostics).

@@ -1,11 +1,12 @@
-//! The redo worker's loop: takes requests from the shared-memory queue,
-//! applies them with the redo engine and replies. Between requests (at least
+//! The redo worker's loop: takes requests (one page, or a batch of pages)
+//! from the shared-memory queue, applies them with the redo engine and
+//! replies. Between requests (at least
 //! every [`SERVE_SLICE`]) it looks at its latch: signals, postmaster death,
 //! heartbeat.
 
 use super::WorkerContext;
 use redo_bgworker::{BlockTag, Record, RedoEngine, BLCKSZ};
-use shared_mem::redo_queue::{wire::FLAG_MASK_RESULT, Job};
+use shared_mem::redo_queue::{wire, wire::FLAG_MASK_RESULT, BatchItemReply, Job, RedoRequestView};
 use shared_mem::WorkerState;
 use std::time::{Duration, Instant};
 
@@ -34,21 +35,48 @@ pub fn run(ctx: &WorkerContext) {
 }
 
 fn serve(engine: &mut RedoEngine, job: Job<'_>) {
+    if wire::is_batch(job.request_bytes()) {
+        return serve_batch(engine, job);
+    }
     let reply = match job.request() {
         Err(e) => Err((0, 0, format!("malformed redo request: {e}"), true)),
-        Ok(request) => {
-            let t = request.target;
-            let target = BlockTag { spc: t.spc_node, db: t.db_node, rel: t.rel_node, fork: t.fork, blkno: t.blkno };
-            let recs: Vec<Record<'_>> =
-                request.records().map(|r| Record { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw }).collect();
-            let base: Option<&[u8; BLCKSZ]> = request.base_image;
-            let mask = request.flags & FLAG_MASK_RESULT != 0;
-            engine.apply(target, base, &recs, mask).map_err(|f| (f.lsn, f.rmgr, f.message, f.rejected))
-        }
+        Ok(request) => apply(engine, &request),
     };
     // A stale job (the caller gave up) just drops the reply.
     let _ = match reply {
         Ok(page) => job.reply_ok(&page),
         Err((lsn, rmgr, message, rejected)) => job.reply_err(lsn, rmgr, &message, rejected),
     };
+}
+
+/// A batch: each item applied in turn, every outcome replied in order (an
+/// item's failure does not stop the others).
+fn serve_batch(engine: &mut RedoEngine, job: Job<'_>) {
+    let outcomes = match wire::decode_batch(job.request_bytes()) {
+        Err(e) => Err(format!("malformed redo batch: {e}")),
+        Ok(items) => Ok(items.iter().map(|request| apply(engine, request)).collect::<Vec<_>>()),
+    };
+    let _ = match outcomes {
+        Err(message) => job.reply_err(0, 0, &message, true),
+        Ok(outcomes) => {
+            let replies: Vec<BatchItemReply<'_>> = outcomes
+                .iter()
+                .map(|outcome| match outcome {
+                    Ok(page) => Ok(page),
+                    Err((lsn, rmgr, message, rejected)) => Err((*lsn, *rmgr, message.as_str(), *rejected)),
+                })
+                .collect();
+            job.reply_batch(&replies)
+        }
+    };
+}
+
+/// One request through the redo engine: the page, or (LSN, resource
+/// manager, message, rejected before redo).
+fn apply(engine: &mut RedoEngine, request: &RedoRequestView<'_>) -> Result<[u8; BLCKSZ], (u64, u8, String, bool)> {
+    let t = request.target;
+    let target = BlockTag { spc: t.spc_node, db: t.db_node, rel: t.rel_node, fork: t.fork, blkno: t.blkno };
+    let recs: Vec<Record<'_>> = request.records().map(|r| Record { start_lsn: r.start_lsn, end_lsn: r.end_lsn, raw: r.raw }).collect();
+    let mask = request.flags & FLAG_MASK_RESULT != 0;
+    engine.apply(target, request.base_image, &recs, mask).map_err(|f| (f.lsn, f.rmgr, f.message, f.rejected))
 }

@@ -39,6 +39,16 @@ fn expected_page(request: &RedoRequest) -> [u8; PAGE_SIZE] {
 
 /// Serves one job the way a healthy fake worker does.
 fn serve_job(job: Job<'_>) {
+    if wire::is_batch(job.request_bytes()) {
+        let pages: Vec<Result<[u8; PAGE_SIZE], u64>> = wire::decode_batch(job.request_bytes())
+            .expect("the caller sent a well-formed batch")
+            .iter()
+            .map(|r| if r.target.blkno == ERROR_BLOCK { Err(r.records().next().map_or(0, |r| r.start_lsn)) } else { Ok(fake_apply(r)) })
+            .collect();
+        let replies: Vec<BatchItemReply<'_>> = pages.iter().map(|p| p.as_ref().map_err(|lsn| (*lsn, 10, "invalid lp", false))).collect();
+        let _ = job.reply_batch(&replies);
+        return;
+    }
     let request = job.request().expect("the caller sent a well-formed request");
     if request.target.blkno == ERROR_BLOCK {
         let lsn = request.records().next().map_or(0, |r| r.start_lsn);
@@ -136,6 +146,43 @@ fn many_callers_and_workers_get_their_own_pages() {
     let stats = queue.stats();
     assert_eq!(stats.calls, (CALLERS * CALLS) as u64);
     assert_eq!(stats.retries, 0);
+}
+
+#[test]
+fn batches_get_every_page_and_every_error_in_order() {
+    let queue = RedoQueue::new_boxed(2);
+    let stop = AtomicBool::new(false);
+    let mut rng = Rng(42);
+    let requests: Vec<RedoRequest> = (0..24u32)
+        .map(|i| if i == 5 { request_with(&mut rng, ERROR_BLOCK, 2, 40, true, 0) } else { random_request(&mut rng, i) })
+        .map(|r| RedoRequest { flags: 0, ..r })
+        .collect();
+    let items: Vec<BatchItem<'_>> =
+        requests.iter().map(|r| BatchItem { target: r.target, base_image: r.base_image.as_deref(), records: &r.records }).collect();
+    assert!(RedoQueue::batch_fits(&items));
+    thread::scope(|s| {
+        s.spawn(|| serve_until(&queue, 0, &stop));
+        s.spawn(|| serve_until(&queue, 1, &stop));
+        for round in 0..20 {
+            let replies = queue.call_batch(&items, LONG).unwrap();
+            assert_eq!(replies.len(), requests.len());
+            for (i, (request, reply)) in requests.iter().zip(&replies).enumerate() {
+                match reply {
+                    RedoReply::Ok(page) => assert!(**page == expected_page(request), "round {round} item {i}: wrong page"),
+                    RedoReply::Err { message, .. } => assert!(i == 5 && message == "invalid lp", "round {round} item {i}: {message}"),
+                }
+            }
+        }
+        stop.store(true, Ordering::Release);
+    });
+    // Too many pages for one slot: refused before anything is sent.
+    let big: Vec<RedoRequest> = (0..40).map(|i| request_with(&mut rng, i, 1, 30, true, 0)).collect();
+    let big_items: Vec<BatchItem<'_>> =
+        big.iter().map(|r| BatchItem { target: r.target, base_image: r.base_image.as_deref(), records: &r.records }).collect();
+    assert!(!RedoQueue::batch_fits(&big_items));
+    assert!(matches!(queue.call_batch(&big_items, LONG), Err(RedoCallError::TooLarge { .. })));
+    assert_eq!(queue.free_slots(), REDO_SLOTS);
+    assert_eq!(queue.served_by(0) + queue.served_by(1), 20);
 }
 
 #[test]

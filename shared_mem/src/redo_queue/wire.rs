@@ -27,6 +27,12 @@
 //! redo) and `REPLY_REJECTED` (a record refused by the checks before redo)
 //! the LSN (8), the resource manager id (1), the message length (4) and the
 //! message (UTF-8).
+//!
+//! A **batch** rebuilds several pages in one round trip (bulk reads): the
+//! request is magic `BATCH_MAGIC` (4), the item count (4), then per item its
+//! length (4) and a request as above; the reply is tag `REPLY_BATCH` (1),
+//! the count (4), then per item its length (4) and a reply as above, in the
+//! order of the items. An item's error does not fail the others.
 
 use std::fmt;
 
@@ -50,6 +56,19 @@ pub const REPLY_OK: u8 = 0;
 pub const REPLY_ERR: u8 = 1;
 /// Reply tag: the error of a record rejected before redo follows.
 pub const REPLY_REJECTED: u8 = 2;
+
+/// First four bytes of an encoded batch request: "RDQB".
+pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"RDQB");
+
+/// Reply tag: the replies of a batch follow.
+pub const REPLY_BATCH: u8 = 3;
+
+/// Bytes of a batch request or reply before its items (magic or tag, count).
+pub const BATCH_HEADER_LEN: usize = 4 + 4;
+/// Bytes before each item of a batch (its length).
+pub const BATCH_ITEM_HEADER_LEN: usize = 4;
+/// Room for an item's error message in a batch reply (longer ones are cut).
+pub const BATCH_ERROR_ROOM: usize = 1024;
 
 /// Bytes of a request before the base image: magic, flags, target, base flag.
 pub const REQUEST_HEADER_LEN: usize = 4 + 4 + 4 + 4 + 4 + 1 + 4 + 1;
@@ -141,6 +160,11 @@ pub enum DecodeError {
     MessageNotUtf8,
     /// Bytes left over after the last field.
     TrailingBytes(usize),
+    /// A batch reply with another number of replies than the batch had items.
+    WrongCount {
+        expected: usize,
+        got: usize,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -158,6 +182,7 @@ impl fmt::Display for DecodeError {
             DecodeError::TrailingBytes(n) => {
                 write!(f, "{n} bytes after the end of the redo message")
             }
+            DecodeError::WrongCount { expected, got } => write!(f, "a redo batch of {expected} pages got {got} replies"),
         }
     }
 }
@@ -396,6 +421,112 @@ pub(crate) fn decode_reply_into(bytes: &[u8], page: &mut [u8; PAGE_SIZE]) -> Res
     Err(decode_reply(bytes))
 }
 
+/// One page of a batch: what a [`RedoRequest`] holds, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchItem<'a, R = Vec<u8>> {
+    pub target: RelBlock,
+    pub base_image: Option<&'a [u8; PAGE_SIZE]>,
+    pub records: &'a [RedoRecord<R>],
+}
+
+/// Encoded size of a batch of these items.
+pub fn encoded_batch_len<R: AsRef<[u8]>>(items: &[BatchItem<'_, R>]) -> usize {
+    BATCH_HEADER_LEN + items.iter().map(|i| BATCH_ITEM_HEADER_LEN + encoded_request_len(i.base_image.is_some(), i.records)).sum::<usize>()
+}
+
+/// Encoded size of the reply to a batch of `count` items that all succeed
+/// (an error reply is at most as long, with [`BATCH_ERROR_ROOM`]).
+pub fn encoded_batch_reply_len(count: usize) -> usize {
+    BATCH_HEADER_LEN + count * (BATCH_ITEM_HEADER_LEN + REPLY_OK_LEN.max(REPLY_ERR_HEADER_LEN + BATCH_ERROR_ROOM))
+}
+
+/// Writes a batch request into `buf`; returns the bytes used.
+pub fn encode_batch_into<R: AsRef<[u8]>>(items: &[BatchItem<'_, R>], buf: &mut [u8]) -> Result<usize, BufferTooSmall> {
+    let needed = encoded_batch_len(items);
+    if needed > buf.len() || items.len() > u32::MAX as usize {
+        return Err(BufferTooSmall { needed, available: buf.len() });
+    }
+    buf[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+    buf[4..8].copy_from_slice(&(items.len() as u32).to_le_bytes());
+    let mut pos = BATCH_HEADER_LEN;
+    for item in items {
+        let len = encode_request_parts(&item.target, item.base_image, item.records, 0, &mut buf[pos + BATCH_ITEM_HEADER_LEN..])?;
+        buf[pos..pos + BATCH_ITEM_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        pos += BATCH_ITEM_HEADER_LEN + len;
+    }
+    debug_assert_eq!(pos, needed);
+    Ok(pos)
+}
+
+/// True if `bytes` start like a batch request.
+pub fn is_batch(bytes: &[u8]) -> bool {
+    bytes.get(0..4) == Some(&BATCH_MAGIC.to_le_bytes()[..])
+}
+
+/// Decodes and validates a whole batch request; the views borrow `bytes`.
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<RedoRequestView<'_>>, DecodeError> {
+    let mut r = Reader { bytes, pos: 0 };
+    let magic = r.u32("batch magic")?;
+    if magic != BATCH_MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    let count = r.u32("batch count")?;
+    let mut items = Vec::with_capacity((count as usize).min(bytes.len() / REQUEST_HEADER_LEN));
+    for _ in 0..count {
+        let len = r.u32("batch item length")? as usize;
+        items.push(decode_request(r.take(len, "batch item")?)?);
+    }
+    r.finish()?;
+    Ok(items)
+}
+
+/// One item's outcome in a batch reply: the page, or (LSN, resource manager,
+/// message, rejected) as in [`encode_reply_err`].
+pub type BatchItemReply<'a> = Result<&'a [u8; PAGE_SIZE], (u64, u8, &'a str, bool)>;
+
+/// Writes a batch reply (one entry per item, in order); error messages are
+/// cut to [`BATCH_ERROR_ROOM`] bytes. Returns the bytes used.
+pub fn encode_batch_reply(replies: &[BatchItemReply<'_>], buf: &mut [u8]) -> Result<usize, BufferTooSmall> {
+    let needed = encoded_batch_reply_len(replies.len());
+    if needed > buf.len() || replies.len() > u32::MAX as usize {
+        return Err(BufferTooSmall { needed, available: buf.len() });
+    }
+    buf[0] = REPLY_BATCH;
+    buf[1..5].copy_from_slice(&(replies.len() as u32).to_le_bytes());
+    let mut pos = 1 + 4;
+    for reply in replies {
+        let item = &mut buf[pos + BATCH_ITEM_HEADER_LEN..];
+        let len = match reply {
+            Ok(page) => encode_reply_ok(page, item)?,
+            Err((lsn, rmgr, message, rejected)) => {
+                let room = (REPLY_ERR_HEADER_LEN + BATCH_ERROR_ROOM).min(item.len());
+                encode_reply_err(*lsn, *rmgr, message, *rejected, &mut item[..room])?
+            }
+        };
+        buf[pos..pos + BATCH_ITEM_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        pos += BATCH_ITEM_HEADER_LEN + len;
+    }
+    Ok(pos)
+}
+
+/// Decodes a whole batch reply: one reply per item, in order. A single
+/// reply in its place (an error for the whole batch, e.g. a malformed
+/// request) is returned as `Err(Ok(reply))`.
+pub fn decode_batch_reply(bytes: &[u8]) -> Result<Vec<RedoReply>, Result<RedoReply, DecodeError>> {
+    if bytes.first() != Some(&REPLY_BATCH) {
+        return Err(decode_reply(bytes));
+    }
+    let mut r = Reader { bytes, pos: 1 };
+    let count = r.u32("batch reply count").map_err(Err)?;
+    let mut replies = Vec::with_capacity((count as usize).min(bytes.len() / REPLY_OK_LEN + 1));
+    for _ in 0..count {
+        let len = r.u32("batch reply item length").map_err(Err)? as usize;
+        replies.push(decode_reply(r.take(len, "batch reply item").map_err(Err)?).map_err(Err)?);
+    }
+    r.finish().map_err(Err)?;
+    Ok(replies)
+}
+
 struct Writer<'a> {
     buf: &'a mut [u8],
     pos: usize,
@@ -611,5 +742,51 @@ mod tests {
         let mut ok = vec![0u8; REPLY_OK_LEN + 1];
         ok[0] = REPLY_OK;
         assert_eq!(decode_reply(&ok).unwrap_err(), DecodeError::TrailingBytes(1));
+    }
+
+    #[test]
+    fn batches_round_trip_item_by_item() {
+        let requests = [sample_request(true, 3), sample_request(false, 1), sample_request(true, 0)];
+        let items: Vec<BatchItem<'_>> =
+            requests.iter().map(|r| BatchItem { target: r.target, base_image: r.base_image.as_deref(), records: &r.records }).collect();
+        let mut buf = vec![0u8; encoded_batch_len(&items)];
+        let n = encode_batch_into(&items, &mut buf).unwrap();
+        assert_eq!(n, buf.len());
+        assert!(is_batch(&buf) && !is_batch(&encode_request(&requests[0])));
+        let views = decode_batch(&buf).unwrap();
+        // Batch items carry no flags.
+        let expected: Vec<RedoRequest> = requests.iter().map(|r| RedoRequest { flags: 0, ..r.clone() }).collect();
+        assert!(views.iter().map(|v| v.to_request()).eq(expected), "batch items differ from the requests");
+        // Too small a buffer, a cut batch, a bad item, trailing bytes.
+        assert!(encode_batch_into(&items, &mut buf[..n - 1]).is_err());
+        assert!(matches!(decode_batch(&buf[..n - 1]), Err(DecodeError::Truncated { .. })));
+        let mut bad = buf.clone();
+        bad[BATCH_HEADER_LEN + BATCH_ITEM_HEADER_LEN] ^= 0xff;
+        assert!(matches!(decode_batch(&bad), Err(DecodeError::BadMagic(_))));
+        buf.push(0);
+        assert_eq!(decode_batch(&buf).unwrap_err(), DecodeError::TrailingBytes(1));
+    }
+
+    #[test]
+    fn batch_replies_carry_pages_and_errors_in_order() {
+        let page_a = [1u8; PAGE_SIZE];
+        let page_b = [2u8; PAGE_SIZE];
+        let long = "x".repeat(5000);
+        let replies: Vec<BatchItemReply<'_>> =
+            vec![Ok(&page_a), Err((9, 10, long.as_str(), false)), Ok(&page_b), Err((3, 11, "bad", true))];
+        let mut buf = vec![0u8; encoded_batch_reply_len(replies.len())];
+        let n = encode_batch_reply(&replies, &mut buf).unwrap();
+        let got = decode_batch_reply(&buf[..n]).unwrap();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], RedoReply::Ok(Box::new(page_a)));
+        let RedoReply::Err { lsn: 9, rmgr: 10, message, rejected: false } = &got[1] else { panic!("{:?}", got[1]) };
+        assert!(message.len() <= BATCH_ERROR_ROOM && message.ends_with('…'));
+        assert_eq!(got[2], RedoReply::Ok(Box::new(page_b)));
+        assert_eq!(got[3], RedoReply::Err { lsn: 3, rmgr: 11, message: "bad".into(), rejected: true });
+        // A single reply in place of a batch reply is handed back as such.
+        let mut single = vec![0u8; 64];
+        let m = encode_reply_err(1, 2, "malformed", true, &mut single).unwrap();
+        assert!(matches!(decode_batch_reply(&single[..m]), Err(Ok(RedoReply::Err { .. }))));
+        assert!(matches!(decode_batch_reply(&buf[..n - 1]), Err(Err(DecodeError::Truncated { .. }))));
     }
 }

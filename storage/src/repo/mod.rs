@@ -80,7 +80,7 @@ pub use gc::GcStats;
 pub use image_import::ImageImport;
 pub use layer_file::{LayerKind, LayerName, LsnRange};
 pub use layer_work::{GcChange, LayerSwap, LayerWork, LayerWorkGrant};
-pub use reconstruct::{Redo, RedoError, RedoFailure};
+pub use reconstruct::{Redo, RedoError, RedoFailure, RedoItem};
 pub use repository::Repository;
 pub use timeline::{BackpressureStats, Timeline, TimelineWriter};
 

@@ -21,6 +21,21 @@ pub trait Redo: Send + Sync {
     /// record is will-init, or when no older version exists) and returns the
     /// value of `key` after the last record.
     fn apply(&self, key: Key, base: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, RedoError>;
+
+    /// [`apply`](Self::apply) for several keys at once (a bulk read's), one
+    /// result per item in order. By default one `apply` each; the redo
+    /// workers' implementation sends many pages per round trip.
+    fn apply_many(&self, items: &[RedoItem<'_>]) -> Vec<Result<Bytes, RedoError>> {
+        items.iter().map(|item| self.apply(item.key, item.base.clone(), item.records)).collect()
+    }
+}
+
+/// One key's redo in [`Redo::apply_many`]: as the arguments of [`Redo::apply`].
+#[derive(Clone, Copy, Debug)]
+pub struct RedoItem<'a> {
+    pub key: Key,
+    pub base: &'a Option<Bytes>,
+    pub records: &'a [(Lsn, WalRecordValue)],
 }
 
 /// Why PostgreSQL's redo of a record failed (in a redo worker), naming the record.
@@ -88,6 +103,9 @@ impl From<&str> for RedoError {
     }
 }
 
+/// A base (if any) and the records to apply to it, in increasing LSN order.
+pub(crate) type RedoInput = (Option<Bytes>, Vec<(Lsn, WalRecordValue)>);
+
 /// The versions gathered by one read.
 #[derive(Default, Debug)]
 pub(crate) struct Collector {
@@ -147,6 +165,17 @@ impl Collector {
         if !self.done {
             self.stop_at_floor();
         }
+    }
+
+    /// What the walk found: the value if no redo is needed (`None` if the
+    /// key has no version), otherwise the base and the records in
+    /// increasing LSN order.
+    pub fn into_redo_input(mut self) -> std::result::Result<Option<Bytes>, RedoInput> {
+        if self.records.is_empty() {
+            return Ok(self.base.map(|(_, page)| page));
+        }
+        self.records.reverse();
+        Err((self.base.map(|(_, page)| page), self.records))
     }
 
     /// Runs redo; `None` if the key has no version.

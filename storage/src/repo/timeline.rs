@@ -32,7 +32,7 @@ use super::index::IndexFile;
 use super::inmem_layer::InMemoryLayer;
 use super::layer_file::{BlockCache, LayerKind, LayerName, LayerWriter};
 use super::layer_map::{LayerMap, PersistentLayer};
-use super::reconstruct::{with_checksum, Collector, Redo};
+use super::reconstruct::{with_checksum, Collector, Redo, RedoItem};
 use super::{CrashPoints, RepoConfig, RepoError, Result, TimelineId};
 use crate::key::{Key, KeyRange};
 use crate::lsn::Lsn;
@@ -346,13 +346,29 @@ impl Timeline {
         drop(blocks);
         let gathered = Instant::now();
         stats.gather = gathered - started;
-        let values = collectors
-            .into_iter()
-            .map(|(key, collected)| match collected {
-                Ok(collector) => self.reconstruct(key, collector),
-                Err(cached) => Ok(Some(cached)),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The keys that need redo go to the redo workers together. A stored
+        // image (a page from a record's full-page image, say) gets its
+        // checksum like a rebuilt page.
+        let checksummed = |key: Key, page: Bytes| if self.shared.conf.data_checksums { with_checksum(key, page) } else { page };
+        let mut values = Vec::with_capacity(keys.len());
+        let mut pending = Vec::new();
+        for (key, collected) in collectors {
+            match collected.map(Collector::into_redo_input) {
+                Err(cached) => values.push(Some(cached)),
+                Ok(Ok(value)) => values.push(value.map(|page| checksummed(key, page))),
+                Ok(Err((base, records))) => {
+                    pending.push((values.len(), key, base, records));
+                    values.push(None);
+                }
+            }
+        }
+        let items: Vec<RedoItem<'_>> = pending.iter().map(|(_, key, base, records)| RedoItem { key: *key, base, records }).collect();
+        let rebuilt = self.shared.redo.apply_many(&items);
+        for ((index, key, _, records), page) in pending.iter().zip(rebuilt) {
+            let lsn = records.last().map(|(lsn, _)| *lsn).unwrap_or_default();
+            let page = page.map_err(|error| RepoError::Redo { key: *key, lsn, error })?;
+            values[*index] = Some(checksummed(*key, page));
+        }
         stats.redo = gathered.elapsed();
         Ok((values, stats))
     }

@@ -387,6 +387,22 @@ fn main() -> Result<()> {
         .sql_one(&format!("SELECT layer_bytes FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))?
         .context("NULL layer_bytes")?
         .parse()?;
+    let timeline_dir = host.data_dir().join("pageserver/tenants").join(&tenant).join("timelines").join(&timeline);
+    let by_kind: Vec<String> = ["I_", "D0_", "D1_"]
+        .iter()
+        .map(|prefix| -> Result<String> {
+            let (mut files, mut bytes) = (0, 0);
+            for entry in std::fs::read_dir(&timeline_dir).with_context(|| format!("listing {}", timeline_dir.display()))? {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().starts_with(prefix) {
+                    files += 1;
+                    bytes += entry.metadata()?.len();
+                }
+            }
+            Ok(format!("{prefix}*: {files} files, {:.0} MiB", bytes as f64 / (1 << 20) as f64))
+        })
+        .collect::<Result<_>>()?;
+    eprintln!("layer files by kind: {}", by_kind.join("; "));
     let x_segment = first_text(&mut pc, &format!("SELECT pg_walfile_name('{x}')"))?.context("no segment")?;
     let repo = backrest.repo();
     let backup_bytes = dir_bytes(&repo.join("backup"), &|_| true)?;
