@@ -20,6 +20,7 @@ pub static CHECKPOINT_DISTANCE_MB: GucSetting<i32> = GucSetting::<i32>::new(256)
 pub static CHECKPOINT_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static COMPACTION_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static IMAGE_CREATION_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static IMAGE_LAYER_DISTANCE_MB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static GC_HORIZON_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static PITR_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static PAGE_CACHE_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
@@ -117,6 +118,14 @@ pub fn define() {
         GucFlags::default(),
     );
     repo_int(
+        c"pageserver.image_layer_distance",
+        c"WAL above a key range's latest image after which it gets a new image layer (0: only by image_creation_threshold).",
+        &IMAGE_LAYER_DISTANCE_MB,
+        0,
+        1024 * 1024,
+        GucFlags::UNIT_MB,
+    );
+    repo_int(
         c"pageserver.gc_horizon",
         c"WAL kept readable behind each timeline's last record LSN.",
         &GC_HORIZON_MB,
@@ -179,6 +188,7 @@ pub fn repo_config() -> storage::repo::RepoConfig {
         checkpoint_timeout: secs(CHECKPOINT_TIMEOUT_S.get()),
         compaction_threshold: COMPACTION_THRESHOLD.get() as usize,
         image_creation_threshold: IMAGE_CREATION_THRESHOLD.get() as usize,
+        image_layer_distance: mb(IMAGE_LAYER_DISTANCE_MB.get()),
         gc_horizon: mb(GC_HORIZON_MB.get()),
         pitr_interval: secs(PITR_INTERVAL_S.get()),
         page_cache_bytes: mb(PAGE_CACHE_SIZE_MB.get()),

@@ -127,6 +127,7 @@ mod tests {
         assert_eq!(get("pageserver.redo_workers"), "2");
         assert_eq!(get("pageserver.remote_storage"), "");
         assert_eq!(get("pageserver.compaction_period"), "20s");
+        assert_eq!(get("pageserver.image_layer_distance"), "1GB");
         assert_eq!(get("pageserver.layers_fault"), "");
     }
 }

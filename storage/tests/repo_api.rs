@@ -270,6 +270,40 @@ fn image_creation_counts_only_deltas_that_hold_a_partitions_keys() {
     }
 }
 
+#[test]
+fn images_come_at_least_every_image_layer_distance_of_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    // Never by depth here: by distance alone.
+    let conf = RepoConfig { compaction_threshold: 1000, image_creation_threshold: 1000, image_layer_distance: 0x300, ..small_config() };
+    let repo = open(dir.path(), conf);
+    let timeline = repo.create_timeline(TimelineId(1)).unwrap();
+    let rel = RelTag::new(1663, 5, 16384, 0);
+    let keys: Vec<Key> = (0..12).map(|blkno| Key::rel_block(rel, blkno)).collect();
+    let write_layer = |lsn: u64, which: &[usize]| {
+        let versions: Vec<(Key, Value)> = which.iter().map(|&k| (keys[k], Value::Image(Bytes::from(vec![lsn as u8; 64])))).collect();
+        ingest(&timeline, Lsn(lsn), &versions).unwrap();
+        timeline.writer().freeze().unwrap();
+        timeline.flush_frozen_layers().unwrap();
+    };
+    let all: Vec<usize> = (0..keys.len()).collect();
+    write_layer(0x100, &all);
+    write_layer(0x200, &all);
+    assert_eq!(timeline.create_image_layers().unwrap(), 0, "0x100 of WAL since the oldest delta");
+    write_layer(0x400, &all);
+    assert_eq!(timeline.create_image_layers().unwrap(), 2, "0x300 since the oldest delta: both partitions");
+    write_layer(0x500, &[0]);
+    write_layer(0x600, &[0]);
+    assert_eq!(timeline.create_image_layers().unwrap(), 0, "0x200 since the images");
+    write_layer(0x700, &[0]);
+    assert_eq!(timeline.create_image_layers().unwrap(), 1, "0x300 since the images, new versions in the first partition only");
+    let images: Vec<Lsn> = timeline.layer_names().iter().filter(|n| n.is_image()).map(|n| n.image_lsn()).collect();
+    assert_eq!(images.iter().filter(|l| **l == Lsn(0x700)).count(), 1, "{images:?}");
+    for (k, key) in keys.iter().enumerate() {
+        let lsn = if k == 0 { 0x700 } else { 0x400 };
+        assert_eq!(timeline.get(*key, Lsn(0x700)).unwrap(), Some(Bytes::from(vec![lsn as u8; 64])), "key {k}");
+    }
+}
+
 /// With `data_checksums`, every relation page a read returns verifies, be it
 /// a stored image (a full-page image carries a stale checksum) or a page
 /// rebuilt by redo; other keys and new pages are returned as stored.

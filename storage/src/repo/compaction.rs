@@ -12,7 +12,9 @@
 //! **Image layers.** The keys existing at `disk_consistent_lsn` are cut into
 //! partitions of about `target_file_size` of pages, the partitions together
 //! covering the whole key space. A partition whose delta depth (delta layers
-//! with versions above its newest image) reaches `image_creation_threshold`
+//! with versions above its newest image) reaches `image_creation_threshold`,
+//! or that has such deltas and whose newest image (oldest such delta, if it
+//! has no image) lies `image_layer_distance` or more of WAL below,
 //! gets an image layer at `disk_consistent_lsn` holding the materialized value
 //! of each of its keys, rebuilt with a bulk read (`bulk_read.rs`: parallel
 //! batches, each layer-file block read once per batch). A delta layer counts towards a partition's depth only
@@ -208,6 +210,7 @@ impl LayerWork<'_> {
                 continue;
             }
             let mut depth = 0;
+            let mut oldest_delta = lsn;
             for l in &map.historic {
                 if l.name.kind == LayerKind::Delta
                     && l.name.key_range.overlaps(&partition)
@@ -216,9 +219,12 @@ impl LayerWork<'_> {
                     && l.reader()?.has_key_in(&partition)?
                 {
                     depth += 1;
+                    oldest_delta = oldest_delta.min(l.name.lsn_range.start);
                 }
             }
-            if depth < conf.image_creation_threshold.max(1) {
+            let since = lsn.0.saturating_sub(newest_image.unwrap_or(oldest_delta).0);
+            let far = conf.image_layer_distance > 0 && since >= conf.image_layer_distance;
+            if depth == 0 || (depth < conf.image_creation_threshold.max(1) && !far) {
                 continue;
             }
             let name = LayerName {

@@ -117,6 +117,14 @@ pub struct RepoConfig {
     pub compaction_threshold: usize,
     /// Create an image layer for a key range once this many delta layers lie above its latest image.
     pub image_creation_threshold: usize,
+    /// ... or once this much WAL (bytes of LSN; 0 = never) lies between its
+    /// latest image (or its oldest delta, if it has none) and the
+    /// `disk_consistent_lsn` where the new image would go, and some delta
+    /// above the image holds one of its keys. This bounds what a read
+    /// replays: a read at LSN L of a retained history finds an image of its
+    /// key range no further below L than this distance plus the WAL not yet
+    /// flushed and ingested since the last pass of the layers worker.
+    pub image_layer_distance: u64,
     /// GC keeps what reads at `last_record_lsn - gc_horizon` and later need ...
     pub gc_horizon: u64,
     /// ... and what reads at the LSN of `now - pitr_interval` and later need (the older of the two wins).
@@ -155,6 +163,7 @@ impl Default for RepoConfig {
             target_file_size: 128 * 1024 * 1024,
             compaction_threshold: 10,
             image_creation_threshold: 3,
+            image_layer_distance: 1024 * 1024 * 1024,
             gc_horizon: 64 * 1024 * 1024,
             pitr_interval: Duration::from_secs(7 * 24 * 3600),
             page_cache_bytes: 64 * 1024 * 1024,

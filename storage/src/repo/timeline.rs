@@ -289,7 +289,13 @@ impl Timeline {
         let final_lsn = lsn <= self.last_record_lsn();
         let collector = self.collect(key, lsn, check_cutoff, cached, None)?;
         let newest_record = collector.records.first().map(|(lsn, _)| *lsn);
-        let page = self.reconstruct(key, collector)?;
+        let mut page = self.reconstruct(key, collector)?;
+        if newest_record.is_none() && final_lsn {
+            // A value read as stored is a slice of its layer-file block (16
+            // KiB or more once decompressed): the cache keeps a copy of the
+            // value alone, not the whole block.
+            page = page.map(|value| Bytes::copy_from_slice(&value));
+        }
         if let (Some(record_lsn), Some(page)) = (newest_record, &page) {
             self.shared.page_cache.insert(self.id, key, record_lsn, page.clone());
         }

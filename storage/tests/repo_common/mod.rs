@@ -116,6 +116,7 @@ pub fn small_config() -> RepoConfig {
         target_file_size: 48 * 1024,
         compaction_threshold: 3,
         image_creation_threshold: 2,
+        image_layer_distance: 0,
         gc_horizon: 0,
         pitr_interval: Duration::ZERO,
         // Small, so that eviction happens too.
