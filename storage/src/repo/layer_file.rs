@@ -108,12 +108,19 @@ const ENTRY_HEADER_SIZE: usize = KEY_SIZE + 8 + 1 + 4;
 /// 8.5, 9.5, 10.0 and 10.3 times (version 1: not at all) while reading one
 /// block costs 7.5, 10, 15, 26 and 46 µs; an image layer shrinks 9.9, 12.9,
 /// 15.2, 16.5 and 17.2 times (version 1: 10.6) while a page lookup costs
-/// 5.8, 7.8, 12, 21 and 39 µs (version 1: 6.3). 16 KiB keeps page lookups
-/// near version 1's cost for most of the compression larger blocks give.
-pub const BLOCK_TARGET_SIZE: usize = 16 * 1024;
-/// The zstd level of block compression: the fastest, as layers are written
-/// on the ingest path (flush) and by compaction.
-pub const BLOCK_ZSTD_LEVEL: i32 = 1;
+/// 5.8, 7.8, 12, 21 and 39 µs (version 1: 6.3). On real layers (the
+/// history `pitr_bench` leaves: pgbench scale 64 and 1 GiB of WAL; 158 MiB
+/// of images, 136 MiB of deltas at 16 KiB and level 1) 32 KiB blocks at
+/// level 3 take 117 and 104 MiB, a quarter less, for the compression CPU
+/// 16 KiB blocks at level 1 took (fewer, larger frames) and a quarter to a third
+/// less decompression CPU per byte; a lookup of one page in an image layer
+/// decompresses 32 KiB instead of 16 (a few µs more).
+pub const BLOCK_TARGET_SIZE: usize = 32 * 1024;
+/// The zstd level of block compression. Level 3 shrinks real layers about
+/// 10% more than level 1 (index pages most) and costs about 15% more
+/// compression CPU (layers are written on the ingest path by flush and in
+/// the background by the layers worker); decompression costs the same.
+pub const BLOCK_ZSTD_LEVEL: i32 = 3;
 /// Block flag: the stored bytes are a zstd frame of the payload.
 const BLOCK_FLAG_ZSTD: u32 = 0x01;
 /// Entry flag: the value is compressed on its own (written by version 1 only).
