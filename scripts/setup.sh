@@ -6,6 +6,10 @@ set -euo pipefail
 PG_MAJOR=15
 PGRX_VERSION=0.18.0
 PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# The S3-compatible server the tests start on loopback (PyPI moto[server]),
+# in a virtualenv of its own; pageserver_harness::s3 looks for it there.
+MOTO_VERSION=5.2.1
+MOTO_VENV=/opt/pageserver_ext/moto
 
 log() { printf '\n== setup: %s\n' "$*"; }
 
@@ -43,6 +47,29 @@ stop_debian_default_cluster() {
   fi
 }
 
+python_with_venv() {
+  command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null
+}
+
+install_moto() {
+  if [ -x "$MOTO_VENV/bin/moto_server" ] &&
+     "$MOTO_VENV/bin/python" -c "import sys, moto; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    log "moto $MOTO_VERSION (S3 server for tests) already installed"
+    return
+  fi
+  if ! python_with_venv; then
+    log "installing Debian's python3 and python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends python3 python3-venv
+  fi
+  log "installing moto[server] $MOTO_VERSION (S3 server for tests) into $MOTO_VENV"
+  rm -rf "$MOTO_VENV"
+  mkdir -p "$(dirname "$MOTO_VENV")"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
 install_cargo_pgrx() {
   if command -v cargo-pgrx >/dev/null && cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
     log "cargo-pgrx $PGRX_VERSION already installed"
@@ -77,6 +104,7 @@ main() {
   need_root
   install_debian_packages
   stop_debian_default_cluster
+  install_moto
   install_cargo_pgrx
   init_pgrx
   make_postgres_user_able_to_read "$(cd "$(dirname "$0")/.." && pwd)"

@@ -22,10 +22,13 @@
 //!   servers are still stopped) so logs and data can be inspected.
 //! - `PS_PG_BIN` overrides the binary directory (default
 //!   `/usr/lib/postgresql/15/bin`).
+//! - [`s3::S3Server`] runs a real S3-compatible server (moto) on loopback;
+//!   `PS_MOTO_SERVER` overrides its program.
 
 pub mod as_postgres;
 pub mod cluster;
 pub mod process;
+pub mod s3;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};

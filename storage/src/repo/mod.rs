@@ -175,6 +175,34 @@ impl Default for RepoConfig {
     }
 }
 
+/// A tenant's identifier: 128 bits printed as 32 hexadecimal digits, like
+/// a timeline's, but a type of its own so that the two cannot be mixed up.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(pub u128);
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for TenantId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TenantId, String> {
+        let bad = || format!("tenant id \"{s}\" is not 32 hexadecimal digits");
+        if s.len() != 32 {
+            return Err(bad());
+        }
+        u128::from_str_radix(s, 16).map(TenantId).map_err(|_| bad())
+    }
+}
+
 /// A timeline's identifier: 128 bits, printed as 32 hexadecimal digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimelineId(pub u128);

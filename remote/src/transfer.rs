@@ -1,0 +1,222 @@
+//! [`RemoteStorage`]: puts, gets, deletes and lists on one store, and the
+//! file transfers built on them. Files are streamed in chunks of
+//! [`CHUNK_BYTES`]; a file larger than one chunk goes up as a multipart
+//! upload (at most [`UPLOAD_CONCURRENCY`] parts in flight), so memory stays
+//! bounded whatever the layer size. A download is written to
+//! `<target>.download`, checked (size and CRC32C), fsynced and renamed, so
+//! the target name only ever holds verified bytes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::{RemoteError, Result};
+
+/// Bytes read from a file, or written to the store, per step.
+pub const CHUNK_BYTES: usize = 8 << 20;
+/// Parts of one multipart upload in flight at once.
+pub const UPLOAD_CONCURRENCY: usize = 4;
+
+/// Bytes moved and their CRC32C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transferred {
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+/// An object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub path: ObjectPath,
+    pub size: u64,
+}
+
+/// One object store, under its prefix.
+#[derive(Clone)]
+pub struct RemoteStorage {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for RemoteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteStorage({})", self.description)
+    }
+}
+
+impl RemoteStorage {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, description: String) -> RemoteStorage {
+        RemoteStorage { store, description }
+    }
+
+    /// The URL and option keys (no secrets), for messages.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub async fn put_bytes(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+        self.store.put(path, PutPayload::from(bytes)).await.map_err(|e| RemoteError::store("put", path, e))?;
+        Ok(())
+    }
+
+    pub async fn get_bytes(&self, path: &ObjectPath) -> Result<Bytes> {
+        let result = self.store.get(path).await.map_err(|e| RemoteError::store("get", path, e))?;
+        result.bytes().await.map_err(|e| RemoteError::store("get", path, e))
+    }
+
+    /// Deletes an object; deleting one that does not exist succeeds (a
+    /// repeated deletion after a crash is not an error).
+    pub async fn delete(&self, path: &ObjectPath) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(RemoteError::store("delete", path, e)),
+        }
+    }
+
+    /// The size of an object, or `NotFound`.
+    pub async fn head(&self, path: &ObjectPath) -> Result<u64> {
+        let meta = self.store.head(path).await.map_err(|e| RemoteError::store("head", path, e))?;
+        Ok(meta.size)
+    }
+
+    /// Every object under `prefix`, in no particular order.
+    pub async fn list(&self, prefix: &ObjectPath) -> Result<Vec<ObjectInfo>> {
+        let mut stream = self.store.list(Some(prefix));
+        let mut objects = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| RemoteError::store("list", prefix, e))?;
+            objects.push(ObjectInfo { path: meta.location, size: meta.size });
+        }
+        Ok(objects)
+    }
+
+    /// Uploads a local file as `path`, returning its size and CRC32C.
+    pub async fn upload_file(&self, local: &Path, path: &ObjectPath) -> Result<Transferred> {
+        let mut file = tokio::fs::File::open(local).await.map_err(RemoteError::local("opening", local))?;
+        let first = read_chunk(&mut file, local).await?;
+        let mut sent = Transferred { size: first.len() as u64, crc32c: crc32c::crc32c(&first) };
+        if first.len() < CHUNK_BYTES {
+            self.put_bytes(path, first).await?;
+            return Ok(sent);
+        }
+        let upload = self.store.put_multipart(path).await.map_err(|e| RemoteError::store("put", path, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK_BYTES);
+        writer.put(first);
+        let result: Result<()> = async {
+            loop {
+                writer.wait_for_capacity(UPLOAD_CONCURRENCY).await.map_err(|e| RemoteError::store("put", path, e))?;
+                let chunk = read_chunk(&mut file, local).await?;
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                sent.size += chunk.len() as u64;
+                sent.crc32c = crc32c::crc32c_append(sent.crc32c, &chunk);
+                writer.put(chunk);
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                writer.finish().await.map_err(|e| RemoteError::store("put", path, e))?;
+                Ok(sent)
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Downloads `path` into `local`, checking it against `expected` (size
+    /// and CRC32C) when given; returns what it received. Nothing is left
+    /// under `local` unless the check passed.
+    pub async fn download_file(&self, path: &ObjectPath, local: &Path, expected: Option<Transferred>) -> Result<Transferred> {
+        let partial = partial_path(local);
+        let outcome = self.download_into(path, &partial, expected).await;
+        match outcome {
+            Ok(got) => {
+                tokio::fs::rename(&partial, local).await.map_err(RemoteError::local("renaming the download to", local))?;
+                if let Some(dir) = local.parent() {
+                    sync_dir(dir).await?;
+                }
+                Ok(got)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn download_into(&self, path: &ObjectPath, partial: &Path, expected: Option<Transferred>) -> Result<Transferred> {
+        let result = self.store.get(path).await.map_err(|e| RemoteError::store("get", path, e))?;
+        let mut stream = result.into_stream();
+        let mut file = tokio::fs::File::create(partial).await.map_err(RemoteError::local("creating", partial))?;
+        let mut got = Transferred { size: 0, crc32c: 0 };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| RemoteError::store("get", path, e))?;
+            got.size += chunk.len() as u64;
+            got.crc32c = crc32c::crc32c_append(got.crc32c, &chunk);
+            if let Some(expected) = expected {
+                if got.size > expected.size {
+                    return Err(RemoteError::Corrupt {
+                        path: path.to_string(),
+                        what: format!("more than the {} bytes the index says", expected.size),
+                    });
+                }
+            }
+            file.write_all(&chunk).await.map_err(RemoteError::local("writing", partial))?;
+        }
+        if let Some(expected) = expected {
+            if got.size != expected.size {
+                return Err(RemoteError::Corrupt {
+                    path: path.to_string(),
+                    what: format!("{} bytes, the index says {}", got.size, expected.size),
+                });
+            }
+            if got.crc32c != expected.crc32c {
+                return Err(RemoteError::Corrupt {
+                    path: path.to_string(),
+                    what: format!("CRC32C {:08x}, the index says {:08x}", got.crc32c, expected.crc32c),
+                });
+            }
+        }
+        file.sync_all().await.map_err(RemoteError::local("syncing", partial))?;
+        Ok(got)
+    }
+}
+
+fn partial_path(local: &Path) -> PathBuf {
+    let mut name = local.file_name().unwrap_or_default().to_os_string();
+    name.push(".download");
+    local.with_file_name(name)
+}
+
+async fn read_chunk(file: &mut tokio::fs::File, local: &Path) -> Result<Bytes> {
+    let mut buf = Vec::with_capacity(CHUNK_BYTES);
+    while buf.len() < CHUNK_BYTES {
+        let read = (&mut *file)
+            .take((CHUNK_BYTES - buf.len()) as u64)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(RemoteError::local("reading", local))?;
+        if read == 0 {
+            break;
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(RemoteError::local("syncing directory", &dir))
+    })
+    .await
+    .expect("directory sync does not panic")
+}
