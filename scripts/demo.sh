@@ -5,8 +5,10 @@
 # stock primary, creates a tenant and a timeline fed by the primary, runs
 # pgbench while showing the page server's lag fall to zero, branches the
 # timeline at an LSN before pgbench, starts a stock PostgreSQL from the
-# branch's fullbackup and shows that it sees the data as of that LSN, then
-# stops everything and removes the directory.
+# branch's fullbackup and shows that it sees the data as of that LSN, shows
+# the backup worker's copy in object storage (a local directory unless
+# DEMO_REMOTE_STORAGE names another), then stops everything and removes the
+# directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -15,6 +17,8 @@ source scripts/lib.sh
 install_extension
 
 HOST_PORT=${DEMO_HOST_PORT:-5499}
+# Object storage for the backup worker; a directory inside the demo's unless given.
+REMOTE_STORAGE=${DEMO_REMOTE_STORAGE:-}
 LISTEN_ADDR=${DEMO_LISTEN_ADDR:-127.0.0.1:6400}   # the GUC's default
 demo=$(mktemp -d /tmp/pageserver-demo.XXXXXX)
 chown postgres: "$demo"
@@ -50,6 +54,9 @@ pageserver.listen_addr = '$LISTEN_ADDR'
 pageserver.checkpoint_distance = '8MB'
 pageserver.compaction_threshold = 3
 pageserver.compaction_period = '5s'
+# The backup worker copies layers and indexes here; primaries keep WAL
+# until it is in the bucket.
+pageserver.remote_storage = '${REMOTE_STORAGE:-file://$demo/bucket}'
 CONF
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" -l "$demo/host.log" -w start >/dev/null
 
@@ -128,6 +135,19 @@ done
 [ "$(host_psql -tA -c "$passes_sql")" -ge $((passes_before + 2)) ] || { echo "the layers worker ran no pass in 120 s" >&2; exit 1; }
 host_psql -c "SELECT kind, pid, activity FROM pageserver.status() WHERE kind IN ('main', 'layers')"
 host_psql -c "SELECT layer_files, pg_size_pretty(layer_bytes) AS layer_bytes, last_compaction FROM pageserver.timelines() WHERE timeline_id = '$timeline'"
+
+log "the backup worker copies the timeline to ${REMOTE_STORAGE:-file://$demo/bucket}"
+remote_sql="SELECT remote_consistent_lsn::pg_lsn >= disk_consistent_lsn::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '$timeline'"
+for _ in $(seq 600); do
+  [ "$(host_psql -tA -c "$remote_sql")" = t ] && break
+  sleep 0.1
+done
+[ "$(host_psql -tA -c "$remote_sql")" = t ] || { echo "the backup worker did not catch up in 60 s" >&2; exit 1; }
+host_psql -c "SELECT remote_consistent_lsn, uploaded_objects, pg_size_pretty(uploaded_bytes) AS uploaded, deleted_objects, last_error FROM pageserver.remote_timelines() WHERE timeline_id = '$timeline'"
+primary_psql -c "SELECT slot_name, restart_lsn AS \"restart_lsn (kept until in the bucket)\" FROM pg_replication_slots"
+if [ -z "$REMOTE_STORAGE" ]; then
+  echo "objects in the bucket: $(find "$demo/bucket" -type f | wc -l) ($(du -sh "$demo/bucket" | cut -f1)), among them $(find "$demo/bucket" -name 'index.json-*' -printf '%P\n')"
+fi
 
 log "branching the timeline at $before_lsn (before pgbench) and starting a stock PostgreSQL from its fullbackup"
 branch=$(host_psql -tA -c "SELECT timeline_id FROM pageserver.branch_timeline('$tenant', '$timeline', '$before_lsn')")

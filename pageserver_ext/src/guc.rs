@@ -14,6 +14,7 @@ pub static DATA_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static REDO_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static REDO_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static REMOTE_STORAGE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static REMOTE_STORAGE_OPTIONS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
 pub static WAIT_LSN_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 pub static CHECKPOINT_DISTANCE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
@@ -170,11 +171,21 @@ pub fn define() {
     );
     GucRegistry::define_string_guc(
         c"pageserver.remote_storage",
-        c"Object storage for layer backups; empty means none.",
-        c"Needs a restart.",
+        c"Object storage the backup worker copies layers and indexes to; empty means none.",
+        c"file:///absolute/dir, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix. \
+          With it set, primaries keep WAL until it is in the bucket. Checked at start; needs a restart.",
         &REMOTE_STORAGE,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pageserver.remote_storage_options",
+        c"Options of the object storage: comma-separated key=value (endpoint, region, access_key_id, ...).",
+        c"object_store's option names for the URL's backend; added to the provider's environment variables. \
+          Visible to superusers only (not in pg_settings or SHOW ALL). Needs a restart.",
+        &REMOTE_STORAGE_OPTIONS,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
 }
 

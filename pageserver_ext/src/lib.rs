@@ -45,8 +45,22 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     guc::define();
+    check_remote_storage();
     shmem::install_hooks();
     workers::register_all();
+}
+
+/// Refuses to start with a malformed `pageserver.remote_storage` (or
+/// options): the message names the setting and what is wrong, and never
+/// shows an option's value.
+fn check_remote_storage() {
+    let url = guc::string(&guc::REMOTE_STORAGE);
+    if url.is_empty() {
+        return;
+    }
+    if let Err(e) = remote::RemoteStorageConfig::parse(&url, &guc::string(&guc::REMOTE_STORAGE_OPTIONS)) {
+        error!("pageserver_ext: {e}");
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -138,7 +138,8 @@ fn tenants() -> TableIterator<'static, (name!(tenant_id, String),)> {
 /// disk, the primary's latest), lag in bytes, import progress, layer files
 /// and the last error (import, flush, or WAL receiver); whether compaction
 /// is running on it, how many passes have finished since the main worker
-/// started, and what the last one did.
+/// started, and what the last one did; with object storage configured, its
+/// `remote_consistent_lsn` (see `pageserver.remote_timelines()`).
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn timelines() -> TableIterator<
@@ -161,6 +162,7 @@ fn timelines() -> TableIterator<
         name!(compacting, bool),
         name!(compaction_passes, i64),
         name!(last_compaction, Option<String>),
+        name!(remote_consistent_lsn, Option<String>),
     ),
 > {
     let Reply::Timelines(rows) = call(&Command::ListTimelines) else { error!("unexpected reply from the main worker") };
@@ -185,6 +187,7 @@ fn timelines() -> TableIterator<
                     r.compacting,
                     r.compaction_passes,
                     r.last_compaction,
+                    r.remote_consistent_lsn,
                 )
             })
             .collect::<Vec<_>>(),

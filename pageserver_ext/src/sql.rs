@@ -52,6 +52,62 @@ fn status() -> TableIterator<
     TableIterator::new(rows)
 }
 
+/// One row per timeline the backup worker copies to object storage
+/// (`pageserver.remote_storage`; no rows without it): its
+/// `remote_consistent_lsn` (the `disk_consistent_lsn` of the newest index
+/// durable in the bucket, also what its primary is told is flushed), the
+/// objects and bytes waiting to go up now (layers plus the index), what was
+/// uploaded since the worker started and at what rate while uploads were in
+/// flight, the layer objects deleted after a newer index stopped naming
+/// them, when the last index became durable, and failed tries with the last
+/// error (empty once a try succeeds; tries repeat with a growing backoff).
+#[pg_extern(parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn remote_timelines() -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, String),
+        name!(timeline_id, String),
+        name!(remote_consistent_lsn, Option<String>),
+        name!(queued_objects, i64),
+        name!(queued_bytes, i64),
+        name!(uploaded_objects, i64),
+        name!(uploaded_bytes, i64),
+        name!(upload_mb_s, Option<f64>),
+        name!(deleted_objects, i64),
+        name!(last_index_upload, Option<TimestampWithTimeZone>),
+        name!(failed_tries, i64),
+        name!(last_error, Option<String>),
+    ),
+> {
+    let table = &crate::shmem::state().remote;
+    let rows: Vec<_> = if !table.enabled() {
+        Vec::new()
+    } else {
+        table
+            .statuses()
+            .into_iter()
+            .map(|r| {
+                (
+                    format!("{:032x}", r.tenant),
+                    format!("{:032x}", r.timeline),
+                    (r.remote_consistent_lsn != 0).then(|| storage::lsn::Lsn(r.remote_consistent_lsn).to_string()),
+                    r.queued_objects as i64,
+                    r.queued_bytes as i64,
+                    r.uploaded_objects as i64,
+                    r.uploaded_bytes as i64,
+                    (r.upload_micros > 0).then(|| r.uploaded_bytes as f64 / r.upload_micros as f64),
+                    r.deleted_objects as i64,
+                    (r.last_index_unix_ms > 0).then(|| unix_us_to_timestamptz(r.last_index_unix_ms as i64 * 1000)),
+                    r.errors as i64,
+                    (!r.last_error.is_empty()).then_some(r.last_error),
+                )
+            })
+            .collect()
+    };
+    TableIterator::new(rows)
+}
+
 fn unix_us_to_timestamptz(us: i64) -> TimestampWithTimeZone {
     // PostgreSQL counts from 2000-01-01; Unix from 1970-01-01.
     const PG_EPOCH_OFFSET_US: i64 = 946_684_800 * 1_000_000;

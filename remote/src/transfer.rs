@@ -2,7 +2,8 @@
 //! file transfers built on them. Files are streamed in chunks of
 //! [`CHUNK_BYTES`]; a file larger than one chunk goes up as a multipart
 //! upload (at most [`UPLOAD_CONCURRENCY`] parts in flight), so memory stays
-//! bounded whatever the layer size. A download is written to
+//! bounded whatever the layer size: about (1 + `UPLOAD_CONCURRENCY`) chunks
+//! per upload, 24 MiB. A download is written to
 //! `<target>.download`, checked (size and CRC32C), fsynced and renamed, so
 //! the target name only ever holds verified bytes.
 
@@ -17,10 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{RemoteError, Result};
 
-/// Bytes read from a file, or written to the store, per step.
+/// Bytes read from a file, or written to the store, per step (also the
+/// part size of multipart uploads; S3 wants at least 5 MiB).
 pub const CHUNK_BYTES: usize = 8 << 20;
 /// Parts of one multipart upload in flight at once.
-pub const UPLOAD_CONCURRENCY: usize = 4;
+pub const UPLOAD_CONCURRENCY: usize = 2;
 
 /// Bytes moved and their CRC32C.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

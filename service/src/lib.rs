@@ -17,6 +17,8 @@
 //!   to the host's redo workers (project records in Rust);
 //! - [`layers`]: what the layers worker runs (compaction, image layers and
 //!   GC planned on read-only views, swapped in by the manager);
+//! - [`backup`]: what the backup worker runs (layers and indexes copied to
+//!   object storage, `remote_consistent_lsn` published in shared memory);
 //! - [`mgmt`]: the command format between SQL functions (and the layers
 //!   worker) and the manager, the thread serving the command queue, and the
 //!   layers worker's client of it.
@@ -27,7 +29,9 @@
 
 // Dependencies run one way, top to bottom (`tests/module_graph.rs` checks it):
 // mgmt → {tenants, layers}; tenants → {walreceiver, page_service};
-// all → timeline_handle, log, error; redo_client stands alone.
+// all → timeline_handle, log, error; redo_client stands alone; backup →
+// timeline_handle.
+pub mod backup;
 pub mod error;
 pub mod layers;
 pub mod log;

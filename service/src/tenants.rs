@@ -61,11 +61,27 @@ impl crate::page_service::commands::TimelineLookup for Manager {
     }
 }
 
-/// Host settings a primary must share (they change what redo writes on pages).
-#[derive(Clone, Debug, Default)]
+/// Settings of the host the manager works with: those a primary must share
+/// (they change what redo writes on pages), and where durability ends.
+#[derive(Clone, Default)]
 pub struct HostSettings {
     pub data_checksums: String,
     pub wal_log_hints: String,
+    /// With object storage configured, the backup worker's table: each
+    /// timeline then tells its primary that WAL up to its
+    /// `remote_consistent_lsn` is flushed (not its `disk_consistent_lsn`),
+    /// so the primary's slot keeps WAL until it is safe in the bucket.
+    pub remote: Option<&'static shared_mem::RemoteTable>,
+}
+
+impl std::fmt::Debug for HostSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSettings")
+            .field("data_checksums", &self.data_checksums)
+            .field("wal_log_hints", &self.wal_log_hints)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
 }
 
 pub struct Tenant {
@@ -109,6 +125,10 @@ pub struct TimelineRow {
     pub compacting: bool,
     pub compaction_passes: i64,
     pub last_compaction: Option<String>,
+    /// With object storage configured: the `disk_consistent_lsn` of the
+    /// newest index durable in the bucket (`None` until the backup worker
+    /// has published one, and without object storage).
+    pub remote_consistent_lsn: Option<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -412,7 +432,8 @@ impl Manager {
     }
 
     fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
-        self.spawn(|cancel| walreceiver::run(cancel, tenant.id, entry));
+        let remote = self.host.remote;
+        self.spawn(move |cancel| walreceiver::run(cancel, tenant.id, entry, remote));
     }
 
     /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
@@ -462,6 +483,13 @@ impl Manager {
                     compacting: entry.status.compaction.running.load(Ordering::Relaxed),
                     compaction_passes: entry.status.compaction.passes.load(Ordering::Relaxed) as i64,
                     last_compaction: entry.status.compaction.last.lock().as_ref().map(CompactionPass::describe),
+                    remote_consistent_lsn: self
+                        .host
+                        .remote
+                        .and_then(|table| table.find(tenant.id.0, tl.id().0))
+                        .map(|slot| slot.remote_consistent_lsn())
+                        .filter(|lsn| *lsn != 0)
+                        .map(|lsn| Lsn(lsn).to_string()),
                 });
             }
         }

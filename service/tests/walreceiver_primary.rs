@@ -57,6 +57,7 @@ fn a_timeline_streams_from_a_real_primary_reconnects_and_stops() -> Result<()> {
     let host = HostSettings {
         data_checksums: primary.sql_one("SHOW data_checksums")?.context("data_checksums")?,
         wal_log_hints: primary.sql_one("SHOW wal_log_hints")?.context("wal_log_hints")?,
+        remote: None,
     };
     let manager = Manager::start(data_dir.path(), conf, Arc::new(NoRedo), host, runtime.handle().clone())?;
     let tenant = manager.create_tenant(None)?;

@@ -8,17 +8,20 @@
 //!
 //! The segment holds the worker status table ([`workers`]), the redo request
 //! queue ([`redo_queue`], 8 MiB: 32 slots of 256 KiB) and the command queue
-//! from SQL functions to the main worker ([`command_queue`], 8 slots of 64 KiB).
+//! from SQL functions to the main worker ([`command_queue`], 8 slots of 64 KiB)
+//! and what the backup worker publishes per timeline ([`remote_table`]).
 
 pub mod command_queue;
 pub(crate) mod futex;
 pub mod process;
 pub mod redo_queue;
+pub mod remote_table;
 pub mod workers;
 
 pub use command_queue::CommandQueue;
 pub use process::process_exists;
 pub use redo_queue::RedoQueue;
+pub use remote_table::{RemoteSlot, RemoteStatus, RemoteTable};
 pub use workers::{WorkerKind, WorkerSlot, WorkerState, WorkerStatus, WorkerTable, MAX_WORKERS};
 
 /// The whole segment. Its address differs per process; only offsets matter.
@@ -32,9 +35,11 @@ pub struct SharedState {
     pub redo: RedoQueue,
     /// Management commands from SQL functions to the main worker.
     pub commands: CommandQueue,
+    /// Per-timeline state of the backups to object storage.
+    pub remote: RemoteTable,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0004; // "pagesv" + layout version 4
+const MAGIC: u64 = 0x7061_6765_7376_0005; // "pagesv" + layout version 5
 
 impl SharedState {
     /// Bytes to request from the host.

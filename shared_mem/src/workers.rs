@@ -109,14 +109,14 @@ const ACTIVITY_WORDS: usize = ACTIVITY_BYTES / 8;
 /// it read the same even count before and after copying.
 #[repr(C)]
 #[derive(Default)]
-struct ActivityText {
+pub(crate) struct ActivityText {
     seq: AtomicU64,
     len: AtomicU64,
     words: [AtomicU64; ACTIVITY_WORDS],
 }
 
 impl ActivityText {
-    fn set(&self, text: &str) {
+    pub(crate) fn set(&self, text: &str) {
         let mut end = text.len().min(ACTIVITY_BYTES);
         while !text.is_char_boundary(end) {
             end -= 1;
@@ -131,7 +131,7 @@ impl ActivityText {
         self.seq.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn get(&self) -> String {
+    pub(crate) fn get(&self) -> String {
         loop {
             let before = self.seq.load(Ordering::Acquire);
             if before % 2 == 1 {

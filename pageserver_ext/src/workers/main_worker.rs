@@ -41,7 +41,9 @@ pub fn run(ctx: &WorkerContext) {
     let shared = crate::shmem::state();
     let redo_timeout = Duration::from_millis(crate::guc::REDO_TIMEOUT_MS.get() as u64);
     let redo = Arc::new(service::redo_client::QueueRedo::new(&shared.redo, redo_timeout));
-    let host = HostSettings { data_checksums: setting("data_checksums"), wal_log_hints: setting("wal_log_hints") };
+    // With object storage, primaries are told what is safe in the bucket.
+    let remote = (!crate::guc::string(&crate::guc::REMOTE_STORAGE).is_empty()).then_some(&shared.remote);
+    let host = HostSettings { data_checksums: setting("data_checksums"), wal_log_hints: setting("wal_log_hints"), remote };
     let conf = crate::guc::repo_config();
     // Threads the manager starts must not receive PostgreSQL's signals.
     let manager = with_signals_blocked(|| Manager::start(&data_dir, conf, redo, host, runtime.handle().clone()))

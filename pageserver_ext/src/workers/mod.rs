@@ -3,10 +3,12 @@
 //!
 //! Kinds: one main worker (tenants, page service, WAL receivers, flushes),
 //! `pageserver.redo_workers` redo workers, one layers worker (compaction,
-//! image layers, GC) and one backup worker (object storage; idle so far).
+//! image layers, GC) and one backup worker (copies to object storage when
+//! `pageserver.remote_storage` is set, idle otherwise).
 //! Each entry point below is an `extern "C"` symbol the postmaster calls in a
 //! new process; its argument is the worker's slot in the status table.
 
+mod backup_worker;
 mod layers_worker;
 mod main_worker;
 mod redo_worker;
@@ -97,13 +99,12 @@ impl WorkerContext {
 
 /// The loop of a worker that so far only keeps its heartbeat (the backup
 /// worker, until object storage arrives), saying why in its activity.
-fn idle_worker(arg: pg_sys::Datum, kind: WorkerKind, activity: &str) {
-    let ctx = WorkerContext::start(arg, kind);
+/// Keeps a worker with nothing to do alive: heartbeats until SIGTERM.
+fn idle_loop(ctx: &WorkerContext, activity: &str) {
     ctx.slot.set_activity(activity);
     ctx.slot.set_state(WorkerState::Running);
     while ctx.wait(HEARTBEAT_INTERVAL) {}
     ctx.slot.set_state(WorkerState::Stopping);
-    ctx.finish();
 }
 
 #[pg_guard]
@@ -133,7 +134,9 @@ pub extern "C-unwind" fn pageserver_layers_worker(arg: pg_sys::Datum) {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pageserver_backup_worker(arg: pg_sys::Datum) {
-    idle_worker(arg, WorkerKind::Backup, "idle: uploads to object storage are not implemented yet");
+    let ctx = WorkerContext::start(arg, WorkerKind::Backup);
+    backup_worker::run(&ctx);
+    ctx.finish();
 }
 
 /// PostgreSQL's signal handlers must run on the main thread. Threads started

@@ -14,6 +14,7 @@ pub mod replication;
 use crate::timeline_handle::{TenantId, TimelineHandle};
 use bytes::Bytes;
 use replication::{ReplicationConn, StreamMessage};
+use shared_mem::RemoteTable;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -144,7 +145,7 @@ async fn import_tar_file(entry: &Arc<TimelineHandle>, path: String) -> Result<Ls
 
 /// Streams WAL for the timeline until `cancel` (a session in progress ends
 /// there; its ingest thread finishes the WAL it was given).
-pub async fn run(cancel: CancellationToken, tenant: TenantId, entry: Arc<TimelineHandle>) {
+pub async fn run(cancel: CancellationToken, tenant: TenantId, entry: Arc<TimelineHandle>, remote: Option<&'static RemoteTable>) {
     let mut backoff = BACKOFF_MIN;
     let mut last_logged: Option<String> = None;
     let id = entry.timeline.id();
@@ -152,7 +153,7 @@ pub async fn run(cancel: CancellationToken, tenant: TenantId, entry: Arc<Timelin
         let started = Instant::now();
         let result = tokio::select! {
             _ = cancel.cancelled() => break,
-            result = stream_once(&entry) => result,
+            result = stream_once(tenant, &entry, remote) => result,
         };
         entry.status.receiver.connected.store(false, Ordering::Relaxed);
         let message = match result {
@@ -175,8 +176,21 @@ pub async fn run(cancel: CancellationToken, tenant: TenantId, entry: Arc<Timelin
     }
 }
 
+/// The flush position told to the primary, below which it may drop WAL:
+/// what is durable on local disk, or, with object storage configured, what
+/// is durable in the bucket (the backup worker's `remote_consistent_lsn`;
+/// 0 until it has published one, which the primary takes as "no news" and
+/// so keeps its slot where it is).
+fn flush_to_report(tenant: TenantId, timeline: &Timeline, remote: Option<&RemoteTable>) -> Lsn {
+    let local = timeline.disk_consistent_lsn();
+    let Some(table) = remote else { return local };
+    let in_bucket = table.find(tenant.0, timeline.id().0).map_or(Lsn(0), |slot| Lsn(slot.remote_consistent_lsn()));
+    timeline.set_remote_consistent_lsn(in_bucket);
+    in_bucket.min(local)
+}
+
 /// One replication session: connect, check, stream until an error.
-async fn stream_once(entry: &Arc<TimelineHandle>) -> Result<(), String> {
+async fn stream_once(tenant: TenantId, entry: &Arc<TimelineHandle>, remote: Option<&'static RemoteTable>) -> Result<(), String> {
     let source = entry.source.lock().clone().ok_or("timeline has no source")?;
     let mut conn = ReplicationConn::connect(&source.conninfo).await.map_err(|e| e.to_string())?;
     let system = conn.identify_system().await.map_err(|e| e.to_string())?;
@@ -205,7 +219,7 @@ async fn stream_once(entry: &Arc<TimelineHandle>) -> Result<(), String> {
         // next_message only awaits socket reads into its buffer, so a timeout never loses a message.
         match tokio::time::timeout(wait, conn.next_message()).await {
             Err(_) => {
-                let (write, flush) = (timeline.last_record_lsn(), timeline.disk_consistent_lsn());
+                let (write, flush) = (timeline.last_record_lsn(), flush_to_report(tenant, &timeline, remote));
                 if let Err(e) = conn.send_status(write, flush, write, false).await {
                     break Err(e.to_string());
                 }
@@ -226,7 +240,7 @@ async fn stream_once(entry: &Arc<TimelineHandle>) -> Result<(), String> {
             Ok(Ok(Some(StreamMessage::Keepalive { wal_end, reply_requested }))) => {
                 entry.status.receiver.primary_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
                 if reply_requested {
-                    let (write, flush) = (timeline.last_record_lsn(), timeline.disk_consistent_lsn());
+                    let (write, flush) = (timeline.last_record_lsn(), flush_to_report(tenant, &timeline, remote));
                     if let Err(e) = conn.send_status(write, flush, write, false).await {
                         break Err(e.to_string());
                     }
