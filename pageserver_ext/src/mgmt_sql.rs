@@ -56,6 +56,41 @@ fn create_tenant(tenant_id: default!(Option<String>, "NULL")) -> String {
     expect_id(call(&Command::CreateTenant { tenant: tenant_id }))
 }
 
+/// How long an attach may take to download (a query cancel ends it sooner).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Attaches a tenant from object storage (`pageserver.remote_storage`) to
+/// this host, which must not have it: the backup worker downloads every
+/// timeline's remote index and the layer files it names (each checked by
+/// size and CRC32C; its activity in `pageserver.status()` shows progress),
+/// writes the tenant directory and moves it into place whole; the main
+/// worker then loads it, and each timeline with a WAL source streams on
+/// from the index's `disk_consistent_lsn` through the slot it names (the
+/// primary kept that WAL: it was told that LSN as flushed).
+/// `primary_conninfo`, if given, replaces the stored connection string,
+/// which never holds a password. Returns the timelines attached, how many
+/// stream, and the layer files and bytes downloaded.
+#[pg_extern]
+fn attach_tenant(
+    tenant_id: String,
+    primary_conninfo: default!(Option<String>, "NULL"),
+) -> TableIterator<'static, (name!(timelines, i32), name!(streaming, i32), name!(layer_files, i64), name!(downloaded_bytes, i64))> {
+    if crate::guc::string(&crate::guc::REMOTE_STORAGE).is_empty() {
+        raise("55000", "pageserver.remote_storage is not set: there is no object storage to attach from");
+    }
+    let queue = &crate::shmem::state().backup_commands;
+    // SAFETY: reading a sig_atomic_t flag that signal handlers set.
+    let result = service::attach::call_download(queue, &tenant_id, primary_conninfo.as_deref(), ATTACH_TIMEOUT, &mut || unsafe {
+        pg_sys::InterruptPending != 0
+    });
+    pg_sys::check_for_interrupts!();
+    let report = result.unwrap_or_else(|(sqlstate, message)| raise(&sqlstate, &message));
+    let Reply::Attached { timelines, streaming } = call(&Command::AttachTenant { tenant: tenant_id }) else {
+        error!("unexpected reply from the main worker")
+    };
+    TableIterator::once((timelines as i32, streaming as i32, report.layers as i64, report.bytes as i64))
+}
+
 /// Creates a timeline of `tenant_id` fed by the stock PostgreSQL 15 primary
 /// at `primary_conninfo` (a libpq connection string for a user with the
 /// REPLICATION attribute): checks the primary's system and settings,

@@ -45,6 +45,25 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// says are transient. The backup worker retries whole operations on top.
 pub const RETRIES: usize = 3;
 
+/// Applies `key=value` options to a cloud builder (each builder has its own
+/// key type and no common trait).
+macro_rules! with_options {
+    ($builder:expr, $key:ty, $options:expr, $bad:expr) => {{
+        let mut builder = $builder;
+        for (key, value) in &$options {
+            builder = builder.with_config(<$key>::from_str(key).map_err(|e| $bad(e.to_string()))?, value);
+        }
+        builder
+    }};
+}
+
+/// Adds the client options and retries every backend gets, and builds.
+macro_rules! finish {
+    ($builder:expr, $allow_http:expr, $bad:expr) => {
+        $builder.with_client_options(client_options($allow_http)).with_retry(retry_config()).build().map_err(|e| $bad(e.to_string()))?
+    };
+}
+
 /// The backend a URL names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -116,6 +135,12 @@ impl RemoteStorageConfig {
     /// Builds the store (for a local directory: creates it). Reaches no
     /// server: unreachable storage or wrong credentials show on first use.
     pub fn open(&self) -> Result<RemoteStorage> {
+        Ok(RemoteStorage::new(self.open_store()?, self.to_string()))
+    }
+
+    /// The plain `object_store` client [`open`](Self::open) wraps, under
+    /// the prefix (benchmarks use it as their floor).
+    pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>> {
         let bad = |reason: String| RemoteError::BadConfig { setting: self.url.clone(), reason };
         let store: Arc<dyn ObjectStore> = match &self.backend {
             Backend::LocalDirectory(dir) => {
@@ -124,43 +149,22 @@ impl RemoteStorageConfig {
                 Arc::new(store)
             }
             Backend::S3 { bucket } => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                for (key, value) in &self.options {
-                    builder = builder.with_config(AmazonS3ConfigKey::from_str(key).map_err(|e| bad(e.to_string()))?, value);
-                }
+                let builder = with_options!(AmazonS3Builder::from_env().with_bucket_name(bucket), AmazonS3ConfigKey, self.options, bad);
                 let http = builder.get_config_value(&AmazonS3ConfigKey::Endpoint).is_some_and(|e| e.starts_with("http://"));
-                let store =
-                    builder.with_client_options(client_options(http)).with_retry(retry_config()).build().map_err(|e| bad(e.to_string()))?;
-                Arc::new(store)
+                Arc::new(finish!(builder, http, bad))
             }
             Backend::Azure { container } => {
-                let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
-                for (key, value) in &self.options {
-                    builder = builder.with_config(AzureConfigKey::from_str(key).map_err(|e| bad(e.to_string()))?, value);
-                }
-                let store = builder
-                    .with_client_options(client_options(false))
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                Arc::new(store)
+                let builder =
+                    with_options!(MicrosoftAzureBuilder::from_env().with_container_name(container), AzureConfigKey, self.options, bad);
+                Arc::new(finish!(builder, false, bad))
             }
             Backend::Gcs { bucket } => {
-                let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
-                for (key, value) in &self.options {
-                    builder = builder.with_config(GoogleConfigKey::from_str(key).map_err(|e| bad(e.to_string()))?, value);
-                }
-                let store = builder
-                    .with_client_options(client_options(false))
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                Arc::new(store)
+                let builder =
+                    with_options!(GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket), GoogleConfigKey, self.options, bad);
+                Arc::new(finish!(builder, false, bad))
             }
         };
-        let store: Arc<dyn ObjectStore> =
-            if self.prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, self.prefix.as_str())) };
-        Ok(RemoteStorage::new(store, self.to_string()))
+        Ok(if self.prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, self.prefix.as_str())) })
     }
 
     fn check_option_keys(&self) -> Result<()> {

@@ -97,6 +97,13 @@ impl RemoteStorage {
         Ok(objects)
     }
 
+    /// The "directories" right under `prefix` (common prefixes up to the next
+    /// `/`), e.g. the timelines of a tenant.
+    pub async fn list_dirs(&self, prefix: &ObjectPath) -> Result<Vec<ObjectPath>> {
+        let listing = self.store.list_with_delimiter(Some(prefix)).await.map_err(|e| RemoteError::store("list", prefix, e))?;
+        Ok(listing.common_prefixes)
+    }
+
     /// Uploads a local file as `path`, returning its size and CRC32C.
     pub async fn upload_file(&self, local: &Path, path: &ObjectPath) -> Result<Transferred> {
         let mut file = tokio::fs::File::open(local).await.map_err(RemoteError::local("opening", local))?;

@@ -15,8 +15,9 @@
 //!    the timeline's `remote_consistent_lsn` in shared memory;
 //! 5. delete the dropped layer objects, then the queue file.
 //!
-//! A crash anywhere leaves: layer objects no index names (uploaded again,
-//! to the same names, by the next run; found by the bucket checker), or a
+//! A crash anywhere leaves: layer objects no index names (the next run
+//! lists the timeline once, before uploading anything, and deletes the
+//! layer objects of its generation that its index does not name), or a
 //! queue file whose entries the next run deletes once it has checked that
 //! the remote index does not name them. Layers are never deleted before an
 //! index without them is durable, and an index is never uploaded before
@@ -189,6 +190,10 @@ impl BackupWorker {
             if let Some(remote) = &state.remote {
                 slot.set_remote_consistent_lsn(remote.disk_consistent_lsn.0);
             }
+            // Layers a previous run of this generation uploaded and no index
+            // came to name (it stopped in between): nothing of ours is in
+            // flight now, so they are orphans.
+            summary.deleted += self.remove_orphans(tenant, timeline, slot).await?;
         }
         // Deletions a previous run queued and did not finish.
         summary.deleted += self.finish_deletions(tenant, timeline, state.remote.as_ref(), slot).await?;
@@ -268,6 +273,28 @@ impl BackupWorker {
         state.remote = Some(index);
         summary.deleted += self.finish_deletions(tenant, timeline, state.remote.as_ref(), slot).await?;
         Ok(())
+    }
+
+    async fn remove_orphans(&self, tenant: TenantId, timeline: TimelineId, slot: &RemoteSlot) -> Result<usize, BackupError> {
+        let check = remote::check::check_timeline(&self.storage, tenant, timeline, false).await?;
+        let mut removed = 0;
+        for orphan in check.orphans {
+            let ours = matches!(
+                layout::parse_object_name(orphan.path.filename().unwrap_or_default()),
+                Some(layout::ObjectKind::Layer(_, generation)) if generation == self.generation
+            );
+            if ours {
+                self.storage.delete(&orphan.path).await?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "backup of tenant {tenant} timeline {timeline}: removed {removed} layer objects no index names (left by a stop)"
+            );
+            slot.add_deleted(removed as u64);
+        }
+        Ok(removed)
     }
 
     fn queue_path(&self, tenant: TenantId, timeline: TimelineId) -> PathBuf {

@@ -19,6 +19,8 @@
 //!   GC planned on read-only views, swapped in by the manager);
 //! - [`backup`]: what the backup worker runs (layers and indexes copied to
 //!   object storage, `remote_consistent_lsn` published in shared memory);
+//! - [`attach`]: the backup worker's command queue and the download of a
+//!   tenant from object storage (the main worker then loads it);
 //! - [`mgmt`]: the command format between SQL functions (and the layers
 //!   worker) and the manager, the thread serving the command queue, and the
 //!   layers worker's client of it.
@@ -31,6 +33,7 @@
 // mgmt → {tenants, layers}; tenants → {walreceiver, page_service};
 // all → timeline_handle, log, error; redo_client stands alone; backup →
 // timeline_handle.
+pub mod attach;
 pub mod backup;
 pub mod error;
 pub mod layers;

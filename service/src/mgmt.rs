@@ -40,6 +40,10 @@ pub enum Command {
     },
     ListTimelines,
     ListTenants,
+    /// Load a tenant whose directory the backup worker has just downloaded.
+    AttachTenant {
+        tenant: String,
+    },
     /// The layers worker starts a pass on a timeline.
     BeginLayerWork {
         tenant: String,
@@ -141,6 +145,11 @@ pub enum Reply {
     },
     Timelines(Vec<TimelineRow>),
     Tenants(Vec<String>),
+    /// The tenant is loaded; its timelines, and how many stream from a primary.
+    Attached {
+        timelines: usize,
+        streaming: usize,
+    },
     Grant(GrantWire),
     /// The swap is in the layer map and the index; the timeline's new generation.
     Swapped {
@@ -201,6 +210,9 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         })(),
         Command::ListTimelines => Ok(Reply::Timelines(manager.list())),
         Command::ListTenants => Ok(Reply::Tenants(manager.tenant_ids().iter().map(|t| t.to_string()).collect())),
+        Command::AttachTenant { tenant } => parse_id("tenant id", &tenant)
+            .and_then(|id| manager.attach_tenant(id))
+            .map(|(timelines, streaming)| Reply::Attached { timelines, streaming }),
         Command::BeginLayerWork { tenant, timeline } => (|| {
             let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
             Ok(Reply::Grant(GrantWire::from(&manager.begin_layer_work(tenant, timeline)?)))

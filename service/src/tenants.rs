@@ -271,6 +271,30 @@ impl Manager {
         Ok(id)
     }
 
+    /// Loads a tenant directory that appeared under `tenants/` after start
+    /// (an attach downloaded it) and resumes its timelines as at start:
+    /// each with a source streams from its `disk_consistent_lsn`. Returns
+    /// the timelines and how many of them stream.
+    pub fn attach_tenant(self: &Arc<Self>, id: TenantId) -> Result<(usize, usize), ServiceError> {
+        let tenant = {
+            let mut tenants = self.tenants.write();
+            if tenants.contains_key(&id) {
+                return Err(ServiceError::AlreadyExists(format!("tenant {id} is loaded already")));
+            }
+            if !self.root.join(id.to_string()).is_dir() {
+                return Err(ServiceError::NotFound(format!("tenant {id} has no directory under {}", self.root.display())));
+            }
+            let tenant = self.load_tenant(id)?;
+            tenants.insert(id, tenant.clone());
+            tenant
+        };
+        self.resume_timelines(&tenant);
+        let timelines = tenant.timelines.read();
+        let streaming = timelines.values().filter(|t| t.source.lock().is_some()).count();
+        tracing::info!("attached tenant {id}: {} timelines, {streaming} streaming from a primary", timelines.len());
+        Ok((timelines.len(), streaming))
+    }
+
     pub fn tenant_ids(&self) -> Vec<TenantId> {
         self.tenants.read().keys().copied().collect()
     }

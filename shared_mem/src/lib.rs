@@ -9,7 +9,8 @@
 //! The segment holds the worker status table ([`workers`]), the redo request
 //! queue ([`redo_queue`], 8 MiB: 32 slots of 256 KiB) and the command queue
 //! from SQL functions to the main worker ([`command_queue`], 8 slots of 64 KiB)
-//! and what the backup worker publishes per timeline ([`remote_table`]).
+//! and what the backup worker publishes per timeline ([`remote_table`]), and
+//! a second command queue, from SQL functions to the backup worker.
 
 pub mod command_queue;
 pub(crate) mod futex;
@@ -37,9 +38,11 @@ pub struct SharedState {
     pub commands: CommandQueue,
     /// Per-timeline state of the backups to object storage.
     pub remote: RemoteTable,
+    /// Commands from SQL functions to the backup worker (attach downloads).
+    pub backup_commands: CommandQueue,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0005; // "pagesv" + layout version 5
+const MAGIC: u64 = 0x7061_6765_7376_0006; // "pagesv" + layout version 6
 
 impl SharedState {
     /// Bytes to request from the host.
@@ -102,6 +105,6 @@ mod tests {
 
     #[test]
     fn segment_size_stays_reasonable() {
-        assert!(SharedState::size() < 9 * 1024 * 1024, "{} bytes", SharedState::size());
+        assert!(SharedState::size() < 10 * 1024 * 1024, "{} bytes", SharedState::size());
     }
 }

@@ -1,10 +1,12 @@
 //! The backup worker: copies layer files and timeline indexes to the object
 //! storage `pageserver.remote_storage` names, in a process of its own. With
 //! no storage configured it only keeps a heartbeat. Otherwise a thread
-//! (`pageserver-backup`) runs a tokio runtime with
-//! `service::backup::BackupWorker` passes every [`PASS_INTERVAL`]; it
-//! publishes each timeline's `remote_consistent_lsn`, queue, totals and
-//! last error in the shared remote table. The PostgreSQL main thread waits
+//! (`pageserver-backup`) runs `service::backup::BackupWorker` passes every
+//! [`PASS_INTERVAL`] on a tokio runtime of the process; it publishes each
+//! timeline's `remote_consistent_lsn`, queue, totals and last error in the
+//! shared remote table. Another thread (`pageserver-backup-commands`)
+//! serves the backup worker's command queue: the downloads of
+//! `pageserver.attach_tenant` (`service::attach`), on the same runtime. The PostgreSQL main thread waits
 //! on the latch, writes the log lines the thread hands it, and leaves (the
 //! postmaster starts the worker again) on SIGTERM or when the thread
 //! panicked. Leaving mid-pass is safe: see `service::backup`.
@@ -13,7 +15,6 @@ use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
 use remote::{Generation, RemoteStorageConfig};
 use service::backup::BackupWorker;
-use service::log::LogLine;
 use shared_mem::WorkerState;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -45,19 +46,29 @@ pub fn run(ctx: &WorkerContext) {
     let data_dir = crate::guc::data_dir();
     let log_lines = service::log::install().unwrap_or_else(|e| error!("{e}"));
     let cancel = tokio_util::sync::CancellationToken::new();
+    let runtime = with_signals_blocked(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("pageserver-backup-io").enable_all().build()
+    })
+    .unwrap_or_else(|e| error!("cannot start the backup worker's runtime: {e}"));
+    let command_thread = {
+        let (handle, storage, data_dir, cancel) = (runtime.handle().clone(), storage.clone(), data_dir.clone(), cancel.clone());
+        let slot = ctx.slot;
+        with_signals_blocked(|| {
+            std::thread::Builder::new().name("pageserver-backup-commands".into()).spawn(move || {
+                service::attach::serve(&shared.backup_commands, handle, storage, data_dir, &|text| slot.set_activity(text), cancel)
+            })
+        })
+        .unwrap_or_else(|e| error!("cannot start the backup worker's command thread: {e}"))
+    };
     let mut worker =
         BackupWorker::new(data_dir.join("tenants"), data_dir.join("backup"), storage, Generation::FIRST, &shared.remote, tenant_config());
     shared.remote.set_enabled(true);
     let slot = ctx.slot;
     let thread_cancel = cancel.clone();
+    let handle = runtime.handle().clone();
     let pass_thread = with_signals_blocked(|| {
         std::thread::Builder::new().name("pageserver-backup".into()).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("pageserver-backup-io")
-                .enable_all()
-                .build()
-                .expect("the backup worker's runtime starts");
+            let runtime = handle;
             let stopping = || thread_cancel.is_cancelled();
             let mut last = String::from("none yet");
             while !stopping() {
@@ -95,27 +106,20 @@ pub fn run(ctx: &WorkerContext) {
     ctx.slot.set_state(WorkerState::Running);
 
     while ctx.wait(WAKE_INTERVAL) {
-        for line in log_lines.try_iter() {
-            match line {
-                LogLine::Log(m) => log!("{m}"),
-                LogLine::Warning(m) => warning!("{m}"),
-            }
+        super::write_log_lines(&log_lines);
+        if command_thread.is_finished() {
+            warning!("pageserver backup worker: the command thread stopped; the worker restarts");
+            break;
         }
         if pass_thread.is_finished() {
-            let why = match pass_thread.join() {
-                Err(panic) => panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic".into()),
-                Ok(()) => "it ended".into(),
-            };
+            let why = super::thread_end(pass_thread);
             warning!("pageserver backup worker: the pass thread stopped ({why}); the worker restarts");
             break;
         }
     }
     cancel.cancel();
     ctx.slot.set_state(WorkerState::Stopping);
+    runtime.shutdown_timeout(Duration::from_secs(1));
 }
 
 /// The settings that shape a tenant's history, stored in every remote index

@@ -14,7 +14,6 @@
 use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
 use service::layers::{LayersWorker, FAULT_POINTS};
-use service::log::LogLine;
 use service::mgmt::QueueOwner;
 use shared_mem::WorkerState;
 use std::sync::Arc;
@@ -113,21 +112,9 @@ pub fn run(ctx: &WorkerContext) {
         }
         fault_setting = fault;
         *settings.lock().unwrap_or_else(|e| e.into_inner()) = current_settings();
-        for line in log_lines.try_iter() {
-            match line {
-                LogLine::Log(m) => log!("{m}"),
-                LogLine::Warning(m) => warning!("{m}"),
-            }
-        }
+        super::write_log_lines(&log_lines);
         if pass_thread.is_finished() {
-            let why = match pass_thread.join() {
-                Err(panic) => panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic".into()),
-                Ok(()) => "it ended".into(),
-            };
+            let why = super::thread_end(pass_thread);
             warning!("pageserver layers worker: the pass thread stopped ({why}); the worker restarts");
             break;
         }

@@ -9,7 +9,6 @@
 
 use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
-use service::log::LogLine;
 use service::page_service::{self, commands::ServiceContext};
 use service::tenants::{HostSettings, Manager};
 use shared_mem::WorkerState;
@@ -73,12 +72,7 @@ pub fn run(ctx: &WorkerContext) {
     while ctx.wait(LOG_FLUSH_INTERVAL) {
         ctx.slot.set_activity(&activity());
         wait_lsn_timeout_ms.store(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64, Ordering::Relaxed);
-        for line in log_lines.try_iter() {
-            match line {
-                LogLine::Log(m) => log!("{m}"),
-                LogLine::Warning(m) => warning!("{m}"),
-            }
-        }
+        super::write_log_lines(&log_lines);
     }
     ctx.slot.set_state(WorkerState::Stopping);
     manager.stop();

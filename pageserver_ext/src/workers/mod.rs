@@ -99,6 +99,29 @@ impl WorkerContext {
 
 /// The loop of a worker that so far only keeps its heartbeat (the backup
 /// worker, until object storage arrives), saying why in its activity.
+/// Writes the log lines a worker's threads handed over (they must not call
+/// PostgreSQL themselves).
+fn write_log_lines(lines: &std::sync::mpsc::Receiver<service::log::LogLine>) {
+    for line in lines.try_iter() {
+        match line {
+            service::log::LogLine::Log(m) => log!("{m}"),
+            service::log::LogLine::Warning(m) => warning!("{m}"),
+        }
+    }
+}
+
+/// Why a worker's thread ended: its panic message, or "it ended".
+fn thread_end(thread: std::thread::JoinHandle<()>) -> String {
+    match thread.join() {
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into()),
+        Ok(()) => "it ended".into(),
+    }
+}
+
 /// Keeps a worker with nothing to do alive: heartbeats until SIGTERM.
 fn idle_loop(ctx: &WorkerContext, activity: &str) {
     ctx.slot.set_activity(activity);
