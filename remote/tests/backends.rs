@@ -72,9 +72,10 @@ fn files_go_up_and_come_back_checked_by_size_and_crc32c() {
     for backend in backends() {
         let storage = &backend.storage;
         let work = tempfile::tempdir().unwrap();
-        // One file smaller than a chunk (a single put), one of several chunks
-        // and a remainder (a multipart upload).
-        for (seed, len) in [(1, 1000), (2, remote::transfer::CHUNK_BYTES * 2 + 12345)] {
+        // One PUT (a small file and one of the largest size that takes one),
+        // and a multipart upload (several parts and a remainder).
+        use remote::transfer::{CHUNK_BYTES, SINGLE_PUT_MAX};
+        for (seed, len) in [(1, 1000), (2, SINGLE_PUT_MAX), (3, SINGLE_PUT_MAX + CHUNK_BYTES + 12345)] {
             let content = pattern(len, seed);
             let local = work.path().join(format!("layer-{seed}"));
             std::fs::write(&local, &content).unwrap();

@@ -41,7 +41,7 @@ use storage::repo::{LayerName, TimelineId};
 use crate::timeline_handle::{SourceMeta, TenantId};
 
 /// Layer uploads of one timeline in flight at once (each holds up to
-/// 24 MiB, see `remote::transfer`).
+/// 64 MiB, see `remote::transfer`).
 pub const UPLOAD_CONCURRENCY: usize = 4;
 /// Waits before retrying a failed timeline: from this ...
 const RETRY_BASE: Duration = Duration::from_millis(500);

@@ -12,8 +12,10 @@
 //!   fsynced, renamed); floor: plain `get`s into memory.
 //!
 //! Each figure is the best of [`ROUNDS`] rounds. `REMOTE_BENCH_MIB`
-//! (default 256) sets the bytes moved per round; files are 32 MiB of
-//! incompressible bytes (layer files are compressed).
+//! (default 256) sets the bytes moved per round; files are incompressible
+//! (layer files are compressed) and their sizes cycle through
+//! [`FILE_MIB`], the range of layer files (small L0 flushes up to L1 and
+//! image layers of `target_file_size`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +31,7 @@ const COMMAND: &str = "cargo run --release -p tools --bin remote_bench";
 /// Transfers in flight at once, as the backup worker and attach do.
 const CONCURRENCY: usize = 4;
 const ROUNDS: usize = 3;
-const FILE_BYTES: usize = 32 << 20;
+const FILE_MIB: [usize; 5] = [4, 16, 32, 64, 128];
 
 fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
     tools::print_row(name, value, unit, floor, COMMAND);
@@ -50,7 +52,11 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 fn main() -> Result<()> {
     let total_mib: usize = std::env::var("REMOTE_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let files = (total_mib << 20).div_ceil(FILE_BYTES).max(1);
+    let mut sizes = Vec::new();
+    while sizes.iter().sum::<usize>() < total_mib << 20 {
+        sizes.push(FILE_MIB[sizes.len() % FILE_MIB.len()] << 20);
+    }
+    let files = sizes.len();
     let s3 = S3Server::start()?;
     s3.create_bucket("bench")?;
     let config = RemoteStorageConfig::parse(&s3.url("bench", "remote-bench"), &s3.options())?;
@@ -58,14 +64,16 @@ fn main() -> Result<()> {
     let plain: Arc<dyn ObjectStore> = config.open_store()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let work = tempfile::tempdir()?;
-    let contents: Vec<Bytes> = (0..files).map(|i| Bytes::from(pattern(FILE_BYTES, i as u64 + 1))).collect();
+    let contents: Vec<Bytes> = sizes.iter().enumerate().map(|(i, size)| Bytes::from(pattern(*size, i as u64 + 1))).collect();
     let locals: Vec<std::path::PathBuf> = (0..files).map(|i| work.path().join(format!("layer-{i}"))).collect();
     for (path, content) in locals.iter().zip(&contents) {
         std::fs::write(path, content)?;
     }
-    let bytes = (files * FILE_BYTES) as f64;
+    let total: usize = sizes.iter().sum();
+    let bytes = total as f64;
     let mb_s = |secs: f64| bytes / 1e6 / secs;
-    eprintln!("moto on {}, {files} files of {} MiB per round, {CONCURRENCY} at a time, best of {ROUNDS}", s3.endpoint(), FILE_BYTES >> 20);
+    let mib: Vec<usize> = sizes.iter().map(|s| s >> 20).collect();
+    eprintln!("moto on {}, {files} files of {mib:?} MiB per round, {CONCURRENCY} at a time, best of {ROUNDS}", s3.endpoint());
 
     let (mut up, mut up_floor, mut down, mut down_floor) = (0f64, 0f64, 0f64, 0f64);
     for round in 0..ROUNDS {
@@ -125,7 +133,7 @@ fn main() -> Result<()> {
             .map(|r| r.map(|b| b.len()))
             .sum::<Result<usize, _>>()?;
         let down_floor_s = started.elapsed().as_secs_f64();
-        anyhow::ensure!(got == files * FILE_BYTES, "plain gets returned {got} bytes");
+        anyhow::ensure!(got == total, "plain gets returned {got} bytes");
         eprintln!(
             "round {round}: upload {:.0} MB/s (plain put {:.0}), download {:.0} MB/s (plain get {:.0})",
             mb_s(up_s),
