@@ -23,10 +23,12 @@
 //! - `PS_PG_BIN` overrides the binary directory (default
 //!   `/usr/lib/postgresql/15/bin`).
 //! - [`s3::S3Server`] runs a real S3-compatible server (moto) on loopback;
-//!   `PS_MOTO_SERVER` overrides its program.
+//!   `PS_MOTO_SERVER` overrides its program. [`fault_proxy::FaultProxy`]
+//!   sits in front of it and fails a share of the requests.
 
 pub mod as_postgres;
 pub mod cluster;
+pub mod fault_proxy;
 pub mod process;
 pub mod s3;
 
