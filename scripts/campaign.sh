@@ -3,7 +3,10 @@
 #   - the layers worker stopped with SIGTERM at 50 random points of its
 #     passes (compaction, image layers, GC) and once by an injected panic,
 #     while pgbench writes and a reader reads (pgrx-tests/tests/layers_worker.rs;
-#     CI runs 10 stops).
+#     CI runs 10 stops);
+#   - the host SIGKILLed at 50 random moments of the backup to object
+#     storage (uploads, indexes, deletions) while pgbench writes, the bucket
+#     checked after each (pgrx-tests/tests/remote_crashes.rs; CI runs 5).
 # Expects the machine set up and the extension installed (scripts/test.sh
 # does both); prints each campaign's summary line.
 set -euo pipefail
@@ -14,3 +17,8 @@ kills="${LAYERS_KILLS:-50}"
 log "layers worker: $kills stops and a panic"
 LAYERS_KILLS="$kills" cargo test -p pageserver_harness --test layers_worker -- --nocapture 2>&1 | tee /tmp/pageserver-campaign-layers.log |
   grep -E "stops \(|^last pass|blocks:|test result"
+
+kills="${REMOTE_KILLS:-50}"
+log "backup to object storage: the host SIGKILLed $kills times"
+REMOTE_KILLS="$kills" cargo test -p pageserver_harness --test remote_crashes -- --nocapture 2>&1 | tee /tmp/pageserver-campaign-remote.log |
+  grep -E "kills \(|blocks:|test result"
