@@ -2,8 +2,10 @@
 //! the page server and an S3 server (moto) on loopback and answers a chosen
 //! share of requests with a fault instead of forwarding them: a 503 (S3's
 //! "slow down"), a 500, a connection closed without an answer, or a
-//! response delayed by [`SLOW_DELAY`]. The faults are drawn from a seeded
-//! generator, so a failing run can be repeated.
+//! response delayed by [`SLOW_DELAY`]. The first request of each S3
+//! operation after the share was set is always faulted, so that even an
+//! operation sent once meets a fault; the others are drawn from a seeded
+//! generator.
 //!
 //! Each request is read whole (head and `Content-Length` body), forwarded
 //! on a connection of its own with `Connection: close`, and the answer is
@@ -39,6 +41,8 @@ struct Shared {
     stop: AtomicBool,
     /// (operation, outcome) → count.
     counts: Mutex<BTreeMap<(String, Outcome), u64>>,
+    /// Operations seen since the share was last set.
+    seen: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -57,10 +61,11 @@ impl Shared {
         }
     }
 
-    fn choose(&self) -> Outcome {
+    fn choose(&self, operation: &str) -> Outcome {
         let percent = u64::from(self.fault_percent.load(Ordering::Relaxed));
         let draw = self.draw();
-        if draw % 100 >= percent {
+        let first = percent > 0 && self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(operation.to_string());
+        if !first && draw % 100 >= percent {
             return Outcome::Forwarded;
         }
         match (draw / 100) % 4 {
@@ -92,6 +97,7 @@ impl FaultProxy {
             rng: AtomicU64::new(seed | 1),
             stop: AtomicBool::new(false),
             counts: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(Default::default()),
         });
         let accept_shared = shared.clone();
         let thread = std::thread::Builder::new().name("fault-proxy".into()).spawn(move || {
@@ -116,7 +122,10 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Sets the share of faulted requests; the next request of each
+    /// operation is faulted (when `percent` > 0).
     pub fn set_fault_percent(&self, percent: u32) {
+        self.shared.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.shared.fault_percent.store(percent.min(100), Ordering::Relaxed);
     }
 
@@ -196,7 +205,7 @@ fn serve(shared: &Shared, mut client: TcpStream) -> anyhow::Result<()> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    let outcome = shared.choose();
+    let outcome = shared.choose(&method);
     *shared.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((method, outcome)).or_default() += 1;
     let canned = |status: &str, body: &str| {
         format!("HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())

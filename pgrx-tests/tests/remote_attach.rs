@@ -24,17 +24,6 @@ use storage::lsn::Lsn;
 mod common;
 use common::e2e::{self, check_fullbackup, dump_all, lsn_of};
 
-fn host_settings<'a>(url: &'a str, options: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("pageserver.remote_storage", url),
-        ("pageserver.remote_storage_options", options),
-        ("pageserver.checkpoint_distance", "4MB"),
-        ("pageserver.checkpoint_timeout", "2s"),
-        ("pageserver.compaction_threshold", "3"),
-        ("pageserver.compaction_period", "2s"),
-    ]
-}
-
 /// The SQLSTATE of a failed statement.
 fn sqlstate(host: &PgCluster, sql: &str) -> Result<String> {
     let mut client = host.client("postgres")?;
@@ -46,7 +35,7 @@ fn sqlstate(host: &PgCluster, sql: &str) -> Result<String> {
 
 fn lose_the_host_and_attach_elsewhere(url: &str, options: &str) -> Result<()> {
     let primary = e2e::start_primary(true, &[])?;
-    let mut host = e2e::start_host(true, &host_settings(url, options))?;
+    let mut host = e2e::start_host(true, &e2e::remote_host_settings(url, options))?;
     let pgbench = |args: &[&str]| primary.run_as_postgres_checked("pgbench", args);
     pgbench(&["-i", "-s", "3", "-q", "postgres"])?;
     let (tenant, timeline) = e2e::create_timeline(&host, &primary)?;
@@ -77,7 +66,7 @@ fn lose_the_host_and_attach_elsewhere(url: &str, options: &str) -> Result<()> {
     drop(host);
     pgbench(&["-c", "2", "-j", "2", "-T", "3", "postgres"])?;
 
-    let fresh = e2e::start_host(true, &host_settings(url, options))?;
+    let fresh = e2e::start_host(true, &e2e::remote_host_settings(url, options))?;
     ensure!(sqlstate(&fresh, "SELECT * FROM pageserver.attach_tenant('0123456789abcdef0123456789abcdef')")? == "42704");
     ensure!(sqlstate(&fresh, "SELECT * FROM pageserver.attach_tenant('not a tenant')")? == "22023");
     let row =

@@ -38,19 +38,7 @@ fn remote_lsn(host: &PgCluster, timeline: &str) -> Result<Option<Lsn>> {
 
 fn back_up_a_streaming_timeline(url: &str, options: &str) -> Result<()> {
     let primary = e2e::start_primary(true, &[])?;
-    let host = e2e::start_host(
-        true,
-        &[
-            ("pageserver.remote_storage", url),
-            ("pageserver.remote_storage_options", options),
-            ("pageserver.checkpoint_distance", "2MB"),
-            ("pageserver.checkpoint_timeout", "2s"),
-            ("pageserver.compaction_threshold", "3"),
-            ("pageserver.compaction_period", "1s"),
-            ("pageserver.gc_horizon", "4MB"),
-            ("pageserver.pitr_interval", "0"),
-        ],
-    )?;
+    let host = e2e::start_host(true, &e2e::remote_host_settings_with_gc(url, options))?;
     primary.run_as_postgres_checked("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
     let (tenant, timeline) = e2e::create_timeline(&host, &primary)?;
     primary.run_as_postgres_checked("pgbench", &["-c", "2", "-j", "2", "-T", "6", "postgres"])?;

@@ -23,16 +23,9 @@ fn the_bucket_stays_consistent_when_the_host_dies_anywhere() -> Result<()> {
     let s3 = S3Server::start()?;
     s3.create_bucket("crashes")?;
     let (url, options) = (s3.url("crashes", "p"), s3.options());
-    let settings = [
-        ("pageserver.remote_storage", url.as_str()),
-        ("pageserver.remote_storage_options", options.as_str()),
-        ("pageserver.checkpoint_distance", "1MB"),
-        ("pageserver.checkpoint_timeout", "1s"),
-        ("pageserver.compaction_threshold", "3"),
-        ("pageserver.compaction_period", "1s"),
-        ("pageserver.gc_horizon", "2MB"),
-        ("pageserver.pitr_interval", "0"),
-    ];
+    // Smaller layers still: more uploads, indexes and deletions to die in.
+    let mut settings = e2e::remote_host_settings_with_gc(&url, &options);
+    settings.extend([("pageserver.checkpoint_distance", "1MB"), ("pageserver.checkpoint_timeout", "1s"), ("pageserver.gc_horizon", "2MB")]);
     let primary = e2e::start_primary(true, &[])?;
     let mut host = e2e::start_host(true, &settings)?;
     primary.run_as_postgres_checked("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
@@ -97,11 +90,6 @@ fn the_bucket_stays_consistent_when_the_host_dies_anywhere() -> Result<()> {
     drop(host);
     let fresh = e2e::start_host(true, &settings)?;
     fresh.sql(&format!("SELECT * FROM pageserver.attach_tenant('{tenant}')"))?;
-    primary.sql("CHECKPOINT")?;
-    let end = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
-    e2e::wait_ingested(&fresh, &timeline, end)?;
-    let report = e2e::compare_pages(&primary, &fresh, &tenant, &timeline, end, true)?;
-    report.ensure_clean()?;
-    ensure!(report.blocks > 100, "{} blocks compared", report.blocks);
+    e2e::compare_after_checkpoint(&primary, &fresh, &tenant, &timeline, true)?;
     e2e::ensure_log_clean(&fresh)
 }

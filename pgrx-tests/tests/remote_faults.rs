@@ -27,16 +27,7 @@ fn the_backup_survives_a_faulty_store_and_catches_up() -> Result<()> {
     let url = s3.url("faults", "p");
     let through_proxy = format!("endpoint={},region=us-east-1,access_key_id=test,secret_access_key=test", proxy.endpoint());
     let primary = e2e::start_primary(true, &[])?;
-    let settings = [
-        ("pageserver.remote_storage", url.as_str()),
-        ("pageserver.remote_storage_options", through_proxy.as_str()),
-        ("pageserver.checkpoint_distance", "2MB"),
-        ("pageserver.checkpoint_timeout", "2s"),
-        ("pageserver.compaction_threshold", "3"),
-        ("pageserver.compaction_period", "1s"),
-        ("pageserver.gc_horizon", "4MB"),
-        ("pageserver.pitr_interval", "0"),
-    ];
+    let settings = e2e::remote_host_settings_with_gc(&url, &through_proxy);
     let host = e2e::start_host(true, &settings)?;
     let workers_before = host.sql("SELECT kind, restarts FROM pageserver.status() ORDER BY kind, number")?;
     primary.run_as_postgres_checked("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
@@ -53,7 +44,7 @@ fn the_backup_survives_a_faulty_store_and_catches_up() -> Result<()> {
     let during_backup = summarize(&proxy.counts(), percent)?;
     proxy.set_fault_percent(0);
     eprintln!("backup under faults: {during_backup:?} ({failed} failed tries seen)");
-    for operation in ["PUT", "DELETE"] {
+    for operation in ["PUT", "GET", "LIST", "DELETE"] {
         ensure!(during_backup.get(operation).is_some_and(|(_, bad)| *bad > 0), "no {operation} was faulted: {during_backup:?}");
     }
 
@@ -98,12 +89,7 @@ fn the_backup_survives_a_faulty_store_and_catches_up() -> Result<()> {
     for operation in ["LIST", "GET"] {
         ensure!(during_attach.get(operation).is_some_and(|(_, bad)| *bad > 0), "no {operation} was faulted: {during_attach:?}");
     }
-    primary.sql("CHECKPOINT")?;
-    let end = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
-    e2e::wait_ingested(&fresh, &timeline, end)?;
-    let report = e2e::compare_pages(&primary, &fresh, &tenant, &timeline, end, true)?;
-    report.ensure_clean()?;
-    ensure!(report.blocks > 100, "{} blocks compared", report.blocks);
+    e2e::compare_after_checkpoint(&primary, &fresh, &tenant, &timeline, true)?;
     // Failed attaches are errors the host logged; nothing else may be.
     let log = fresh.log();
     let unexpected: Vec<&str> =

@@ -78,6 +78,30 @@ pub fn start_host(checksums: bool, settings: &[(&str, &str)]) -> Result<PgCluste
     Ok(host)
 }
 
+/// Settings of a host that backs up to object storage at `url` (with
+/// `options`) and makes small layers (`checkpoint_distance` 2MB, frozen
+/// after 2 s) and a layers-worker pass every second, so that uploads,
+/// compaction and the deletions it causes all happen within a test. Later
+/// entries a test appends override these.
+pub fn remote_host_settings<'a>(url: &'a str, options: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("pageserver.remote_storage", url),
+        ("pageserver.remote_storage_options", options),
+        ("pageserver.checkpoint_distance", "2MB"),
+        ("pageserver.checkpoint_timeout", "2s"),
+        ("pageserver.compaction_threshold", "3"),
+        ("pageserver.compaction_period", "1s"),
+    ]
+}
+
+/// ... and GC that keeps only the last 4 MB of WAL (no PITR window), so
+/// that GC drops layers too.
+pub fn remote_host_settings_with_gc<'a>(url: &'a str, options: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut settings = remote_host_settings(url, options);
+    settings.extend([("pageserver.gc_horizon", "4MB"), ("pageserver.pitr_interval", "0")]);
+    settings
+}
+
 /// A new tenant and a timeline streaming from `primary`.
 pub fn create_timeline(host: &PgCluster, primary: &PgCluster) -> Result<(String, String)> {
     let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("tenant")?;
@@ -323,6 +347,25 @@ impl PageReport {
 
 fn rel_name(rel: &RelTag) -> String {
     format!("{}/{}/{} fork {}", rel.spc_node, rel.db_node, rel.rel_node, rel.fork)
+}
+
+/// `CHECKPOINT` on the primary, waits until the host has ingested up to
+/// there, and compares every block ([`compare_pages`]); fails on any
+/// mismatch or if fewer than 100 blocks were compared.
+pub fn compare_after_checkpoint(
+    primary: &PgCluster,
+    host: &PgCluster,
+    tenant: &str,
+    timeline: &str,
+    checksums: bool,
+) -> Result<PageReport> {
+    primary.sql("CHECKPOINT")?;
+    let end = lsn_of(primary, "SELECT pg_current_wal_lsn()")?;
+    wait_ingested(host, timeline, end)?;
+    let report = compare_pages(primary, host, tenant, timeline, end, checksums)?;
+    report.ensure_clean()?;
+    ensure!(report.blocks > 100, "only {} blocks compared", report.blocks);
+    Ok(report)
 }
 
 /// Compares the primary's files, right after its `CHECKPOINT` at `lsn` (no
