@@ -167,6 +167,23 @@ echo "  stock PostgreSQL on the branch:     $branch_sum  (the primary had $befor
 [ "$branch_sum" = "$before_sum" ] || { echo "the branch does not show the data as of $before_lsn" >&2; exit 1; }
 [ "$branch_sum" != "$now_sum" ] || { echo "pgbench changed nothing?" >&2; exit 1; }
 
+log "detaching the tenant: everything goes to the bucket, the host keeps nothing of it"
+host_psql -c "SELECT * FROM pageserver.detach_tenant('$tenant')"
+[ ! -e "$demo/host/pageserver/tenants/$tenant" ] || { echo "the detached tenant is still on disk" >&2; exit 1; }
+echo "timelines of the tenant on the host now: $(host_psql -tA -c "SELECT count(*) FROM pageserver.timelines() WHERE tenant_id = '$tenant'")"
+primary_psql -q -c "UPDATE pgbench_branches SET bbalance = bbalance + 1"
+target=$(primary_psql -tA -c "SELECT pg_current_wal_lsn()")
+
+log "attaching it back from the bucket alone; it streams on through the primary's slot"
+host_psql -c "SELECT * FROM pageserver.attach_tenant('$tenant')"
+for _ in $(seq 600); do
+  caught_up=$(host_psql -tA -c "SELECT last_record_lsn::pg_lsn >= '$target'::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '$timeline'")
+  [ "$caught_up" = t ] && break
+  sleep 0.1
+done
+[ "$caught_up" = t ] || { echo "the attached timeline did not reach $target" >&2; exit 1; }
+host_psql -c "SELECT timeline_id, state, last_record_lsn FROM pageserver.timelines() WHERE tenant_id = '$tenant'"
+
 log "stopping everything"
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" stop -m fast -w >/dev/null
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" stop -m fast -w >/dev/null

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 use service::mgmt::{Command, Reply};
+use service::tenants::DetachStep;
 use service::timeline_handle::TimelineState;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,69 @@ fn attach_tenant(
         error!("unexpected reply from the main worker")
     };
     TableIterator::once((timelines as i32, streaming as i32, report.layers as i64, report.bytes as i64))
+}
+
+/// How often `detach_tenant` asks the main worker how far the detach is.
+const DETACH_POLL: Duration = Duration::from_millis(200);
+
+/// Detaches a tenant from this host, handing it over to object storage
+/// (`pageserver.remote_storage`): stops its WAL receivers, refuses new
+/// timelines, branches and layer work, waits until every timeline's
+/// in-memory layers are on disk and a backup pass has uploaded each one's
+/// layers and index (NOTICEs every few seconds say what it waits for, with
+/// the bytes still queued and the backup's last error), then removes the
+/// local copy. Returns each timeline with its `remote_consistent_lsn`: the
+/// bucket holds it whole up to there, and `attach_tenant` on any host
+/// resumes it from that LSN. The primaries' replication slots stay and
+/// keep the WAL from that LSN on; drop them on the primary if the tenant
+/// is not coming back. If the call is cancelled or fails before the end,
+/// the tenant resumes streaming on this host and nothing is lost.
+#[pg_extern]
+fn detach_tenant(tenant_id: String) -> TableIterator<'static, (name!(timeline_id, String), name!(remote_consistent_lsn, String))> {
+    if crate::guc::string(&crate::guc::REMOTE_STORAGE).is_empty() {
+        raise("55000", "pageserver.remote_storage is not set: a detached tenant would be lost; there is nowhere to hand it over to");
+    }
+    /// Abandons the detach if the call ends early (an ERROR or a cancel
+    /// unwinds through here): the tenant streams again.
+    struct ResumeUnlessDone<'a>(&'a str, bool);
+    impl Drop for ResumeUnlessDone<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                let request = serde_json::to_vec(&Command::ResumeTenant { tenant: self.0.to_string() }).expect("commands serialize");
+                // Best effort, without PostgreSQL calls (this may run while
+                // an ERROR unwinds); a host restart resumes the tenant too.
+                let _ = crate::shmem::state().commands.call(&request, COMMAND_TIMEOUT, &mut || false);
+            }
+        }
+    }
+    let mut guard = ResumeUnlessDone(&tenant_id, false);
+    let mut last_notice: Option<(Instant, String)> = None;
+    loop {
+        match call(&Command::DetachTenant { tenant: tenant_id.clone() }) {
+            Reply::Detach(DetachStep::Detached(timelines)) => {
+                guard.1 = true;
+                let rows: Vec<_> = timelines.into_iter().map(|t| (t.timeline, t.remote_consistent_lsn)).collect();
+                return TableIterator::new(rows);
+            }
+            Reply::Detach(DetachStep::Waiting(wait)) => {
+                let due = last_notice.as_ref().is_none_or(|(at, what)| at.elapsed() >= PROGRESS_INTERVAL || *what != wait.waiting_for);
+                if due {
+                    let mut text = format!("detaching tenant {tenant_id}: waiting for {}", wait.waiting_for);
+                    if wait.queued_bytes > 0 {
+                        text.push_str(&format!(" ({} MiB queued)", wait.queued_bytes.div_ceil(1 << 20)));
+                    }
+                    if let Some(e) = &wait.last_error {
+                        text.push_str(&format!("; last error: {e}"));
+                    }
+                    notice!("{text}");
+                    last_notice = Some((Instant::now(), wait.waiting_for));
+                }
+            }
+            other => error!("unexpected reply from the main worker: {other:?}"),
+        }
+        std::thread::sleep(DETACH_POLL);
+        pg_sys::check_for_interrupts!();
+    }
 }
 
 /// Creates a timeline of `tenant_id` fed by the stock PostgreSQL 15 primary

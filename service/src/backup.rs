@@ -13,7 +13,10 @@
 //!    fsynced) before anything else;
 //! 4. upload the new index; only then publish its `disk_consistent_lsn` as
 //!    the timeline's `remote_consistent_lsn` in shared memory;
-//! 5. delete the dropped layer objects, then the queue file.
+//! 5. delete the dropped layer objects, then the queue file;
+//! 6. mark the timeline's slot in sync with this pass's number (passes
+//!    number themselves before they read anything): a tenant being
+//!    detached waits for a pass that started after its last local change.
 //!
 //! A crash anywhere leaves: layer objects no index names (the next run
 //! lists the timeline once, before uploading anything, and deletes the
@@ -121,6 +124,7 @@ impl BackupWorker {
     /// One pass over every timeline on disk. `activity` hears what is being
     /// done; `stopping` is polled between timelines.
     pub async fn pass(&mut self, activity: &dyn Fn(&str), stopping: &dyn Fn() -> bool) -> Result<PassSummary, BackupError> {
+        let pass = self.table.begin_pass();
         let on_disk = timelines_on_disk(&self.tenants_dir)
             .map_err(|e| BackupError::LocalIndex { dir: self.tenants_dir.clone(), reason: e.to_string() })?;
         self.table.retain(&|tenant, timeline| on_disk.iter().any(|(t, l, _)| t.0 == tenant && l.0 == timeline));
@@ -152,6 +156,7 @@ impl BackupWorker {
                     state.backoff.succeeded();
                     state.retry_at = None;
                     slot.clear_error();
+                    slot.set_synced(pass);
                 }
                 Err(e) => {
                     summary.failed += 1;

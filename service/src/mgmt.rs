@@ -8,7 +8,7 @@
 
 use crate::error::ServiceError;
 use crate::layers::LayerOwner;
-use crate::tenants::{Manager, TimelineRow};
+use crate::tenants::{DetachStep, Manager, TimelineRow};
 use crate::timeline_handle::{TenantId, TimelineState};
 use serde::{Deserialize, Serialize};
 use shared_mem::CommandQueue;
@@ -42,6 +42,15 @@ pub enum Command {
     ListTenants,
     /// Load a tenant whose directory the backup worker has just downloaded.
     AttachTenant {
+        tenant: String,
+    },
+    /// One step of a detach (see `tenants::detach`): begins it, or reports
+    /// what it waits for, or finishes it.
+    DetachTenant {
+        tenant: String,
+    },
+    /// Abandon a detach under way: the tenant streams and takes changes again.
+    ResumeTenant {
         tenant: String,
     },
     /// The layers worker starts a pass on a timeline.
@@ -150,6 +159,9 @@ pub enum Reply {
         timelines: usize,
         streaming: usize,
     },
+    Detach(DetachStep),
+    /// Whether a detach was under way (and is now abandoned).
+    Resumed(bool),
     Grant(GrantWire),
     /// The swap is in the layer map and the index; the timeline's new generation.
     Swapped {
@@ -213,6 +225,8 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         Command::AttachTenant { tenant } => parse_id("tenant id", &tenant)
             .and_then(|id| manager.attach_tenant(id))
             .map(|(timelines, streaming)| Reply::Attached { timelines, streaming }),
+        Command::DetachTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.detach_step(id)).map(Reply::Detach),
+        Command::ResumeTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.resume_tenant(id)).map(Reply::Resumed),
         Command::BeginLayerWork { tenant, timeline } => (|| {
             let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
             Ok(Reply::Grant(GrantWire::from(&manager.begin_layer_work(tenant, timeline)?)))

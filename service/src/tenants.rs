@@ -32,6 +32,9 @@
 //! thread; its [`TaskTracker`] tracks the tasks, so the main worker can wait
 //! for them on exit ([`Manager::stop`], then [`Manager::wait_tasks`]).
 
+mod detach;
+pub use detach::{DetachStep, DetachWait, DetachedTimeline};
+
 use crate::error::ServiceError;
 use crate::timeline_handle::{CompactionPass, SourceMeta, SourceState, TenantId, TimelineHandle, TimelineState, TimelineStatus};
 use crate::walreceiver::replication::{ReplError, ReplicationConn};
@@ -74,6 +77,22 @@ pub struct HostSettings {
     pub remote: Option<&'static shared_mem::RemoteTable>,
 }
 
+impl Tenant {
+    /// For a change that a detach must not meet (a new timeline, a branch,
+    /// layer work): refused once a detach has begun; otherwise the guard,
+    /// held during the change, keeps a detach from beginning meanwhile.
+    fn change_guard(&self) -> Result<parking_lot::MutexGuard<'_, TenantRun>, ServiceError> {
+        let run = self.run.lock();
+        match run.detach {
+            DetachState::Attached => Ok(run),
+            _ => Err(ServiceError::NotInPrerequisiteState(format!(
+                "tenant {} is being detached (pageserver.detach_tenant); it takes no changes",
+                self.id
+            ))),
+        }
+    }
+}
+
 impl std::fmt::Debug for HostSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostSettings")
@@ -86,19 +105,42 @@ impl std::fmt::Debug for HostSettings {
 
 pub struct Tenant {
     pub id: TenantId,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     pub repo: Arc<Repository>,
-    timelines: RwLock<BTreeMap<TimelineId, Arc<TimelineHandle>>>,
+    pub(crate) timelines: RwLock<BTreeMap<TimelineId, Arc<TimelineHandle>>>,
+    /// Its WAL receivers and imports, and whether a detach stopped them.
+    pub(crate) run: Mutex<TenantRun>,
+}
+
+/// The tenant's running tasks: cancelled together when a detach stops
+/// ingest (see `crate::detach`), started afresh if the detach is abandoned.
+pub(crate) struct TenantRun {
+    pub(crate) detach: DetachState,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// How far a detach of the tenant has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DetachState {
+    /// No detach: ingest and layer work run.
+    Attached,
+    /// Receivers cancelled, no new layer work; waiting for the tasks and
+    /// running layer work to end and for memory to reach disk.
+    Stopping,
+    /// Nothing changes on disk any more; waiting for a backup pass numbered
+    /// above `pass` to find every timeline in sync with the bucket.
+    Quiet { pass: u64 },
 }
 
 /// All tenants of this host.
 pub struct Manager {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     conf: RepoConfig,
     redo: Arc<dyn Redo>,
-    host: HostSettings,
-    runtime: tokio::runtime::Handle,
-    tenants: RwLock<BTreeMap<TenantId, Arc<Tenant>>>,
+    pub(crate) host: HostSettings,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) tenants: RwLock<BTreeMap<TenantId, Arc<Tenant>>>,
     /// Cancelled by [`Manager::stop`]: every task and thread of the manager ends.
     cancel: CancellationToken,
     /// The tasks started on the runtime (receivers, imports, the page service).
@@ -157,6 +199,7 @@ impl Manager {
         let root = data_dir.join("tenants");
         let io = |e: std::io::Error| ServiceError::Io(format!("cannot read {}: {e}", root.display()));
         std::fs::create_dir_all(&root).map_err(|e| ServiceError::Io(format!("cannot create {}: {e}", root.display())))?;
+        detach::remove_unfinished(data_dir)?;
         let manager = Arc::new(Manager {
             root: root.clone(),
             conf,
@@ -218,7 +261,8 @@ impl Manager {
             .map_err(|e| ServiceError::from(e).context(format!("tenant {id}")))?;
         std::fs::create_dir_all(dir.join("sources"))
             .map_err(|e| ServiceError::Io(format!("tenant {id}: cannot create its sources directory: {e}")))?;
-        let tenant = Arc::new(Tenant { id, dir, repo: Arc::new(repo), timelines: RwLock::new(BTreeMap::new()) });
+        let run = TenantRun { detach: DetachState::Attached, cancel: self.cancel.child_token(), tasks: TaskTracker::new() };
+        let tenant = Arc::new(Tenant { id, dir, repo: Arc::new(repo), timelines: RwLock::new(BTreeMap::new()), run: Mutex::new(run) });
         for tl in tenant.repo.timeline_ids() {
             let timeline = tenant.repo.get_timeline(tl)?;
             let source = read_source(&tenant.dir, tl).map_err(ServiceError::Corrupt)?;
@@ -230,7 +274,7 @@ impl Manager {
         Ok(tenant)
     }
 
-    fn resume_timelines(self: &Arc<Self>, tenant: &Arc<Tenant>) {
+    pub(crate) fn resume_timelines(self: &Arc<Self>, tenant: &Arc<Tenant>) {
         let entries: Vec<_> = tenant.timelines.read().values().cloned().collect();
         for entry in entries {
             let source = entry.source.lock().clone();
@@ -404,6 +448,7 @@ impl Manager {
             }
             Ok::<_, ServiceError>((system, ()))
         })?;
+        let change = tenant.change_guard()?;
         let timeline = tenant.repo.create_timeline(id)?;
         let source = SourceMeta {
             conninfo: conninfo.to_string(),
@@ -419,13 +464,26 @@ impl Manager {
         *status.state.lock() = TimelineState::Importing;
         let entry = Arc::new(TimelineHandle { timeline, status, source: Mutex::new(Some(source)) });
         tenant.timelines.write().insert(id, entry.clone());
+        drop(change);
         self.spawn_import(tenant, entry);
         Ok(id)
     }
 
+    /// Starts `task` as one of the tenant's: it gets the tenant's
+    /// cancellation token (a child of the manager's) and both trackers
+    /// follow it.
+    fn spawn_for_tenant<F, T>(&self, tenant: &Tenant, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let run = tenant.run.lock();
+        self.tasks.spawn_on(run.tasks.track_future(task(run.cancel.clone())), &self.runtime);
+    }
+
     fn spawn_import(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
         let manager = self.clone();
-        self.spawn(|cancel| async move {
+        self.spawn_for_tenant(&tenant.clone(), |cancel| async move {
             let id = entry.timeline.id();
             let imported = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -457,7 +515,8 @@ impl Manager {
 
     fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
         let remote = self.host.remote;
-        self.spawn(move |cancel| walreceiver::run(cancel, tenant.id, entry, remote));
+        let id = tenant.id;
+        self.spawn_for_tenant(&tenant, move |cancel| walreceiver::run(cancel, id, entry, remote));
     }
 
     /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
@@ -475,6 +534,7 @@ impl Manager {
         if tenant.timelines.read().contains_key(&child) {
             return Err(ServiceError::AlreadyExists(format!("timeline {child} already exists in tenant {tenant_id}")));
         }
+        let _change = tenant.change_guard()?;
         let timeline = tenant.repo.branch_timeline(parent, child, lsn)?;
         let status = Arc::new(TimelineStatus::default());
         *status.state.lock() = TimelineState::Branch;
@@ -485,6 +545,7 @@ impl Manager {
     pub fn list(&self) -> Vec<TimelineRow> {
         let mut rows = Vec::new();
         for tenant in self.tenants.read().values() {
+            let detaching = tenant.run.lock().detach != DetachState::Attached;
             for entry in tenant.timelines.read().values() {
                 let tl = &entry.timeline;
                 let primary = entry.status.receiver.primary_lsn.load(Ordering::Relaxed);
@@ -492,7 +553,7 @@ impl Manager {
                 rows.push(TimelineRow {
                     tenant: tenant.id.to_string(),
                     timeline: tl.id().to_string(),
-                    state: *entry.status.state.lock(),
+                    state: if detaching { TimelineState::Detaching } else { *entry.status.state.lock() },
                     ancestor: tl.ancestor().map(|(a, _)| a.id().to_string()),
                     branch_lsn: tl.ancestor().map(|(_, lsn)| lsn.to_string()),
                     last_record_lsn: last.to_string(),
@@ -567,6 +628,7 @@ impl Manager {
     pub fn begin_layer_work(&self, tenant: TenantId, timeline: TimelineId) -> Result<LayerWorkGrant, ServiceError> {
         let t = self.tenant(tenant)?;
         let entry = self.timeline(tenant, timeline)?;
+        let _change = t.change_guard()?;
         let grant = t.repo.begin_layer_work(timeline, SystemTime::now())?;
         entry.status.compaction.running.store(true, Ordering::Relaxed);
         Ok(grant)
@@ -576,6 +638,7 @@ impl Manager {
     /// result is the repository's answer (a refusal included).
     pub fn swap_layers(&self, tenant: TenantId, timeline: TimelineId, swap: &LayerSwap) -> Result<u64, RepoError> {
         let t = self.tenant(tenant).map_err(|e| RepoError::SwapRefused(e.to_string()))?;
+        let _change = t.change_guard().map_err(|e| RepoError::SwapRefused(e.to_string()))?;
         t.repo.apply_layer_swap(timeline, swap)
     }
 

@@ -49,6 +49,9 @@ pub enum TimelineState {
     Broken,
     /// A branch: no source of its own.
     Branch,
+    /// Its tenant is being detached (`pageserver.detach_tenant`): ingest
+    /// stopped, the last changes going to object storage.
+    Detaching,
 }
 
 impl TimelineState {
@@ -58,6 +61,7 @@ impl TimelineState {
             TimelineState::Active => "active",
             TimelineState::Broken => "broken",
             TimelineState::Branch => "branch",
+            TimelineState::Detaching => "detaching",
         }
     }
 }

@@ -42,7 +42,7 @@ pub struct SharedState {
     pub backup_commands: CommandQueue,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0006; // "pagesv" + layout version 6
+const MAGIC: u64 = 0x7061_6765_7376_0007; // "pagesv" + layout version 7
 
 impl SharedState {
     /// Bytes to request from the host.

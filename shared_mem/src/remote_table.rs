@@ -30,6 +30,9 @@ pub struct RemoteSlot {
     /// Unix milliseconds when the last index became durable (0: never).
     last_index_unix_ms: AtomicU64,
     errors: AtomicU64,
+    /// The number of the last backup pass that found this timeline in sync
+    /// (see [`RemoteTable::begin_pass`]).
+    synced_pass: AtomicU64,
     last_error: ActivityText,
 }
 
@@ -47,6 +50,7 @@ pub struct RemoteStatus {
     pub deleted_objects: u64,
     pub last_index_unix_ms: u64,
     pub errors: u64,
+    pub synced_pass: u64,
     pub last_error: String,
 }
 
@@ -100,7 +104,19 @@ impl RemoteSlot {
         self.last_error.set("");
     }
 
-    fn status(&self) -> RemoteStatus {
+    /// Records that pass `pass` read the timeline's local index and left
+    /// the bucket in step with it: the remote index names exactly what the
+    /// local one does, and no deletion is pending.
+    pub fn set_synced(&self, pass: u64) {
+        self.synced_pass.fetch_max(pass, Ordering::AcqRel);
+    }
+
+    /// The number of the last pass that found the timeline in sync (0: none).
+    pub fn synced_pass(&self) -> u64 {
+        self.synced_pass.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> RemoteStatus {
         RemoteStatus {
             tenant: join(&self.tenant),
             timeline: join(&self.timeline),
@@ -113,6 +129,7 @@ impl RemoteSlot {
             deleted_objects: self.deleted_objects.load(Ordering::Acquire),
             last_index_unix_ms: self.last_index_unix_ms.load(Ordering::Acquire),
             errors: self.errors.load(Ordering::Acquire),
+            synced_pass: self.synced_pass(),
             last_error: self.last_error.get(),
         }
     }
@@ -122,13 +139,16 @@ impl RemoteSlot {
 pub struct RemoteTable {
     /// 1 while the backup worker runs with object storage configured.
     enabled: AtomicU32,
+    /// Backup passes started since the host started; a pass numbers itself
+    /// with this before it reads any local index.
+    passes_started: AtomicU64,
     slots: [RemoteSlot; MAX_REMOTE_TIMELINES],
 }
 
 impl Default for RemoteTable {
     /// An empty table outside shared memory (tests and tools).
     fn default() -> RemoteTable {
-        RemoteTable { enabled: AtomicU32::new(0), slots: std::array::from_fn(|_| RemoteSlot::default()) }
+        RemoteTable { enabled: AtomicU32::new(0), passes_started: AtomicU64::new(0), slots: std::array::from_fn(|_| RemoteSlot::default()) }
     }
 }
 
@@ -141,6 +161,18 @@ impl RemoteTable {
 
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire) == 1
+    }
+
+    /// The backup worker starts a pass: returns its number (from 1).
+    pub fn begin_pass(&self) -> u64 {
+        self.passes_started.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The number of the newest pass started (0: none). A timeline whose
+    /// [`RemoteSlot::synced_pass`] is above the value read at some moment
+    /// was found in sync by a pass that read its local index after it.
+    pub fn passes_started(&self) -> u64 {
+        self.passes_started.load(Ordering::Acquire)
     }
 
     /// The slot of a timeline, if the backup worker follows it.
@@ -165,6 +197,7 @@ impl RemoteTable {
             &slot.deleted_objects,
             &slot.last_index_unix_ms,
             &slot.errors,
+            &slot.synced_pass,
         ] {
             counter.store(0, Ordering::Release);
         }
@@ -217,6 +250,10 @@ mod tests {
         slot.add_uploaded(2, 4096, 1000);
         slot.set_queue(3, 30);
         slot.set_error("S3 said 503");
+        assert_eq!((table.passes_started(), table.begin_pass(), table.begin_pass(), table.passes_started()), (0, 1, 2, 2));
+        slot.set_synced(2);
+        slot.set_synced(1);
+        assert_eq!(slot.synced_pass(), 2, "only moves forward");
         assert_eq!(table.find(t1, l1).unwrap().remote_consistent_lsn(), 100);
         assert!(table.find(t1, l2).is_none());
         table.claim(t1, l2).unwrap();
@@ -229,7 +266,7 @@ mod tests {
         assert!(table.find(t1, l1).is_none());
         // A freed slot comes back zeroed for the next timeline.
         let again = table.claim(3, 4).unwrap();
-        assert_eq!(again.remote_consistent_lsn(), 0);
+        assert_eq!((again.remote_consistent_lsn(), again.synced_pass()), (0, 0));
         assert_eq!(table.statuses().iter().find(|s| s.timeline == 4).unwrap().last_error, "");
         for i in 0..MAX_REMOTE_TIMELINES as u128 {
             table.claim(9, 100 + i);
