@@ -35,6 +35,7 @@ BENCHES=(
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p tools --bin pagebench && cargo run --release -p tools --bin service_bench"
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench"
   "cargo run --release -p tools --bin remote_bench"
+  "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin restore_bench"
 )
 
 for b in "${BENCHES[@]}"; do

@@ -1,5 +1,6 @@
 //! Shared code of the command-line tools (benchmarks, inspection).
 
+pub mod bench_copy;
 pub mod bench_host;
 pub mod pagestream_client;
 

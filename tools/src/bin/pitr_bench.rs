@@ -46,16 +46,14 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, ClusterConfig, PgCluster};
-use storage::lsn::Lsn;
+use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, PgCluster};
+use tools::bench_copy::{fullbackup_into, race, run_as_postgres};
 use tools::bench_host::{first_text, parse_lsn, primary_lsn, process_ticks, wait_caught_up, worker_pids, CLOCK_TICKS_PER_S};
 
 const COMMAND: &str =
     "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench";
 const STANZA: &str = "bench";
 const MARKER: i32 = 42;
-/// How long a restored copy may take to come out of recovery.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -63,18 +61,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
     tools::print_row(name, value, unit, floor, COMMAND);
-}
-
-/// Runs `program` as `postgres` and fails with its output if it fails.
-fn run_as_postgres(program: &str, args: &[&str]) -> Result<Output> {
-    let out = as_postgres::command(program, &[]).args(args).output().with_context(|| format!("running {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 /// pgBackRest with its own configuration, repository and spool directory.
@@ -151,72 +137,14 @@ fn dir_bytes(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<u64> {
     Ok(total)
 }
 
-/// A copy of the primary is up: out of recovery, the marker row committed
-/// before X is there and the table created after X is not.
-fn first_query(copy: &PgCluster) -> Result<()> {
-    let started = Instant::now();
-    let mut client = loop {
-        match copy.client("postgres") {
-            Ok(c) => break c,
-            Err(e) if started.elapsed() < RECOVERY_TIMEOUT => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e.context("connecting to the restored copy")),
-        }
-    };
-    while first_text(&mut client, "SELECT pg_is_in_recovery()")?.as_deref() == Some("t") {
-        ensure!(started.elapsed() < RECOVERY_TIMEOUT, "still in recovery after {RECOVERY_TIMEOUT:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let marker = first_text(&mut client, "SELECT v FROM pitr_marker")?;
+/// The copy holds the database as of X: the marker row committed before X
+/// is there and the table created after X is not.
+fn marker_at_x(client: &mut postgres::Client) -> Result<()> {
+    let marker = first_text(client, "SELECT v FROM pitr_marker")?;
     ensure!(marker.as_deref() == Some(&MARKER.to_string()), "pitr_marker holds {marker:?}, not {MARKER}");
-    let later = first_text(&mut client, "SELECT to_regclass('pitr_after') IS NULL")?;
+    let later = first_text(client, "SELECT to_regclass('pitr_after') IS NULL")?;
     ensure!(later.as_deref() == Some("t"), "pitr_after exists: the copy is past X");
     Ok(())
-}
-
-/// A stock server for a copy: no archiving of its own.
-fn copy_config() -> ClusterConfig {
-    ClusterConfig::default().setting("archive_mode", "off").setting("max_prepared_transactions", "10")
-}
-
-/// `fullbackup` of `timeline` (at `lsn`, or its latest) over psql, piped
-/// into `tar -x` in `dir`, as `postgres`.
-fn fullbackup_into(host: &PgCluster, tenant: &str, timeline: &str, lsn: Option<Lsn>, dir: &Path) -> Result<()> {
-    let addr = host.listener_addr().context("host without pageserver.listen_addr")?;
-    let command = match lsn {
-        Some(lsn) => format!("fullbackup {tenant} {timeline} {lsn}"),
-        None => format!("fullbackup {tenant} {timeline}"),
-    };
-    let psql = pageserver_harness::pg_bin("psql");
-    let script = format!(
-        "set -o pipefail; {} -X -w -d 'host={} port={} user=compute' -c '{command}' | tar -x -C {}",
-        psql.display(),
-        addr.ip(),
-        addr.port(),
-        dir.display()
-    );
-    as_postgres::chown_to_postgres(dir)?;
-    run_as_postgres("bash", &["-c", &script]).map(|_| ())
-}
-
-/// Seconds from nothing to the first query on a copy made by `fill`.
-fn race(what: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<f64> {
-    let started = Instant::now();
-    let mut filled = None;
-    let copy = PgCluster::start_on_data_dir(copy_config(), |dir| {
-        let result = fill(dir);
-        filled = Some(started.elapsed());
-        result
-    })
-    .with_context(|| format!("{what}: starting the copy"))?;
-    let up = started.elapsed();
-    first_query(&copy).with_context(|| format!("{what}: first query"))?;
-    let secs = started.elapsed().as_secs_f64();
-    let filled = filled.map_or(0.0, |d| d.as_secs_f64());
-    eprintln!("{what}: first query after {secs:.1} s (directory filled after {filled:.1} s, server up after {:.1} s)", up.as_secs_f64());
-    Ok(secs)
 }
 
 /// (busy, all) ticks of all CPUs since boot, from `/proc/stat`.
@@ -359,24 +287,32 @@ fn main() -> Result<()> {
 
     // The races, pgBackRest first.
     let conf = backrest.conf();
-    let backrest_s = race("pgbackrest restore + replay", |dir| {
-        as_postgres::chown_to_postgres(dir)?;
-        let target = format!("--target={x}");
-        let pg1 = format!("--pg1-path={}", dir.display());
-        let config = format!("--config={}", conf.display());
-        run_as_postgres("pgbackrest", &[&config, "--stanza=bench", &pg1, "--type=lsn", &target, "--target-action=promote", "restore"])
-            .map(|_| ())
-    })?;
+    let backrest_s = race(
+        "pgbackrest restore + replay",
+        |dir| {
+            as_postgres::chown_to_postgres(dir)?;
+            let target = format!("--target={x}");
+            let pg1 = format!("--pg1-path={}", dir.display());
+            let config = format!("--config={}", conf.display());
+            run_as_postgres("pgbackrest", &[&config, "--stanza=bench", &pg1, "--type=lsn", &target, "--target-action=promote", "restore"])
+                .map(|_| ())
+        },
+        marker_at_x,
+    )?;
     let fullbackup_s = with_worker_cpu(&host, "fullbackup at X", || {
-        race("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir))
+        race("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir), marker_at_x)
     })?;
     let branch_s = with_worker_cpu(&host, "branch at X + fullbackup", || {
-        race("branch at X + fullbackup", |dir| {
-            let branch = host
-                .sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}', '{x}')"))?
-                .context("NULL branch")?;
-            fullbackup_into(&host, &tenant, &branch, None, dir)
-        })
+        race(
+            "branch at X + fullbackup",
+            |dir| {
+                let branch = host
+                    .sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}', '{x}')"))?
+                    .context("NULL branch")?;
+                fullbackup_into(&host, &tenant, &branch, None, dir)
+            },
+            marker_at_x,
+        )
     })?;
 
     // Bytes kept for the window, once a pass of the layers worker has
