@@ -43,8 +43,8 @@ use storage::repo::{LayerName, TimelineId};
 
 use crate::timeline_handle::{SourceMeta, TenantId};
 
-/// Layer uploads of one timeline in flight at once (each holds up to
-/// 64 MiB, see `remote::transfer`).
+/// Layer uploads of one timeline in flight at once (together they hold
+/// at most `remote::transfer::UPLOAD_MEMORY_BUDGET`).
 pub const UPLOAD_CONCURRENCY: usize = 4;
 /// Waits before retrying a failed timeline: from this ...
 const RETRY_BASE: Duration = Duration::from_millis(500);

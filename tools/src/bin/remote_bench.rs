@@ -3,13 +3,15 @@
 //! same run. The server is moto (`pageserver_harness::s3`) on loopback.
 //!
 //! * `remote.upload_mb_s`: `RemoteStorage::upload_file` of layer-sized
-//!   files from disk (as the backup worker sends them: streamed, multipart
-//!   above 8 MiB, CRC32C computed, [`CONCURRENCY`] files at a time); floor:
+//!   files from disk (as the backup worker sends them: one PUT each up to
+//!   128 MiB under a shared memory budget, CRC32C computed, [`CONCURRENCY`]
+//!   files at a time); floor:
 //!   one plain `put` per file of the same bytes from memory, as many at a
 //!   time.
 //! * `remote.download_mb_s`: `RemoteStorage::download_file` of the same
-//!   objects (as attach fetches them: streamed to disk, CRC32C checked,
-//!   fsynced, renamed); floor: plain `get`s into memory.
+//!   objects (as attach fetches them: streamed to disk through a 4 MiB
+//!   buffer, CRC32C checked, fsynced, renamed); floor: plain `get`s into
+//!   memory.
 //!
 //! Each figure is the best of [`ROUNDS`] rounds. `REMOTE_BENCH_MIB`
 //! (default 256) sets the bytes moved per round; files are incompressible
@@ -30,7 +32,7 @@ use remote::{RemoteStorageConfig, Transferred};
 const COMMAND: &str = "cargo run --release -p tools --bin remote_bench";
 /// Transfers in flight at once, as the backup worker and attach do.
 const CONCURRENCY: usize = 4;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const FILE_MIB: [usize; 5] = [4, 16, 32, 64, 128];
 
 fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
