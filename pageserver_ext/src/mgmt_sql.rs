@@ -69,7 +69,9 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// from the index's `disk_consistent_lsn` through the slot it names (the
 /// primary kept that WAL: it was told that LSN as flushed).
 /// `primary_conninfo`, if given, replaces the stored connection string,
-/// which never holds a password. Returns the timelines attached, how many
+/// which never holds a password: a primary that wants one gets it from
+/// this argument or from the host's password file (`PGPASSFILE`, else
+/// `~/.pgpass` of the server's OS user, with database `replication`). Returns the timelines attached, how many
 /// stream, and the layer files and bytes downloaded.
 #[pg_extern]
 fn attach_tenant(
@@ -157,7 +159,8 @@ fn detach_tenant(tenant_id: String) -> TableIterator<'static, (name!(timeline_id
 
 /// Creates a timeline of `tenant_id` fed by the stock PostgreSQL 15 primary
 /// at `primary_conninfo` (a libpq connection string for a user with the
-/// REPLICATION attribute): checks the primary's system and settings,
+/// REPLICATION attribute; without a password in it, the host's password
+/// file is read as libpq reads it, with database `replication`): checks the primary's system and settings,
 /// creates the physical replication slot `slot_name` (default
 /// `pageserver_<first 16 digits of the timeline id>`), imports a base
 /// backup (progress is reported as NOTICEs and in `pageserver.timelines()`),

@@ -63,6 +63,8 @@ pub struct ClusterConfig {
     /// Extra `initdb` arguments, e.g. `--data-checksums`, after the
     /// harness's own (`-U postgres -A trust -E UTF8 --locale=C --no-sync`).
     pub initdb_args: Vec<String>,
+    /// Environment variables of the server (`PGPASSFILE`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -82,6 +84,12 @@ impl ClusterConfig {
     /// [`ClusterConfig::preload_pageserver`]).
     pub fn host(settings: &[(&str, &str)]) -> ClusterConfig {
         ClusterConfig { settings: owned(settings), preload_pageserver: true, ..Default::default() }
+    }
+
+    /// Adds an environment variable of the server (builder style).
+    pub fn env(mut self, name: &str, value: &str) -> ClusterConfig {
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// Appends one setting (builder style).
@@ -255,6 +263,8 @@ pub struct PgCluster {
     log_path: PathBuf,
     port: u16,
     settings: Vec<(String, String)>,
+    /// The server's extra environment ([`ClusterConfig::env`]).
+    env: Vec<(String, String)>,
     /// initdb's postgresql.conf, which each start-up re-renders on top of.
     base_conf: String,
 }
@@ -332,6 +342,7 @@ impl PgCluster {
             root,
             port: port.unwrap_or_else(free_port),
             settings: config.resolved_settings(),
+            env: config.env.clone(),
             base_conf: String::new(),
         })
     }
@@ -394,13 +405,14 @@ impl PgCluster {
     fn pg_command(&self, program: &str) -> Command {
         let port = self.port.to_string();
         let data = self.data.display().to_string();
-        let env = [
+        let mut env = vec![
             ("PGHOST", "127.0.0.1"),
             ("PGPORT", port.as_str()),
             ("PGUSER", SUPERUSER),
             ("PGDATABASE", "postgres"),
             ("PGDATA", data.as_str()),
         ];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut cmd = as_postgres::command(program, &env);
         cmd.current_dir(&self.root);
         cmd

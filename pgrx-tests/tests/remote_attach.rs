@@ -14,6 +14,11 @@
 //! damaged or orphaned. The same test runs on a local directory and on a
 //! real S3 server (moto).
 //! Attach refuses what it cannot do, with the SQLSTATE of the reason.
+//!
+//! A primary that wants a password for replication: the index keeps the
+//! connection string without it, and a fresh host attaches with nothing
+//! but the tenant id; its timeline says what is missing until the host's
+//! password file (`PGPASSFILE`) has a line for the primary, then streams.
 
 use anyhow::{ensure, Context, Result};
 use pageserver_harness::s3::S3Server;
@@ -139,5 +144,60 @@ fn a_lost_host_is_rebuilt_from_an_s3_server() -> Result<()> {
 fn attach_needs_object_storage() -> Result<()> {
     let host = e2e::start_host(false, &[])?;
     ensure!(sqlstate(&host, "SELECT * FROM pageserver.attach_tenant('0123456789abcdef0123456789abcdef')")? == "55000");
+    Ok(())
+}
+
+#[test]
+fn an_attached_timeline_authenticates_from_the_host_password_file() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bucket = tempfile::tempdir()?;
+    pageserver_harness::as_postgres::chown_to_postgres(bucket.path())?;
+    let url = format!("file://{}/bucket", bucket.path().display());
+    let primary = e2e::start_primary(true, &[("password_encryption", "scram-sha-256")])?;
+    primary.sql("CREATE ROLE repl WITH REPLICATION LOGIN PASSWORD 'se:cret'")?;
+    // Replication as repl from loopback needs the password (first match wins).
+    let hba = primary.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba)?;
+    std::fs::write(&hba, format!("host replication repl 127.0.0.1/32 scram-sha-256\n{rules}"))?;
+    primary.sql("SELECT pg_reload_conf()")?;
+    let pgbench = |args: &[&str]| primary.run_as_postgres_checked("pgbench", args);
+    pgbench(&["-i", "-s", "1", "-q", "postgres"])?;
+    let settings = e2e::remote_host_settings(&url, "");
+    let host = e2e::start_host(true, &settings)?;
+    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("tenant")?;
+    let conninfo = format!("host=127.0.0.1 port={} user=repl", primary.port());
+    ensure!(sqlstate(&host, &format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))? == "22023", "no password anywhere");
+    let timeline =
+        host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo} password=''se:cret''')"))?.context("timeline")?;
+    pgbench(&["-c", "2", "-j", "2", "-T", "2", "postgres"])?;
+    let lsn = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    host.wait_for("the timeline in the bucket", Duration::from_secs(120), || {
+        host.sql_one(&format!(
+            "SELECT 1 FROM pageserver.timelines() WHERE timeline_id = '{timeline}' AND remote_consistent_lsn::pg_lsn >= '{lsn}'"
+        ))
+        .ok()?
+    })?;
+    drop(host);
+
+    // The fresh host's password file does not exist yet.
+    let secrets = tempfile::tempdir()?;
+    pageserver_harness::as_postgres::chown_to_postgres(secrets.path())?;
+    let passfile = secrets.path().join("pgpass");
+    let fresh = e2e::start_host_with_env(true, &settings, &[("PGPASSFILE", &passfile.display().to_string())])?;
+    fresh.sql(&format!("SELECT * FROM pageserver.attach_tenant('{tenant}')"))?;
+    let error = fresh.wait_for("the receiver to say what it lacks", Duration::from_secs(60), || {
+        fresh
+            .sql_one(&format!("SELECT last_error FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))
+            .ok()?
+            .filter(|e| e.contains("password file"))
+    })?;
+    ensure!(error.contains(&passfile.display().to_string()), "{error}");
+    std::fs::write(&passfile, format!("# the primary\n127.0.0.1:{}:replication:repl:se\\:cret\n", primary.port()))?;
+    pageserver_harness::as_postgres::chown_to_postgres(&passfile)?;
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600))?;
+    pgbench(&["-c", "2", "-j", "2", "-T", "2", "postgres"])?;
+    let end = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    e2e::wait_ingested(&fresh, &timeline, end)?;
+    e2e::compare_after_checkpoint(&primary, &fresh, &tenant, &timeline, true)?;
     Ok(())
 }

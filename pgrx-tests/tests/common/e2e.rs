@@ -69,7 +69,15 @@ pub fn start_primary(checksums: bool, settings: &[(&str, &str)]) -> Result<PgClu
 /// A host with `data_checksums` as asked (it must equal the primary's) and
 /// the extension created.
 pub fn start_host(checksums: bool, settings: &[(&str, &str)]) -> Result<PgCluster> {
+    start_host_with_env(checksums, settings, &[])
+}
+
+/// ... with environment variables for the host's server (`PGPASSFILE`).
+pub fn start_host_with_env(checksums: bool, settings: &[(&str, &str)], env: &[(&str, &str)]) -> Result<PgCluster> {
     let mut config = ClusterConfig::host(settings);
+    for (k, v) in env {
+        config = config.env(k, v);
+    }
     if checksums {
         config = config.initdb_arg("--data-checksums");
     }

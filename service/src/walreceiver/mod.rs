@@ -9,6 +9,7 @@
 //! `disk_consistent_lsn` (what a restarted timeline's `last_record_lsn` is).
 //! Lost connections are retried with exponential backoff (0.1 s to 10 s).
 
+pub mod passfile;
 pub mod replication;
 
 use crate::timeline_handle::{TenantId, TimelineHandle};

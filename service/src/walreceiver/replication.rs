@@ -7,6 +7,7 @@
 //!
 //! Runs on tokio; never calls PostgreSQL.
 
+use super::passfile::PassfileLookup;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -90,7 +91,7 @@ pub fn parse_conninfo(conninfo: &str) -> Result<ConnSettings, ReplError> {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.to_string_lossy().into_owned(),
-        None => "/var/run/postgresql".to_string(),
+        None => super::passfile::DEFAULT_SOCKET_DIR.to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().map(str::to_string).ok_or_else(|| ReplError::Conninfo("user is required".into()))?;
@@ -125,13 +126,35 @@ impl ReplicationConn {
             [("user", s.user.as_str()), ("replication", "true"), ("application_name", "pageserver_ext"), ("client_encoding", "UTF8")];
         frontend::startup_message(params.iter().copied(), &mut conn.out)?;
         conn.flush().await?;
-        conn.authenticate(&s.user, s.password.as_deref()).await?;
+        let password = match s.password {
+            Some(password) => Ok(password),
+            None => match super::passfile::default_path() {
+                Some(path) => match super::passfile::lookup(&path, &s.host, s.port, &s.user) {
+                    PassfileLookup::Found(password) => Ok(password),
+                    other => Err(other),
+                },
+                None => Err(PassfileLookup::NoFile),
+            },
+        };
+        conn.authenticate(&s.user, password).await?;
         conn.read_until_ready().await?;
         Ok(conn)
     }
 
-    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), ReplError> {
-        let need_password = || ReplError::Conninfo("the primary asks for a password; put password=… in the connection string".into());
+    /// `password` is the connection string's or the password file's; if
+    /// neither has one, what the password file lookup found instead.
+    async fn authenticate(&mut self, user: &str, password: Result<Vec<u8>, PassfileLookup>) -> Result<(), ReplError> {
+        let need_password = || {
+            let passfile = match password.as_ref().err() {
+                Some(PassfileLookup::NotFound(path)) => format!("{} has no line for it", path.display()),
+                Some(PassfileLookup::Ignored(path, why)) => format!("{} is ignored: {why}", path.display()),
+                _ => "there is no password file (PGPASSFILE or ~/.pgpass of the host's user)".to_string(),
+            };
+            ReplError::Conninfo(format!(
+                "the primary asks for a password; put password=… in the connection string or a line                  host:port:replication:user:password in the host's password file ({passfile})"
+            ))
+        };
+        let password = password.as_deref().ok();
         let mut scram: Option<ScramSha256> = None;
         loop {
             let msg = self.read_message().await?;
