@@ -10,7 +10,8 @@
 //! from memory; multipart above 32 MiB (16 MiB parts, 3 in flight) at 0.6
 //! to 0.85, and 32 MiB parts, 4 in flight, at 0.7: the server pays per
 //! part and for assembling them. A download is written to
-//! `<target>.download`, checked (size and CRC32C), fsynced and renamed, so
+//! `<target>.download` (flushed to disk as it arrives, see
+//! [`EarlyWriteback`]), checked (size and CRC32C), fsynced and renamed, so
 //! the target name only ever holds verified bytes.
 
 use std::path::{Path, PathBuf};
@@ -197,6 +198,7 @@ impl RemoteStorage {
         // The stream's chunks are small; each write of a tokio file is a
         // trip to the blocking pool, so they are gathered first.
         let mut file = tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, file);
+        let mut writeback = EarlyWriteback::default();
         let mut got = Transferred { size: 0, crc32c: 0 };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| RemoteError::store("get", path, e))?;
@@ -211,6 +213,7 @@ impl RemoteStorage {
                 }
             }
             file.write_all(&chunk).await.map_err(RemoteError::local("writing", partial))?;
+            writeback.wrote(file.get_ref(), chunk.len()).await.map_err(RemoteError::local("syncing", partial))?;
         }
         if let Some(expected) = expected {
             if got.size != expected.size {
@@ -227,8 +230,46 @@ impl RemoteStorage {
             }
         }
         file.flush().await.map_err(RemoteError::local("writing", partial))?;
+        writeback.finish().await.map_err(RemoteError::local("syncing", partial))?;
         file.get_ref().sync_all().await.map_err(RemoteError::local("syncing", partial))?;
         Ok(got)
+    }
+}
+
+/// Bytes of a download written between two background flushes.
+const WRITEBACK_EVERY: usize = 16 << 20;
+
+/// Flushes a download to disk while it is still arriving: every
+/// [`WRITEBACK_EVERY`] bytes, an `fdatasync` of what is written so far
+/// starts on the blocking pool (one at a time), so the disk works while the
+/// network does and the last `fsync` has only the tail left. Without it,
+/// the final `fsync` of each file waited for all of it (downloads from moto
+/// ran at 0.73 of plain GETs into memory, 0.95 with no `fsync` at all).
+#[derive(Default)]
+struct EarlyWriteback {
+    since_last: usize,
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl EarlyWriteback {
+    async fn wrote(&mut self, file: &tokio::fs::File, bytes: usize) -> std::io::Result<()> {
+        self.since_last += bytes;
+        if self.since_last < WRITEBACK_EVERY || self.in_flight.as_ref().is_some_and(|sync| !sync.is_finished()) {
+            return Ok(());
+        }
+        self.finish().await?;
+        self.since_last = 0;
+        let clone = file.try_clone().await?.into_std().await;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || clone.sync_data()));
+        Ok(())
+    }
+
+    /// Waits for the flush in flight, if any.
+    async fn finish(&mut self) -> std::io::Result<()> {
+        match self.in_flight.take() {
+            Some(sync) => sync.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
     }
 }
 
