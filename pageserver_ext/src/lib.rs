@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod guc;
+mod inspect_sql;
 mod mgmt_sql;
 mod redo_sql;
 mod shmem;
@@ -33,6 +34,9 @@ const _: () = {
 };
 
 ::pgrx::pg_module_magic!(name, version);
+
+// Who may call what: the last statements of CREATE EXTENSION.
+pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 #[allow(non_snake_case)]

@@ -13,7 +13,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often `create_timeline` reports import progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
-fn call(command: &Command) -> Reply {
+pub(crate) fn call(command: &Command) -> Reply {
     let request = serde_json::to_vec(command).expect("commands serialize");
     let queue = &crate::shmem::state().commands;
     // SAFETY: reading a sig_atomic_t flag that signal handlers set.

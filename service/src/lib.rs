@@ -36,6 +36,7 @@
 pub mod attach;
 pub mod backup;
 pub mod error;
+pub mod inspect;
 pub mod layers;
 pub mod log;
 pub mod mgmt;

@@ -7,6 +7,7 @@
 //! [`Manager`]) and that client.
 
 use crate::error::ServiceError;
+use crate::inspect::{self, RelationRow};
 use crate::layers::LayerOwner;
 use crate::tenants::{DetachStep, Manager, TimelineRow};
 use crate::timeline_handle::{TenantId, TimelineState};
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use shared_mem::CommandQueue;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::key::RelTag;
 use storage::lsn::Lsn;
 use storage::repo::{GcChange, LayerName, LayerSwap, LayerWorkGrant, RepoError, TimelineId};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +55,22 @@ pub enum Command {
     ResumeTenant {
         tenant: String,
     },
+    /// Inspection (`crate::inspect`): a page, a fork's size, the relations.
+    /// `lsn` None reads at the last ingested LSN.
+    GetPage {
+        relation: RelationArg,
+        blkno: u32,
+    },
+    RelSize {
+        relation: RelationArg,
+    },
+    ListRelations {
+        tenant: String,
+        timeline: String,
+        lsn: Option<String>,
+        /// Continue after this (spc, db, rel, fork) (the previous page's last).
+        after: Option<(u32, u32, u32, u8)>,
+    },
     /// The layers worker starts a pass on a timeline.
     BeginLayerWork {
         tenant: String,
@@ -70,6 +88,18 @@ pub enum Command {
         timeline: String,
         summary: String,
     },
+}
+
+/// A relation fork of a timeline at an LSN, as the inspection functions name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelationArg {
+    pub tenant: String,
+    pub timeline: String,
+    pub spc_node: u32,
+    pub db_node: u32,
+    pub rel_node: u32,
+    pub fork: String,
+    pub lsn: Option<String>,
 }
 
 /// [`LayerWorkGrant`] on the wire (LSNs as integers).
@@ -160,6 +190,21 @@ pub enum Reply {
         streaming: usize,
     },
     Detach(DetachStep),
+    /// A page and the LSN it was read at.
+    Page {
+        page: Vec<u8>,
+        lsn: String,
+    },
+    /// A count (blocks) and the LSN it holds at.
+    Count {
+        n: u64,
+        lsn: String,
+    },
+    /// A page of `list_relations` and the LSN it was read at.
+    Relations {
+        rows: Vec<RelationRow>,
+        lsn: String,
+    },
     /// Whether a detach was under way (and is now abandoned).
     Resumed(bool),
     Grant(GrantWire),
@@ -227,6 +272,20 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             .map(|(timelines, streaming)| Reply::Attached { timelines, streaming }),
         Command::DetachTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.detach_step(id)).map(Reply::Detach),
         Command::ResumeTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.resume_tenant(id)).map(Reply::Resumed),
+        Command::GetPage { relation, blkno } => (|| {
+            let (timeline, rel, lsn) = resolve_relation(manager, &relation)?;
+            Ok(Reply::Page { page: inspect::get_page(&timeline, rel, blkno, lsn)?, lsn: lsn.to_string() })
+        })(),
+        Command::RelSize { relation } => (|| {
+            let (timeline, rel, lsn) = resolve_relation(manager, &relation)?;
+            Ok(Reply::Count { n: u64::from(inspect::rel_size(&timeline, rel, lsn)?), lsn: lsn.to_string() })
+        })(),
+        Command::ListRelations { tenant, timeline, lsn, after } => (|| {
+            let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;
+            let lsn = inspect::read_lsn(&handle.timeline, lsn.as_deref())?;
+            let after = after.map(|(spc, db, rel, fork)| RelTag::new(spc, db, rel, fork));
+            Ok(Reply::Relations { rows: inspect::list_relations(&handle.timeline, lsn, after)?, lsn: lsn.to_string() })
+        })(),
         Command::BeginLayerWork { tenant, timeline } => (|| {
             let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
             Ok(Reply::Grant(GrantWire::from(&manager.begin_layer_work(tenant, timeline)?)))
@@ -246,6 +305,14 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         })(),
     };
     result.unwrap_or_else(Reply::error)
+}
+
+/// The timeline, fork and LSN an inspection command names.
+fn resolve_relation(manager: &Manager, r: &RelationArg) -> Result<(Arc<storage::repo::Timeline>, RelTag, Lsn), ServiceError> {
+    let handle = manager.timeline(parse_id("tenant id", &r.tenant)?, parse_id("timeline id", &r.timeline)?)?;
+    let fork = inspect::parse_fork(&r.fork)?;
+    let lsn = inspect::read_lsn(&handle.timeline, r.lsn.as_deref())?;
+    Ok((handle.timeline.clone(), RelTag::new(r.spc_node, r.db_node, r.rel_node, fork), lsn))
 }
 
 /// Serves the command queue until the manager stops (a thread of the main worker).

@@ -1,0 +1,120 @@
+//! SQL functions of schema `pageserver` for looking into a timeline's past:
+//! a page, a relation fork's size and the list of relation forks, as of
+//! any LSN the timeline retains (from its GC cutoff, or its branch point,
+//! up to what it has ingested). Relations are named by the primary's
+//! oids (tablespace, database, relfilenode: on the primary,
+//! `pg_relation_filenode('t')` and `pg_database.oid`), since the host's
+//! catalog is not the primary's. The main worker reads (module
+//! `service::inspect`); each call is one command through the queue.
+
+use crate::mgmt_sql::{call, raise};
+use pgrx::prelude::*;
+use service::mgmt::{Command, RelationArg, Reply};
+
+fn relation(
+    tenant_id: String,
+    timeline_id: String,
+    spcnode: pg_sys::Oid,
+    dbnode: pg_sys::Oid,
+    relnode: pg_sys::Oid,
+    fork: String,
+    lsn: Option<String>,
+) -> RelationArg {
+    RelationArg {
+        tenant: tenant_id,
+        timeline: timeline_id,
+        spc_node: spcnode.into(),
+        db_node: dbnode.into(),
+        rel_node: relnode.into(),
+        fork,
+        lsn,
+    }
+}
+
+/// The 8 KiB page `blkno` of fork `fork` (`main`, `fsm`, `vm` or `init`)
+/// of relation `spcnode`/`dbnode`/`relnode` as it was at `lsn` (text, e.g.
+/// `'0/3000060'`; default: the last ingested LSN), with its checksum as
+/// the primary would have written it. Feed it to `pageinspect`
+/// (`page_header`, `heap_page_items`, `bt_page_items`, ...) to see a page
+/// as it was at any retained LSN. `22023` for a block past the fork's end,
+/// an unknown fork name or an LSN outside the retained history; `42704`
+/// for a relation fork that did not exist at that LSN.
+#[pg_extern]
+#[allow(clippy::too_many_arguments)]
+fn get_page(
+    tenant_id: String,
+    timeline_id: String,
+    spcnode: pg_sys::Oid,
+    dbnode: pg_sys::Oid,
+    relnode: pg_sys::Oid,
+    fork: String,
+    blkno: i64,
+    lsn: default!(Option<String>, "NULL"),
+) -> Vec<u8> {
+    let Some(blkno) = u32::try_from(blkno).ok().filter(|b| *b != u32::MAX) else {
+        raise("22023", &format!("invalid block number {blkno}: expected 0 to 4294967294"))
+    };
+    let relation = relation(tenant_id, timeline_id, spcnode, dbnode, relnode, fork, lsn);
+    match call(&Command::GetPage { relation, blkno }) {
+        Reply::Page { page, .. } => page,
+        other => error!("unexpected reply from the main worker: {other:?}"),
+    }
+}
+
+/// The size in blocks of fork `fork` of relation `spcnode`/`dbnode`/`relnode`
+/// at `lsn` (default: the last ingested LSN). `42704` if the fork did not
+/// exist then; `22023` for an LSN outside the retained history.
+#[pg_extern]
+fn rel_size(
+    tenant_id: String,
+    timeline_id: String,
+    spcnode: pg_sys::Oid,
+    dbnode: pg_sys::Oid,
+    relnode: pg_sys::Oid,
+    fork: default!(String, "'main'"),
+    lsn: default!(Option<String>, "NULL"),
+) -> i64 {
+    let relation = relation(tenant_id, timeline_id, spcnode, dbnode, relnode, fork, lsn);
+    match call(&Command::RelSize { relation }) {
+        Reply::Count { n, .. } => n as i64,
+        other => error!("unexpected reply from the main worker: {other:?}"),
+    }
+}
+
+/// Every relation fork of every database of the timeline at `lsn`
+/// (default: the last ingested LSN), with its size in blocks.
+#[pg_extern]
+fn list_relations(
+    tenant_id: String,
+    timeline_id: String,
+    lsn: default!(Option<String>, "NULL"),
+) -> TableIterator<
+    'static,
+    (name!(spcnode, pg_sys::Oid), name!(dbnode, pg_sys::Oid), name!(relnode, pg_sys::Oid), name!(fork, String), name!(blocks, i64)),
+> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    // Later pages read at the LSN the first one was read at.
+    let mut lsn = lsn;
+    loop {
+        let command = Command::ListRelations { tenant: tenant_id.clone(), timeline: timeline_id.clone(), lsn: lsn.clone(), after };
+        let Reply::Relations { rows: page, lsn: read_at } = call(&command) else { error!("unexpected reply from the main worker") };
+        lsn = Some(read_at);
+        let Some(last) = page.last() else { break };
+        after = Some((last.spc_node, last.db_node, last.rel_node, last.fork));
+        let full = page.len() == service::inspect::RELATIONS_PER_PAGE;
+        rows.extend(page.into_iter().map(|r| {
+            (
+                pg_sys::Oid::from(r.spc_node),
+                pg_sys::Oid::from(r.db_node),
+                pg_sys::Oid::from(r.rel_node),
+                service::inspect::fork_name(r.fork).to_string(),
+                i64::from(r.blocks),
+            )
+        }));
+        if !full {
+            break;
+        }
+    }
+    TableIterator::new(rows)
+}

@@ -1,0 +1,139 @@
+//! Time-travel inspection of a timeline for DBAs (`pageserver.get_page`,
+//! `rel_size`, `list_relations`): any page, relation size or relation list
+//! as of any retained LSN. Checks the arguments a caller gives (fork names,
+//! LSNs inside the retained history, blocks inside the relation) and reads
+//! through the same `storage` calls as the page service, so what it shows
+//! is what a compute node would get.
+
+use crate::error::ServiceError;
+use pg_constants::{FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
+use serde::{Deserialize, Serialize};
+use storage::key::{Key, RelTag};
+use storage::lsn::Lsn;
+use storage::repo::Timeline;
+
+/// Relations per `ListRelations` reply (each fits the command buffer).
+pub const RELATIONS_PER_PAGE: usize = 400;
+
+/// A fork number from its name as PostgreSQL spells it (`main`, `fsm`,
+/// `vm`, `init`), as `pageinspect`'s `get_raw_page` takes it.
+pub fn parse_fork(name: &str) -> Result<u8, ServiceError> {
+    match name.trim() {
+        "main" => Ok(MAIN_FORKNUM),
+        "fsm" => Ok(FSM_FORKNUM),
+        "vm" => Ok(VISIBILITYMAP_FORKNUM),
+        "init" => Ok(INIT_FORKNUM),
+        other => Err(ServiceError::InvalidArgument(format!("invalid fork name \"{other}\": expected main, fsm, vm or init"))),
+    }
+}
+
+pub fn fork_name(fork: u8) -> &'static str {
+    match fork {
+        MAIN_FORKNUM => "main",
+        FSM_FORKNUM => "fsm",
+        VISIBILITYMAP_FORKNUM => "vm",
+        INIT_FORKNUM => "init",
+        _ => "unknown",
+    }
+}
+
+/// The LSN to read at: `lsn` (text such as `0/3000060`) if it lies in the
+/// timeline's retained history — not below its GC cutoff, not past what it
+/// has ingested — or the last ingested LSN when none is given.
+pub fn read_lsn(timeline: &Timeline, lsn: Option<&str>) -> Result<Lsn, ServiceError> {
+    let last = timeline.last_record_lsn();
+    let Some(text) = lsn else { return Ok(last) };
+    let lsn: Lsn =
+        text.trim().parse().map_err(|_| ServiceError::InvalidArgument(format!("invalid LSN \"{text}\": expected the form 16/B374D848")))?;
+    if lsn > last {
+        return Err(ServiceError::InvalidArgument(format!(
+            "LSN {lsn} is ahead of timeline {}: it has ingested up to {last}",
+            timeline.id()
+        )));
+    }
+    let cutoff = timeline.gc_cutoff();
+    if lsn < cutoff {
+        return Err(ServiceError::InvalidArgument(format!(
+            "LSN {lsn} is before the retained history of timeline {}: garbage collection keeps versions from {cutoff} on",
+            timeline.id()
+        )));
+    }
+    if let Some((_, branch_lsn)) = timeline.ancestor() {
+        // A branch's own history starts at its branch point; before it the
+        // branch did not exist (read its ancestor instead).
+        if lsn < branch_lsn {
+            return Err(ServiceError::InvalidArgument(format!(
+                "LSN {lsn} is before timeline {} branched at {branch_lsn}: read its ancestor there",
+                timeline.id()
+            )));
+        }
+    }
+    Ok(lsn)
+}
+
+/// The fork's size in blocks at `lsn`; `NotFound` if it does not exist then.
+pub fn rel_size(timeline: &Timeline, rel: RelTag, lsn: Lsn) -> Result<u32, ServiceError> {
+    timeline.get_rel_size(rel, lsn)?.ok_or_else(|| {
+        ServiceError::NotFound(format!(
+            "relation {}/{}/{} has no {} fork at {lsn} on timeline {}",
+            rel.spc_node,
+            rel.db_node,
+            rel.rel_node,
+            fork_name(rel.fork),
+            timeline.id()
+        ))
+    })
+}
+
+/// The 8 KiB block `blkno` of the fork as of `lsn`.
+pub fn get_page(timeline: &Timeline, rel: RelTag, blkno: u32, lsn: Lsn) -> Result<Vec<u8>, ServiceError> {
+    let nblocks = rel_size(timeline, rel, lsn)?;
+    if blkno >= nblocks {
+        return Err(ServiceError::InvalidArgument(format!(
+            "block number {blkno} is out of range: relation {}/{}/{} {} has {nblocks} blocks at {lsn}",
+            rel.spc_node,
+            rel.db_node,
+            rel.rel_node,
+            fork_name(rel.fork)
+        )));
+    }
+    // A block inside the size that was never written reads as zeroes, as
+    // PostgreSQL reads it.
+    let page = timeline.get(Key::rel_block(rel, blkno), lsn)?;
+    Ok(page.map_or_else(|| vec![0; pg_constants::BLCKSZ], |p| p.to_vec()))
+}
+
+/// One relation fork as `list_relations` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelationRow {
+    pub spc_node: u32,
+    pub db_node: u32,
+    pub rel_node: u32,
+    pub fork: u8,
+    pub blocks: u32,
+}
+
+/// The relation forks of every database at `lsn`, in (tablespace,
+/// database, relation, fork) order, from after `after` on, at most
+/// [`RELATIONS_PER_PAGE`].
+pub fn list_relations(timeline: &Timeline, lsn: Lsn, after: Option<RelTag>) -> Result<Vec<RelationRow>, ServiceError> {
+    let mut rels = Vec::new();
+    let mut dbs = timeline.list_dbs(lsn)?;
+    dbs.sort_unstable();
+    for (spc_node, db_node) in dbs {
+        if after.is_some_and(|a| (spc_node, db_node) < (a.spc_node, a.db_node)) {
+            continue;
+        }
+        rels.extend(timeline.list_rels(spc_node, db_node, lsn)?);
+    }
+    let key = |r: &RelTag| (r.spc_node, r.db_node, r.rel_node, r.fork);
+    rels.sort_unstable_by_key(key);
+    rels.retain(|r| after.is_none_or(|a| key(r) > key(&a)));
+    rels.truncate(RELATIONS_PER_PAGE);
+    rels.into_iter()
+        .map(|rel| {
+            let blocks = timeline.get_rel_size(rel, lsn)?.unwrap_or(0);
+            Ok(RelationRow { spc_node: rel.spc_node, db_node: rel.db_node, rel_node: rel.rel_node, fork: rel.fork, blocks })
+        })
+        .collect()
+}
