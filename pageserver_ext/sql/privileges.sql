@@ -27,7 +27,8 @@ GRANT EXECUTE ON FUNCTION
     pageserver.detach_tenant,
     pageserver.get_page,
     pageserver.rel_size,
-    pageserver.list_relations
+    pageserver.list_relations,
+    pageserver.checkpoint
 TO pageserver_admin;
 
 -- Read-only status, for monitoring and for the admins.
@@ -35,5 +36,7 @@ GRANT EXECUTE ON FUNCTION
     pageserver.status,
     pageserver.tenants,
     pageserver.timelines,
-    pageserver.remote_timelines
+    pageserver.remote_timelines,
+    pageserver.stat_wal_receiver,
+    pageserver.layers
 TO pg_monitor, pageserver_admin;

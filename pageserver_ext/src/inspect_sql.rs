@@ -1,4 +1,5 @@
-//! SQL functions of schema `pageserver` for looking into a timeline's past:
+//! SQL functions of schema `pageserver` for looking into a timeline: its
+//! layer files, a checkpoint on demand, and its past:
 //! a page, a relation fork's size and the list of relation forks, as of
 //! any LSN the timeline retains (from its GC cutoff, or its branch point,
 //! up to what it has ingested). Relations are named by the primary's
@@ -117,4 +118,77 @@ fn list_relations(
         }
     }
     TableIterator::new(rows)
+}
+
+/// The timeline's own layer files (its ancestors' are theirs): `file_name`,
+/// `kind` (`image`, `delta L0` flushed from memory, `delta L1` written by
+/// compaction), the key range (`key_start` inclusive, `key_end` exclusive,
+/// as hexadecimal keys), the LSN range (`lsn_start` inclusive, `lsn_end`
+/// exclusive; an image at L has [L, L+1)) and `bytes` on disk.
+#[pg_extern]
+fn layers(
+    tenant_id: String,
+    timeline_id: String,
+) -> TableIterator<
+    'static,
+    (
+        name!(file_name, String),
+        name!(kind, String),
+        name!(key_start, String),
+        name!(key_end, String),
+        name!(lsn_start, String),
+        name!(lsn_end, String),
+        name!(bytes, i64),
+    ),
+> {
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let command = Command::ListLayers { tenant: tenant_id.clone(), timeline: timeline_id.clone(), after: after.clone() };
+        let Reply::Layers(page) = call(&command) else { error!("unexpected reply from the main worker") };
+        let Some(last) = page.last() else { break };
+        after = Some(last.file_name.clone());
+        let full = page.len() == service::inspect::LAYERS_PER_PAGE;
+        rows.extend(page.into_iter().map(|l| (l.file_name, l.kind, l.key_start, l.key_end, l.lsn_start, l.lsn_end, l.bytes as i64)));
+        if !full {
+            break;
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// How often `checkpoint` looks at the flush, and says how far it is.
+const CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const CHECKPOINT_NOTICE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes everything the timeline has ingested to layer files now (its
+/// in-memory layer is frozen and flushed) and returns the timeline's
+/// `disk_consistent_lsn`, at least the last ingested LSN at the call:
+/// after a host crash nothing up to there is streamed again. Waits for the
+/// flush (a NOTICE every 5 s, with the timeline's last error if a flush
+/// fails; `statement_timeout` and a cancel end the wait).
+#[pg_extern]
+fn checkpoint(tenant_id: String, timeline_id: String) -> String {
+    let step = |until: Option<String>| match call(&Command::Checkpoint { tenant: tenant_id.clone(), timeline: timeline_id.clone(), until })
+    {
+        Reply::Checkpoint { target, disk_consistent_lsn, error } => (target, disk_consistent_lsn, error),
+        other => error!("unexpected reply from the main worker: {other:?}"),
+    };
+    let parse = |text: &str| text.parse::<storage::lsn::Lsn>().unwrap_or_else(|_| error!("bad LSN {text:?} from the main worker"));
+    let (target, mut disk, _) = step(None);
+    let mut last_notice = std::time::Instant::now();
+    while parse(&disk) < parse(&target) {
+        std::thread::sleep(CHECKPOINT_POLL);
+        pg_sys::check_for_interrupts!();
+        let (_, now, error) = step(Some(target.clone()));
+        disk = now;
+        if last_notice.elapsed() >= CHECKPOINT_NOTICE {
+            notice!(
+                "checkpoint of timeline {timeline_id}: on disk up to {disk} of {target}{}",
+                error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+            last_notice = std::time::Instant::now();
+        }
+    }
+    disk
 }

@@ -235,6 +235,53 @@ fn tenants() -> TableIterator<'static, (name!(tenant_id, String),)> {
     }
 }
 
+/// One row per timeline with a WAL source: the receiver's `status`
+/// (`streaming`; `connecting` between sessions, backing off 0.1 to 10 s
+/// after a failure; `importing` the base backup; `stopped` by a detach),
+/// its replication `slot_name`, `last_record_lsn` (ingested) and
+/// `primary_lsn` (the primary's WAL end as last announced), the lag in
+/// bytes and in seconds (0 once ingest has what the primary announced,
+/// else the age of the oldest announced position not yet ingested), the
+/// time of the last message from the primary, `reconnects` and
+/// `wal_bytes` received since the main worker started, and the last error.
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn stat_wal_receiver() -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, String),
+        name!(timeline_id, String),
+        name!(status, String),
+        name!(slot_name, String),
+        name!(last_record_lsn, String),
+        name!(primary_lsn, Option<String>),
+        name!(lag_bytes, Option<i64>),
+        name!(lag_seconds, f64),
+        name!(last_message, Option<TimestampWithTimeZone>),
+        name!(reconnects, i64),
+        name!(wal_bytes, i64),
+        name!(last_error, Option<String>),
+    ),
+> {
+    let Reply::WalReceivers(rows) = call(&Command::WalReceivers) else { error!("unexpected reply from the main worker") };
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.tenant,
+            r.timeline,
+            r.status,
+            r.slot,
+            r.last_record_lsn,
+            r.primary_lsn,
+            r.lag_bytes,
+            r.lag_seconds,
+            r.last_message_unix_ms.map(|ms| crate::sql::unix_us_to_timestamptz(ms as i64 * 1000)),
+            r.reconnects as i64,
+            r.wal_bytes as i64,
+            r.last_error,
+        )
+    }))
+}
+
 /// One row per timeline: its state (`importing`, `active`, `branch`,
 /// `broken`), ancestor and branch LSN, LSNs (last ingested, durable on
 /// disk, the primary's latest), lag in bytes, import progress, layer files

@@ -108,7 +108,7 @@ fn remote_timelines() -> TableIterator<
     TableIterator::new(rows)
 }
 
-fn unix_us_to_timestamptz(us: i64) -> TimestampWithTimeZone {
+pub(crate) fn unix_us_to_timestamptz(us: i64) -> TimestampWithTimeZone {
     // PostgreSQL counts from 2000-01-01; Unix from 1970-01-01.
     const PG_EPOCH_OFFSET_US: i64 = 946_684_800 * 1_000_000;
     TimestampWithTimeZone::try_from(us - PG_EPOCH_OFFSET_US).expect("a heartbeat is a valid timestamp")

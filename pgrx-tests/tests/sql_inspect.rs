@@ -4,6 +4,10 @@
 //! page at the latest LSN, which equals the primary's page now; B-tree
 //! pages read with `bt_page_items`; `rel_size` and `list_relations` agree
 //! with the primary; bad arguments get clear errors with their SQLSTATE.
+//! `pageserver.checkpoint` puts everything ingested on disk, and
+//! `pageserver.layers` lists the timeline's layer files;
+//! `pageserver.stat_wal_receiver` shows the receiver streaming, and
+//! reconnecting after the primary restarts.
 
 use anyhow::{ensure, Context, Result};
 use pageserver_harness::PgCluster;
@@ -25,7 +29,7 @@ fn sqlstate(host: &PgCluster, sql: &str) -> Result<String> {
 
 #[test]
 fn get_page_shows_a_page_as_it_was() -> Result<()> {
-    let primary = e2e::start_primary(true, &[("autovacuum", "off")])?;
+    let mut primary = e2e::start_primary(true, &[("autovacuum", "off")])?;
     let host = e2e::start_host(true, &[])?;
     primary.sql("CREATE EXTENSION pageinspect")?;
     host.sql("CREATE EXTENSION pageinspect")?;
@@ -69,6 +73,52 @@ fn get_page_shows_a_page_as_it_was() -> Result<()> {
     let count: i64 = listed[0][0].as_deref().unwrap_or("0").parse()?;
     ensure!(count > 400 && listed[0][1].as_deref() == Some("1"), "list_relations: {listed:?}");
 
+    // A checkpoint writes what is in memory; the layers show it.
+    primary.sql("INSERT INTO inspected SELECT g, 'late ' || g FROM generate_series(100, 120) g")?;
+    let late = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    e2e::wait_ingested(&host, &timeline, late)?;
+    let on_disk = lsn_of(&host, &format!("SELECT pageserver.checkpoint('{tenant}', '{timeline}')"))?;
+    ensure!(on_disk >= late, "checkpoint returned {on_disk}, before {late}");
+    let layers = host.sql(&format!(
+        "SELECT count(*), sum(bytes), count(*) FILTER (WHERE kind NOT IN ('image', 'delta L0', 'delta L1')), count(*) FILTER (WHERE kind = 'delta L0'), \
+                max(lsn_end::pg_lsn) >= '{late}', bool_and(key_start < key_end AND lsn_start::pg_lsn < lsn_end::pg_lsn) \
+         FROM pageserver.layers('{tenant}', '{timeline}')"
+    ))?;
+    let timeline_row = host.sql(&format!(
+        "SELECT layer_files, layer_bytes, disk_consistent_lsn FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"
+    ))?;
+    ensure!(layers[0][0] == timeline_row[0][0] && layers[0][1] == timeline_row[0][1], "layers {layers:?}, timelines() {timeline_row:?}");
+    ensure!(
+        layers[0][2].as_deref() == Some("0") && layers[0][3].as_deref() != Some("0") && layers[0][4].as_deref() == Some("t"),
+        "layers: {layers:?}"
+    );
+    ensure!(layers[0][5].as_deref() == Some("t"), "a layer with an empty range: {layers:?}");
+    ensure!(timeline_row[0][2].as_deref().map(str::parse::<storage::lsn::Lsn>).transpose().ok().flatten() >= Some(late));
+
+    // The receiver, before and after a restart of the primary.
+    let receiver = |host: &PgCluster| -> Result<Vec<Option<String>>> {
+        let rows = host.sql(&format!(
+            "SELECT status, slot_name, lag_bytes, lag_seconds, reconnects, wal_bytes > 0, last_message IS NOT NULL, last_error \
+             FROM pageserver.stat_wal_receiver() WHERE timeline_id = '{timeline}'"
+        ))?;
+        rows.into_iter().next().context("no receiver row")
+    };
+    // Caught up (the primary may log a little WAL of its own meanwhile).
+    let row = host.wait_for("the receiver to be caught up", std::time::Duration::from_secs(30), || {
+        receiver(&host).ok().filter(|row| row[2].as_deref() == Some("0"))
+    })?;
+    let slot = format!("pageserver_{}", &timeline[..16]);
+    ensure!(row[0].as_deref() == Some("streaming") && row[1].as_deref() == Some(slot.as_str()), "receiver: {row:?}");
+    ensure!(row[2].as_deref() == Some("0") && row[3].as_deref() == Some("0") && row[4].as_deref() == Some("0"), "receiver: {row:?}");
+    ensure!(row[5].as_deref() == Some("t") && row[6].as_deref() == Some("t") && row[7].is_none(), "receiver: {row:?}");
+    primary.stop()?;
+    primary.start_again()?;
+    primary.sql("INSERT INTO inspected VALUES (200, 'after the restart')")?;
+    let restarted = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    e2e::wait_ingested(&host, &timeline, restarted)?;
+    let row = receiver(&host)?;
+    ensure!(row[0].as_deref() == Some("streaming") && row[4].as_deref() != Some("0"), "after the restart: {row:?}");
+
     for (sql, code) in [
         (page(&heap, 0, "'FF/0'"), "22023"),
         (page(&heap, 0, "'yesterday'"), "22023"),
@@ -77,6 +127,8 @@ fn get_page_shows_a_page_as_it_was() -> Result<()> {
         (page("4000000000", 0, "NULL"), "42704"),
         (page(&heap, 0, "NULL").replace(&timeline, "0123456789abcdef0123456789abcdef"), "42704"),
         (format!("pageserver.list_relations('{tenant}', 'nope')"), "22023"),
+        (format!("pageserver.layers('{tenant}', '0123456789abcdef0123456789abcdef')"), "42704"),
+        (format!("pageserver.checkpoint('{tenant}', '0123456789abcdef0123456789abcdef')"), "42704"),
     ] {
         let got = sqlstate(&host, &format!("SELECT {sql}"))?;
         ensure!(got == code, "{sql}: SQLSTATE {got}, expected {code}");

@@ -19,8 +19,17 @@ const MANAGEMENT: &[&str] = &[
     "pageserver.get_page('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', 1663, 5, 1259, 'main', 0)",
     "pageserver.rel_size('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', 1663, 5, 1259)",
     "pageserver.list_relations('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
+    "pageserver.checkpoint('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
 ];
-const MONITORING: &[&str] = &["pageserver.status()", "pageserver.tenants()", "pageserver.timelines()", "pageserver.remote_timelines()"];
+const MONITORING: &[&str] = &[
+    "pageserver.status()",
+    "pageserver.tenants()",
+    "pageserver.timelines()",
+    "pageserver.remote_timelines()",
+    "pageserver.stat_wal_receiver()",
+];
+/// Readable by pg_monitor too, but about a timeline (made-up ids fail after the check).
+const MONITORING_OF_A_TIMELINE: &[&str] = &["pageserver.layers('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')"];
 const DEBUGGING: &[&str] = &[
     "pageserver.mask_page(0, '\\x00'::bytea, 0)",
     "pageserver.redo_apply(1663, 5, 1259, 0, 0, NULL, ARRAY[]::bytea[], ARRAY[]::bigint[], ARRAY[]::bigint[])",
@@ -41,8 +50,11 @@ fn roles_get_what_they_are_granted_and_nothing_else() -> Result<()> {
     let host = e2e::start_host(false, &[])?;
     host.sql("CREATE ROLE alice LOGIN; CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE dba LOGIN IN ROLE pageserver_admin")?;
     let denied = "42501";
-    for call in MANAGEMENT.iter().chain(MONITORING).chain(DEBUGGING) {
+    for call in MANAGEMENT.iter().chain(MONITORING).chain(MONITORING_OF_A_TIMELINE).chain(DEBUGGING) {
         ensure!(outcome(&host, "alice", call)? == denied, "alice may call {call}");
+    }
+    for call in MONITORING_OF_A_TIMELINE {
+        ensure!(outcome(&host, "watcher", call)? == "42704", "pg_monitor: {call} gave {}", outcome(&host, "watcher", call)?);
     }
     for call in MONITORING {
         ensure!(outcome(&host, "watcher", call)?.is_empty(), "pg_monitor cannot read {call}: {}", outcome(&host, "watcher", call)?);

@@ -1,6 +1,6 @@
-//! Time-travel inspection of a timeline for DBAs (`pageserver.get_page`,
-//! `rel_size`, `list_relations`): any page, relation size or relation list
-//! as of any retained LSN. Checks the arguments a caller gives (fork names,
+//! Inspection of a timeline for DBAs: any page, relation size or relation
+//! list as of any retained LSN (`pageserver.get_page`, `rel_size`,
+//! `list_relations`), and its layer files (`pageserver.layers`). Checks the arguments a caller gives (fork names,
 //! LSNs inside the retained history, blocks inside the relation) and reads
 //! through the same `storage` calls as the page service, so what it shows
 //! is what a compute node would get.
@@ -10,7 +10,49 @@ use pg_constants::{FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNU
 use serde::{Deserialize, Serialize};
 use storage::key::{Key, RelTag};
 use storage::lsn::Lsn;
-use storage::repo::Timeline;
+use storage::repo::{LayerKind, Timeline};
+
+/// Layer files per `ListLayers` reply (each fits the command buffer).
+pub const LAYERS_PER_PAGE: usize = 150;
+
+/// One layer file as `pageserver.layers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRow {
+    pub file_name: String,
+    /// `image`, or `delta` with its level (`L0` flushed from memory, `L1`
+    /// written by compaction).
+    pub kind: String,
+    pub key_start: String,
+    pub key_end: String,
+    pub lsn_start: String,
+    pub lsn_end: String,
+    pub bytes: u64,
+}
+
+/// The timeline's own layer files (not its ancestors'), by file name,
+/// from after `after` on, at most [`LAYERS_PER_PAGE`].
+pub fn list_layers(timeline: &Timeline, after: Option<&str>) -> Vec<LayerRow> {
+    let mut layers: Vec<(String, storage::repo::LayerName, u64)> =
+        timeline.layer_files().into_iter().map(|(name, bytes)| (name.file_name(), name, bytes)).collect();
+    layers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    layers
+        .into_iter()
+        .filter(|(file_name, _, _)| after.is_none_or(|a| file_name.as_str() > a))
+        .take(LAYERS_PER_PAGE)
+        .map(|(file_name, name, bytes)| LayerRow {
+            file_name,
+            kind: match name.kind {
+                LayerKind::Image => "image".to_string(),
+                LayerKind::Delta => format!("delta L{}", name.level),
+            },
+            key_start: name.key_range.start.to_string(),
+            key_end: name.key_range.end.to_string(),
+            lsn_start: name.lsn_range.start.to_string(),
+            lsn_end: name.lsn_range.end.to_string(),
+            bytes,
+        })
+        .collect()
+}
 
 /// Relations per `ListRelations` reply (each fits the command buffer).
 pub const RELATIONS_PER_PAGE: usize = 400;

@@ -7,9 +7,9 @@
 //! [`Manager`]) and that client.
 
 use crate::error::ServiceError;
-use crate::inspect::{self, RelationRow};
+use crate::inspect::{self, LayerRow, RelationRow};
 use crate::layers::LayerOwner;
-use crate::tenants::{DetachStep, Manager, TimelineRow};
+use crate::tenants::{DetachStep, Manager, ReceiverRow, TimelineRow};
 use crate::timeline_handle::{TenantId, TimelineState};
 use serde::{Deserialize, Serialize};
 use shared_mem::CommandQueue;
@@ -42,6 +42,8 @@ pub enum Command {
     },
     ListTimelines,
     ListTenants,
+    /// `pageserver.stat_wal_receiver`.
+    WalReceivers,
     /// Load a tenant whose directory the backup worker has just downloaded.
     AttachTenant {
         tenant: String,
@@ -70,6 +72,20 @@ pub enum Command {
         lsn: Option<String>,
         /// Continue after this (spc, db, rel, fork) (the previous page's last).
         after: Option<(u32, u32, u32, u8)>,
+    },
+    /// The timeline's layer files, after the file name `after`.
+    ListLayers {
+        tenant: String,
+        timeline: String,
+        after: Option<String>,
+    },
+    /// One step of `pageserver.checkpoint`: freeze what is in memory so the
+    /// flush thread writes it, until `disk_consistent_lsn` reaches `until`
+    /// (None on the first step: the last ingested LSN, returned as the target).
+    Checkpoint {
+        tenant: String,
+        timeline: String,
+        until: Option<String>,
     },
     /// The layers worker starts a pass on a timeline.
     BeginLayerWork {
@@ -183,6 +199,7 @@ pub enum Reply {
         lsn: String,
     },
     Timelines(Vec<TimelineRow>),
+    WalReceivers(Vec<ReceiverRow>),
     Tenants(Vec<String>),
     /// The tenant is loaded; its timelines, and how many stream from a primary.
     Attached {
@@ -199,6 +216,15 @@ pub enum Reply {
     Count {
         n: u64,
         lsn: String,
+    },
+    /// A page of `pageserver.layers`.
+    Layers(Vec<LayerRow>),
+    /// How far a checkpoint is: its target, `disk_consistent_lsn`, and the
+    /// timeline's last error (a flush that fails).
+    Checkpoint {
+        target: String,
+        disk_consistent_lsn: String,
+        error: Option<String>,
     },
     /// A page of `list_relations` and the LSN it was read at.
     Relations {
@@ -266,6 +292,7 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             Ok(Reply::Branch { timeline: id.to_string(), lsn: lsn.to_string() })
         })(),
         Command::ListTimelines => Ok(Reply::Timelines(manager.list())),
+        Command::WalReceivers => Ok(Reply::WalReceivers(manager.wal_receivers())),
         Command::ListTenants => Ok(Reply::Tenants(manager.tenant_ids().iter().map(|t| t.to_string()).collect())),
         Command::AttachTenant { tenant } => parse_id("tenant id", &tenant)
             .and_then(|id| manager.attach_tenant(id))
@@ -285,6 +312,24 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             let lsn = inspect::read_lsn(&handle.timeline, lsn.as_deref())?;
             let after = after.map(|(spc, db, rel, fork)| RelTag::new(spc, db, rel, fork));
             Ok(Reply::Relations { rows: inspect::list_relations(&handle.timeline, lsn, after)?, lsn: lsn.to_string() })
+        })(),
+        Command::ListLayers { tenant, timeline, after } => (|| {
+            let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;
+            Ok(Reply::Layers(inspect::list_layers(&handle.timeline, after.as_deref())))
+        })(),
+        Command::Checkpoint { tenant, timeline, until } => (|| {
+            let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;
+            let tl = &handle.timeline;
+            let target = match until {
+                Some(text) => text.parse().map_err(|_| ServiceError::InvalidArgument(format!("invalid LSN \"{text}\"")))?,
+                None => tl.last_record_lsn(),
+            };
+            let disk = tl.disk_consistent_lsn();
+            if disk < target && tl.frozen_layer_count() == 0 {
+                tl.writer().freeze().map_err(|e| ServiceError::from(e).context(format!("timeline {timeline}")))?;
+            }
+            let error = handle.status.error.lock().clone();
+            Ok(Reply::Checkpoint { target: target.to_string(), disk_consistent_lsn: disk.to_string(), error })
         })(),
         Command::BeginLayerWork { tenant, timeline } => (|| {
             let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);

@@ -173,6 +173,25 @@ pub struct TimelineRow {
     pub remote_consistent_lsn: Option<String>,
 }
 
+/// One row of `pageserver.stat_wal_receiver`: a timeline with a WAL source.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverRow {
+    pub tenant: String,
+    pub timeline: String,
+    /// `streaming`, `connecting` (between sessions, or before the first),
+    /// `importing` (the base backup) or `stopped` (a detach stopped it).
+    pub status: String,
+    pub slot: String,
+    pub last_record_lsn: String,
+    pub primary_lsn: Option<String>,
+    pub lag_bytes: Option<i64>,
+    pub lag_seconds: f64,
+    pub last_message_unix_ms: Option<u64>,
+    pub reconnects: u64,
+    pub wal_bytes: u64,
+    pub last_error: Option<String>,
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -575,6 +594,45 @@ impl Manager {
                         .map(|slot| slot.remote_consistent_lsn())
                         .filter(|lsn| *lsn != 0)
                         .map(|lsn| Lsn(lsn).to_string()),
+                });
+            }
+        }
+        rows
+    }
+
+    /// The WAL receivers of every timeline with a source.
+    pub fn wal_receivers(&self) -> Vec<ReceiverRow> {
+        let mut rows = Vec::new();
+        for tenant in self.tenants.read().values() {
+            let stopped = tenant.run.lock().detach != DetachState::Attached;
+            for entry in tenant.timelines.read().values() {
+                let Some(source) = entry.source.lock().clone() else { continue };
+                let receiver = &entry.status.receiver;
+                let last = entry.timeline.last_record_lsn().0;
+                let primary = receiver.primary_lsn.load(Ordering::Relaxed);
+                let status = if stopped {
+                    "stopped"
+                } else if source.state == SourceState::Importing {
+                    "importing"
+                } else if receiver.connected.load(Ordering::Relaxed) {
+                    "streaming"
+                } else {
+                    "connecting"
+                };
+                let last_message = receiver.last_message_unix_ms.load(Ordering::Relaxed);
+                rows.push(ReceiverRow {
+                    tenant: tenant.id.to_string(),
+                    timeline: entry.timeline.id().to_string(),
+                    status: status.to_string(),
+                    slot: source.slot,
+                    last_record_lsn: Lsn(last).to_string(),
+                    primary_lsn: (primary != 0).then(|| Lsn(primary).to_string()),
+                    lag_bytes: (primary != 0).then(|| primary.saturating_sub(last) as i64),
+                    lag_seconds: receiver.lag_seconds(last),
+                    last_message_unix_ms: (last_message != 0).then_some(last_message),
+                    reconnects: receiver.reconnects.load(Ordering::Relaxed),
+                    wal_bytes: receiver.wal_bytes.load(Ordering::Relaxed),
+                    last_error: receiver.last_error.lock().clone(),
                 });
             }
         }

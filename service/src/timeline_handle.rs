@@ -5,7 +5,7 @@
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use storage::repo::Timeline;
@@ -115,13 +115,60 @@ impl CompactionPass {
     }
 }
 
-/// What `pageserver.timelines` shows about the receiver.
+/// What `pageserver.timelines` and `pageserver.stat_wal_receiver` show
+/// about the receiver.
 #[derive(Default)]
 pub struct ReceiverStatus {
     pub connected: AtomicBool,
     /// The primary's WAL end, from its last message.
     pub primary_lsn: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Unix milliseconds of the last message from the primary (0: none).
+    pub last_message_unix_ms: AtomicU64,
+    /// A WAL position the primary announced that ingest had not reached
+    /// then (0: none), and since when: once ingest passes it, a newer one
+    /// is taken. The time since is the lag in time.
+    pub pending_lsn: AtomicU64,
+    pub pending_since_unix_ms: AtomicU64,
+    /// Sessions started after the first (each after a failure or an end).
+    pub reconnects: AtomicU64,
+    /// WAL bytes received since the main worker started.
+    pub wal_bytes: AtomicU64,
+}
+
+impl ReceiverStatus {
+    /// Notes a message from the primary (after `primary_lsn` took what it
+    /// announced); `ingested` is the timeline's `last_record_lsn` now.
+    pub fn heard(&self, ingested: u64) {
+        let now = unix_ms();
+        self.last_message_unix_ms.store(now, Ordering::Relaxed);
+        let primary = self.primary_lsn.load(Ordering::Relaxed);
+        let pending = self.pending_lsn.load(Ordering::Relaxed);
+        if pending == 0 || ingested >= pending {
+            if ingested < primary {
+                self.pending_lsn.store(primary, Ordering::Relaxed);
+                self.pending_since_unix_ms.store(now, Ordering::Relaxed);
+            } else {
+                self.pending_lsn.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Seconds the timeline's ingest is behind the primary: 0 once it has
+    /// what the primary announced, else the age of the oldest announced
+    /// position not yet ingested.
+    pub fn lag_seconds(&self, ingested: u64) -> f64 {
+        let pending = self.pending_lsn.load(Ordering::Relaxed);
+        if ingested >= self.primary_lsn.load(Ordering::Relaxed) || pending == 0 {
+            return 0.0;
+        }
+        unix_ms().saturating_sub(self.pending_since_unix_ms.load(Ordering::Relaxed)) as f64 / 1000.0
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 /// One timeline of a tenant, shared by its tasks.

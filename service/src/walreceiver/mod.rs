@@ -150,7 +150,12 @@ pub async fn run(cancel: CancellationToken, tenant: TenantId, entry: Arc<Timelin
     let mut backoff = BACKOFF_MIN;
     let mut last_logged: Option<String> = None;
     let id = entry.timeline.id();
+    let mut sessions = 0u64;
     while !cancel.is_cancelled() {
+        if sessions > 0 {
+            entry.status.receiver.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        sessions += 1;
         let started = Instant::now();
         let result = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -234,12 +239,15 @@ async fn stream_once(tenant: TenantId, entry: &Arc<TimelineHandle>, remote: Opti
                 }
                 expected = Lsn(start.0 + data.len() as u64);
                 entry.status.receiver.primary_lsn.fetch_max(wal_end.0.max(expected.0), Ordering::Relaxed);
+                entry.status.receiver.wal_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                entry.status.receiver.heard(timeline.last_record_lsn().0);
                 if tx.send(data).await.is_err() {
                     break Err("the ingest thread stopped".into());
                 }
             }
             Ok(Ok(Some(StreamMessage::Keepalive { wal_end, reply_requested }))) => {
                 entry.status.receiver.primary_lsn.fetch_max(wal_end.0, Ordering::Relaxed);
+                entry.status.receiver.heard(timeline.last_record_lsn().0);
                 if reply_requested {
                     let (write, flush) = (timeline.last_record_lsn(), flush_to_report(tenant, &timeline, remote));
                     if let Err(e) = conn.send_status(write, flush, write, false).await {

@@ -215,6 +215,11 @@ impl Timeline {
         self.layers.read().historic.iter().map(|l| l.name).collect()
     }
 
+    /// The layer files with their sizes, for inspection.
+    pub fn layer_files(&self) -> Vec<(LayerName, u64)> {
+        self.layers.read().historic.iter().map(|l| (l.name, l.file_size)).collect()
+    }
+
     /// Bytes in layer files.
     pub fn layer_bytes(&self) -> u64 {
         self.layers.read().historic.iter().map(|l| l.file_size).sum()
