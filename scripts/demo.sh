@@ -96,6 +96,17 @@ autovacuum = off
 CONF
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/primary" -l "$demo/primary.log" -w start >/dev/null
 primary_psql() { "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+# wait_ingested LSN MESSAGE: waits up to 60 s for $timeline to ingest LSN; fails with MESSAGE.
+wait_ingested() {
+  local caught_up=f
+  for _ in $(seq 600); do
+    caught_up=$(host_psql -tA -c "SELECT last_record_lsn::pg_lsn >= '$1'::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '$timeline'")
+    [ "$caught_up" = t ] && return 0
+    sleep 0.1
+  done
+  echo "$2" >&2
+  exit 1
+}
 as_postgres "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -i -s "$SCALE" -q postgres 2>&1 | tail -n 1
 
 log "creating a tenant and a timeline fed by the primary (base backup, then streaming)"
@@ -117,12 +128,7 @@ done
 wait "$pgbench_pid"
 grep -E '^(tps|number of transactions actually processed)' "$demo/pgbench.out" || true
 target=$(primary_psql -tA -c "SELECT pg_current_wal_lsn()")
-for _ in $(seq 600); do
-  caught_up=$(host_psql -tA -c "SELECT last_record_lsn::pg_lsn >= '$target'::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '$timeline'")
-  [ "$caught_up" = t ] && break
-  sleep 0.1
-done
-[ "$caught_up" = t ] || { echo "the page server did not catch up with $target" >&2; exit 1; }
+wait_ingested "$target" "the page server did not catch up with $target"
 host_psql -tA -F ' ' -c "$lag_sql" | awk '{printf "  caught up: ingested %s, primary at %s, lag %s bytes\n", $1, $3, $4}'
 
 log "the layers worker compacts in a process of its own; waiting for its next pass"
@@ -176,12 +182,7 @@ target=$(primary_psql -tA -c "SELECT pg_current_wal_lsn()")
 
 log "attaching it back from the bucket alone; it streams on through the primary's slot"
 host_psql -c "SELECT * FROM pageserver.attach_tenant('$tenant')"
-for _ in $(seq 600); do
-  caught_up=$(host_psql -tA -c "SELECT last_record_lsn::pg_lsn >= '$target'::pg_lsn FROM pageserver.timelines() WHERE timeline_id = '$timeline'")
-  [ "$caught_up" = t ] && break
-  sleep 0.1
-done
-[ "$caught_up" = t ] || { echo "the attached timeline did not reach $target" >&2; exit 1; }
+wait_ingested "$target" "the attached timeline did not reach $target"
 host_psql -c "SELECT timeline_id, state, last_record_lsn FROM pageserver.timelines() WHERE tenant_id = '$tenant'"
 
 log "stopping everything"

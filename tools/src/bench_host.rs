@@ -69,6 +69,24 @@ pub fn wait_caught_up(host: &mut postgres::Client, timeline: &str, target: Lsn, 
     }
 }
 
+/// `pgbench -i -s scale` on the primary (then a checkpoint), a new tenant
+/// on the host and a timeline importing the primary; prints how long each
+/// took. Returns (tenant, timeline).
+pub fn pgbench_timeline(primary: &PgCluster, host: &PgCluster, scale: u64) -> Result<(String, String)> {
+    let started = Instant::now();
+    primary.run_as_postgres_checked("pgbench", &["-i", "-s", &scale.to_string(), "-q", "postgres"])?;
+    primary.sql("CHECKPOINT")?;
+    let size = primary.sql_one("SELECT pg_size_pretty(pg_database_size('postgres'))")?.unwrap_or_default();
+    eprintln!("pgbench -i -s {scale}: {:.1} s, database {size}", started.elapsed().as_secs_f64());
+    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
+    let started = Instant::now();
+    let timeline = host
+        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?
+        .context("NULL timeline")?;
+    eprintln!("create_timeline (import): {:.1} s", started.elapsed().as_secs_f64());
+    Ok((tenant, timeline))
+}
+
 /// Pids of the workers of one kind, from `pageserver.status()`.
 pub fn worker_pids(host: &PgCluster, kind: &str) -> Result<Vec<u32>> {
     let rows = host.sql(&format!("SELECT pid FROM pageserver.status() WHERE kind = '{kind}' AND pid IS NOT NULL"))?;

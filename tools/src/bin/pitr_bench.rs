@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, PgCluster};
 use tools::bench_copy::{fullbackup_into, race, run_as_postgres};
-use tools::bench_host::{first_text, parse_lsn, primary_lsn, process_ticks, wait_caught_up, worker_pids, CLOCK_TICKS_PER_S};
+use tools::bench_host::{
+    first_text, parse_lsn, pgbench_timeline, primary_lsn, process_ticks, wait_caught_up, worker_pids, CLOCK_TICKS_PER_S,
+};
 
 const COMMAND: &str =
     "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench";
@@ -195,18 +197,8 @@ fn main() -> Result<()> {
     let host = PgCluster::start_host(&[("pageserver.compaction_period", "3600s")])?;
     host.sql("CREATE EXTENSION pageserver_ext")?;
 
-    let started = Instant::now();
-    primary.run_as_postgres_checked("pgbench", &["-i", "-s", &scale.to_string(), "-q", "postgres"])?;
-    primary.sql("CHECKPOINT")?;
-    let size = primary.sql_one("SELECT pg_size_pretty(pg_database_size('postgres'))")?.unwrap_or_default();
-    eprintln!("pgbench -i -s {scale}: {:.1} s, database {size}", started.elapsed().as_secs_f64());
-
     // The page server's and pgBackRest's bases, at the same point.
-    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
-    let conninfo = primary.connstr("postgres");
-    let started = Instant::now();
-    let timeline = host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.context("NULL timeline")?;
-    eprintln!("create_timeline (import): {:.1} s", started.elapsed().as_secs_f64());
+    let (tenant, timeline) = pgbench_timeline(&primary, &host, scale)?;
     let import_lsn = parse_lsn(
         &host
             .sql_one(&format!("SELECT last_record_lsn FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))?

@@ -27,7 +27,7 @@ use anyhow::{ensure, Context, Result};
 use pageserver_harness::s3::S3Server;
 use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, PgCluster};
 use tools::bench_copy::{fullbackup_into, race, run_as_postgres};
-use tools::bench_host::{first_text, primary_lsn, wait_caught_up, CATCH_UP_TIMEOUT};
+use tools::bench_host::{first_text, pgbench_timeline, primary_lsn, wait_caught_up, CATCH_UP_TIMEOUT};
 
 const COMMAND: &str =
     "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin restore_bench";
@@ -65,17 +65,7 @@ fn main() -> Result<()> {
 
     let primary = PgCluster::start_primary(&[("max_wal_size", "1GB")])?;
     let mut host = start_host(&settings)?;
-    let started = Instant::now();
-    primary.run_as_postgres_checked("pgbench", &["-i", "-s", &scale.to_string(), "-q", "postgres"])?;
-    primary.sql("CHECKPOINT")?;
-    let size = primary.sql_one("SELECT pg_size_pretty(pg_database_size('postgres'))")?.unwrap_or_default();
-    eprintln!("pgbench -i -s {scale}: {:.1} s, database {size}", started.elapsed().as_secs_f64());
-    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("NULL tenant")?;
-    let started = Instant::now();
-    let timeline = host
-        .sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{}')", primary.connstr("postgres")))?
-        .context("NULL timeline")?;
-    eprintln!("create_timeline (import): {:.1} s", started.elapsed().as_secs_f64());
+    let (tenant, timeline) = pgbench_timeline(&primary, &host, scale)?;
     primary.run_as_postgres_checked("pgbench", &["-c", "4", "-j", "2", "-T", &pgbench_s.to_string(), "-n", "postgres"])?;
     let mut pc = primary.client("postgres")?;
     let end = primary_lsn(&mut pc)?;
