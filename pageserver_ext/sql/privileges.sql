@@ -28,6 +28,7 @@ GRANT EXECUTE ON FUNCTION
     pageserver.get_page,
     pageserver.rel_size,
     pageserver.list_relations,
+    pageserver.lsn_for_time,
     pageserver.checkpoint
 TO pageserver_admin;
 

@@ -1,5 +1,6 @@
 //! SQL functions of schema `pageserver` for looking into a timeline: its
-//! layer files, a checkpoint on demand, and its past:
+//! layer files, a checkpoint on demand, the LSN of a point in time, and
+//! its past:
 //! a page, a relation fork's size and the list of relation forks, as of
 //! any LSN the timeline retains (from its GC cutoff, or its branch point,
 //! up to what it has ingested). Relations are named by the primary's
@@ -10,6 +11,7 @@
 
 use crate::mgmt_sql::{call, raise};
 use pgrx::prelude::*;
+use service::inspect::LsnForTimeRow;
 use service::mgmt::{Command, RelationArg, Reply};
 
 fn relation(
@@ -191,4 +193,68 @@ fn checkpoint(tenant_id: String, timeline_id: String) -> String {
         }
     }
     disk
+}
+
+/// How long `lsn_for_time` and `branch_timeline(at_time => ...)` wait for a
+/// streaming timeline to show that it holds everything its primary wrote
+/// up to the time.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The LSN of `at` on a timeline (see `lsn_for_time`), once settled.
+pub(crate) fn resolve_time(tenant_id: &str, timeline_id: &str, at: TimestampWithTimeZone) -> LsnForTimeRow {
+    let time = pg_sys::TimestampTz::from(at);
+    let started = std::time::Instant::now();
+    let mut last_notice = started;
+    loop {
+        let command = Command::LsnForTime { tenant: tenant_id.to_string(), timeline: timeline_id.to_string(), time };
+        let row = match call(&command) {
+            Reply::LsnForTime(row) => row,
+            other => error!("unexpected reply from the main worker: {other:?}"),
+        };
+        if row.settled {
+            return row;
+        }
+        if started.elapsed() >= SETTLE_TIMEOUT {
+            raise(
+                "55000",
+                &format!(
+                    "timeline {timeline_id} has not yet shown that it holds the WAL its primary wrote up to that time \
+                     (see pageserver.stat_wal_receiver)"
+                ),
+            );
+        }
+        if last_notice.elapsed() >= std::time::Duration::from_secs(5) {
+            notice!("waiting for timeline {timeline_id} to catch up with its primary up to that time");
+            last_notice = std::time::Instant::now();
+        }
+        std::thread::sleep(SETTLE_POLL);
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// The LSN that a branch or `fullbackup` needs to show the database as of
+/// time `at`: every transaction the primary committed at or before `at`,
+/// none after (PostgreSQL's `recovery_target_time` rule, from the commit
+/// times in the WAL). `position` says where `at` falls:
+/// `in_history` (the answer is the last commit at or before `at`:
+/// `commit_lsn`, `commit_time`), `after_last_commit` (the last ingested
+/// LSN; on a streaming timeline this waits up to 30 s until the timeline
+/// is known to hold what its primary wrote up to `at`), `before_history`
+/// (before the oldest retained LSN, or before the first commit ingested:
+/// the commits of the imported base backup carry no time) or `no_commits`.
+/// `22023` for a time in the future; `42704` for an unknown timeline.
+#[pg_extern]
+fn lsn_for_time(
+    tenant_id: String,
+    timeline_id: String,
+    at: TimestampWithTimeZone,
+) -> TableIterator<
+    'static,
+    (name!(lsn, String), name!(position, String), name!(commit_lsn, Option<String>), name!(commit_time, Option<TimestampWithTimeZone>)),
+> {
+    let row = resolve_time(&tenant_id, &timeline_id, at);
+    let commit_time =
+        row.commit_time.map(|t| TimestampWithTimeZone::try_from(t).unwrap_or_else(|e| error!("commit time {t} out of range: {e:?}")));
+    TableIterator::new(vec![(row.lsn, row.position, row.commit_lsn, commit_time)])
 }

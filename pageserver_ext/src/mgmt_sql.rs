@@ -211,15 +211,42 @@ fn create_timeline(
 }
 
 /// Creates a branch of `parent_timeline_id` at `lsn` (text such as
-/// '0/16B3748'; default: the parent's last ingested LSN). Metadata only,
-/// whatever the parent's size. Returns the new timeline id and its branch LSN.
+/// '0/16B3748') or as of time `at_time` (the LSN `lsn_for_time` gives:
+/// every transaction committed at or before `at_time`, none after; `22023`
+/// if that time is before the parent's retained history or the parent has
+/// no commit to date it by); default: the parent's last ingested LSN.
+/// Metadata only, whatever the parent's size. Returns the new timeline id
+/// and its branch LSN.
 #[pg_extern]
 fn branch_timeline(
     tenant_id: String,
     parent_timeline_id: String,
     lsn: default!(Option<String>, "NULL"),
     timeline_id: default!(Option<String>, "NULL"),
+    at_time: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> TableIterator<'static, (name!(timeline_id, String), name!(branch_lsn, String))> {
+    let lsn = match (lsn, at_time) {
+        (Some(_), Some(_)) => raise("22023", "give either lsn or at_time, not both"),
+        (lsn, None) => lsn,
+        (None, Some(at)) => {
+            let row = crate::inspect_sql::resolve_time(&tenant_id, &parent_timeline_id, at);
+            match row.position.as_str() {
+                "in_history" | "after_last_commit" => Some(row.lsn),
+                "no_commits" => raise(
+                    "22023",
+                    &format!("timeline {parent_timeline_id} has ingested no commit in its retained history to date at_time by"),
+                ),
+                _ => raise(
+                    "22023",
+                    &format!(
+                        "at_time is before the retained history of timeline {parent_timeline_id}, which starts at LSN {} \
+                         (commits of an imported base backup carry no time)",
+                        row.lsn
+                    ),
+                ),
+            }
+        }
+    };
     match call(&Command::Branch { tenant: tenant_id, parent: parent_timeline_id, lsn, timeline: timeline_id }) {
         Reply::Branch { timeline, lsn } => TableIterator::new(vec![(timeline, lsn)]),
         other => error!("unexpected reply from the main worker: {other:?}"),

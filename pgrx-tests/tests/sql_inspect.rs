@@ -7,7 +7,9 @@
 //! `pageserver.checkpoint` puts everything ingested on disk, and
 //! `pageserver.layers` lists the timeline's layer files;
 //! `pageserver.stat_wal_receiver` shows the receiver streaming, and
-//! reconnecting after the primary restarts.
+//! reconnecting after the primary restarts. `pageserver.lsn_for_time` dates
+//! LSNs by commit times, and a branch made `at_time` holds what the primary
+//! had committed by then.
 
 use anyhow::{ensure, Context, Result};
 use pageserver_harness::PgCluster;
@@ -132,6 +134,68 @@ fn get_page_shows_a_page_as_it_was() -> Result<()> {
     ] {
         let got = sqlstate(&host, &format!("SELECT {sql}"))?;
         ensure!(got == code, "{sql}: SQLSTATE {got}, expected {code}");
+    }
+    Ok(())
+}
+
+/// `lsn_for_time` dates LSNs by the commit times in the WAL, and
+/// `branch_timeline(at_time => t)` gives a branch whose `fullbackup`,
+/// started as a stock PostgreSQL, holds every row committed before `t`
+/// and none committed after (its `pg_dumpall` equals the primary's at `t`).
+#[test]
+fn a_branch_at_a_time_holds_what_was_committed_by_then() -> Result<()> {
+    let primary = e2e::start_primary(true, &[("autovacuum", "off")])?;
+    let host = e2e::start_host(true, &[])?;
+    primary.sql("CREATE TABLE dated (id int PRIMARY KEY, batch text)")?;
+    let (tenant, timeline) = e2e::create_timeline(&host, &primary)?;
+    let created = primary.sql_one("SELECT clock_timestamp()")?.context("time")?;
+    for id in 1..=3 {
+        primary.sql(&format!("INSERT INTO dated VALUES ({id}, 'before')"))?;
+    }
+    let after_before = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    let expected = e2e::dump_all(&primary)?;
+    let t = primary.sql_one("SELECT clock_timestamp()")?.context("time")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for id in 4..=6 {
+        primary.sql(&format!("INSERT INTO dated VALUES ({id}, 'after')"))?;
+    }
+    let end = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    e2e::wait_ingested(&host, &timeline, end)?;
+    ensure!(expected.contains("3\tbefore") && !expected.contains("\tafter"), "the primary's dump at t: {expected}");
+
+    let at = |time: &str| {
+        host.sql(&format!(
+            "SELECT lsn, position, commit_lsn, commit_time <= '{time}'::timestamptz \
+             FROM pageserver.lsn_for_time('{tenant}', '{timeline}', '{time}')"
+        ))
+    };
+    let row = at(&t)?;
+    let (lsn, position) = (row[0][0].clone().context("lsn")?, row[0][1].as_deref());
+    ensure!(position == Some("in_history") && row[0][2].as_deref() == Some(lsn.as_str()) && row[0][3].as_deref() == Some("t"), "{row:?}");
+    let lsn: storage::lsn::Lsn = lsn.parse().map_err(|_| anyhow::anyhow!("bad LSN"))?;
+    ensure!(lsn <= after_before, "lsn_for_time gave {lsn}, after the last commit before t ({after_before})");
+    // Before the first commit ingested (the base backup's have no time), and after the last.
+    ensure!(at(&created)?[0][1].as_deref() == Some("before_history"), "{:?}", at(&created)?);
+    ensure!(at("2001-01-01")?[0][1].as_deref() == Some("before_history"));
+    let now = host.sql_one("SELECT now()")?.context("now")?;
+    let latest = at(&now)?;
+    let ingested = host.sql_one(&format!("SELECT last_record_lsn FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"))?;
+    ensure!(latest[0][1].as_deref() == Some("after_last_commit") && latest[0][0] == ingested, "{latest:?} vs {ingested:?}");
+    let call = format!("pageserver.lsn_for_time('{tenant}', '{timeline}', now() + interval '1 hour')");
+    ensure!(sqlstate(&host, &format!("SELECT * FROM {call}"))? == "22023", "a future time");
+    let call = format!("pageserver.lsn_for_time('{tenant}', 'ffffffffffffffffffffffffffffffff', now())");
+    ensure!(sqlstate(&host, &format!("SELECT * FROM {call}"))? == "42704", "an unknown timeline");
+
+    let branch = host.sql(&format!("SELECT * FROM pageserver.branch_timeline('{tenant}', '{timeline}', at_time => '{t}')"))?;
+    ensure!(branch[0][1].as_deref() == Some(lsn.to_string().as_str()), "branch {branch:?}, lsn_for_time {lsn}");
+    let branch_id = branch[0][0].clone().context("branch id")?;
+    e2e::check_fullbackup(&host, &tenant, &branch_id, None, &expected, true, "branch at a time")?;
+
+    for (args, what) in
+        [(format!("at_time => '{t}', lsn => '{lsn}'"), "lsn and at_time"), (format!("at_time => '{created}'"), "a time before the history")]
+    {
+        let call = format!("SELECT * FROM pageserver.branch_timeline('{tenant}', '{timeline}', {args})");
+        ensure!(sqlstate(&host, &call)? == "22023", "{what}");
     }
     Ok(())
 }

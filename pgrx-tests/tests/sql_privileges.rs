@@ -20,6 +20,7 @@ const MANAGEMENT: &[&str] = &[
     "pageserver.rel_size('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', 1663, 5, 1259)",
     "pageserver.list_relations('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
     "pageserver.checkpoint('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
+    "pageserver.lsn_for_time('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', now())",
 ];
 const MONITORING: &[&str] = &[
     "pageserver.status()",

@@ -1,6 +1,7 @@
 //! Inspection of a timeline for DBAs: any page, relation size or relation
 //! list as of any retained LSN (`pageserver.get_page`, `rel_size`,
-//! `list_relations`), and its layer files (`pageserver.layers`). Checks the arguments a caller gives (fork names,
+//! `list_relations`), the LSN of a point in time (`lsn_for_time`), and its
+//! layer files (`pageserver.layers`). Checks the arguments a caller gives (fork names,
 //! LSNs inside the retained history, blocks inside the relation) and reads
 //! through the same `storage` calls as the page service, so what it shows
 //! is what a compute node would get.
@@ -8,6 +9,7 @@
 use crate::error::ServiceError;
 use pg_constants::{FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
 use serde::{Deserialize, Serialize};
+use storage::commit_time::{self, CommitMark, TimePosition};
 use storage::key::{Key, RelTag};
 use storage::lsn::Lsn;
 use storage::repo::{LayerKind, Timeline};
@@ -111,6 +113,61 @@ pub fn read_lsn(timeline: &Timeline, lsn: Option<&str>) -> Result<Lsn, ServiceEr
         }
     }
     Ok(lsn)
+}
+
+/// The oldest LSN `read_lsn` accepts: the GC cutoff, or the branch point.
+pub fn oldest_lsn(timeline: &Timeline) -> Lsn {
+    let cutoff = timeline.gc_cutoff();
+    timeline.ancestor().map_or(cutoff, |(_, branch_lsn)| cutoff.max(branch_lsn))
+}
+
+/// What `pageserver.lsn_for_time` returns for one time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LsnForTimeRow {
+    pub lsn: String,
+    /// `before_history`, `in_history`, `after_last_commit` or `no_commits`.
+    pub position: String,
+    /// The last commit at or before the time: its LSN and `xact_time`.
+    pub commit_lsn: Option<String>,
+    pub commit_time: Option<i64>,
+    /// False while an `after_last_commit` answer may still change: the
+    /// timeline streams and has not yet been shown to hold everything its
+    /// primary wrote up to the time.
+    pub settled: bool,
+}
+
+/// The LSN of `time` (a `TimestampTz`) in the timeline's retained history
+/// (`storage::commit_time`); `caught_up` is a `TimestampTz` by which the
+/// timeline held everything its primary had written (None: a timeline that
+/// does not stream, whose history is complete).
+pub fn lsn_for_time(timeline: &Timeline, time: i64, caught_up: Option<i64>) -> Result<LsnForTimeRow, ServiceError> {
+    let now = commit_time::from_system_time(std::time::SystemTime::now());
+    if time > now {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{} is in the future: commits up to it have not happened yet",
+            describe_time(time)
+        )));
+    }
+    let last = timeline.last_record_lsn();
+    let answer = commit_time::find_lsn_for_time(oldest_lsn(timeline), last, time, |lsn| {
+        timeline
+            .get(Key::latest_commit(), lsn)?
+            .map(|v| CommitMark::decode(&v).map_err(|e| ServiceError::Corrupt(format!("timeline {}: {e}", timeline.id()))))
+            .transpose()
+    })?;
+    let settled = answer.position != TimePosition::AfterLastCommit || caught_up.is_none_or(|c| c >= time);
+    Ok(LsnForTimeRow {
+        lsn: answer.lsn.to_string(),
+        position: answer.position.as_str().to_string(),
+        commit_lsn: answer.commit.map(|c| c.lsn.to_string()),
+        commit_time: answer.commit.map(|c| c.time),
+        settled,
+    })
+}
+
+/// A `TimestampTz` as UTC text (RFC 3339), for messages.
+pub fn describe_time(time: i64) -> String {
+    humantime::format_rfc3339_micros(commit_time::to_system_time(time)).to_string()
 }
 
 /// The fork's size in blocks at `lsn`; `NotFound` if it does not exist then.

@@ -7,7 +7,7 @@
 //! [`Manager`]) and that client.
 
 use crate::error::ServiceError;
-use crate::inspect::{self, LayerRow, RelationRow};
+use crate::inspect::{self, LayerRow, LsnForTimeRow, RelationRow};
 use crate::layers::LayerOwner;
 use crate::tenants::{DetachStep, Manager, ReceiverRow, TimelineRow};
 use crate::timeline_handle::{TenantId, TimelineState};
@@ -72,6 +72,12 @@ pub enum Command {
         lsn: Option<String>,
         /// Continue after this (spc, db, rel, fork) (the previous page's last).
         after: Option<(u32, u32, u32, u8)>,
+    },
+    /// `pageserver.lsn_for_time`: `time` is a `TimestampTz`.
+    LsnForTime {
+        tenant: String,
+        timeline: String,
+        time: i64,
     },
     /// The timeline's layer files, after the file name `after`.
     ListLayers {
@@ -219,6 +225,7 @@ pub enum Reply {
     },
     /// A page of `pageserver.layers`.
     Layers(Vec<LayerRow>),
+    LsnForTime(LsnForTimeRow),
     /// How far a checkpoint is: its target, `disk_consistent_lsn`, and the
     /// timeline's last error (a flush that fails).
     Checkpoint {
@@ -254,6 +261,11 @@ impl Reply {
     pub fn error(e: ServiceError) -> Reply {
         Reply::Error { sqlstate: e.sqlstate().to_string(), message: e.to_string() }
     }
+}
+
+/// Unix milliseconds as a `TimestampTz`.
+fn unix_ms_to_timestamptz(ms: u64) -> i64 {
+    storage::commit_time::from_system_time(std::time::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// A tenant or timeline id from a command.
@@ -312,6 +324,16 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             let lsn = inspect::read_lsn(&handle.timeline, lsn.as_deref())?;
             let after = after.map(|(spc, db, rel, fork)| RelTag::new(spc, db, rel, fork));
             Ok(Reply::Relations { rows: inspect::list_relations(&handle.timeline, lsn, after)?, lsn: lsn.to_string() })
+        })(),
+        Command::LsnForTime { tenant, timeline, time } => (|| {
+            let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;
+            // A streaming timeline's history ends where its primary's WAL
+            // was when ingest last caught up with it.
+            let caught_up = handle.source.lock().is_some().then(|| {
+                let ingested = handle.timeline.last_record_lsn().0;
+                handle.status.receiver.caught_up_unix_ms(ingested).map_or(i64::MIN, unix_ms_to_timestamptz)
+            });
+            Ok(Reply::LsnForTime(inspect::lsn_for_time(&handle.timeline, time, caught_up)?))
         })(),
         Command::ListLayers { tenant, timeline, after } => (|| {
             let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;

@@ -130,6 +130,9 @@ pub struct ReceiverStatus {
     /// is taken. The time since is the lag in time.
     pub pending_lsn: AtomicU64,
     pub pending_since_unix_ms: AtomicU64,
+    /// Unix milliseconds by which ingest is known to have held everything
+    /// the primary had sent (0: never shown).
+    pub caught_up_unix_ms: AtomicU64,
     /// Sessions started after the first (each after a failure or an end).
     pub reconnects: AtomicU64,
     /// WAL bytes received since the main worker started.
@@ -144,6 +147,12 @@ impl ReceiverStatus {
         self.last_message_unix_ms.store(now, Ordering::Relaxed);
         let primary = self.primary_lsn.load(Ordering::Relaxed);
         let pending = self.pending_lsn.load(Ordering::Relaxed);
+        if pending != 0 && ingested >= pending {
+            self.caught_up_unix_ms.fetch_max(self.pending_since_unix_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        if ingested >= primary {
+            self.caught_up_unix_ms.fetch_max(now, Ordering::Relaxed);
+        }
         if pending == 0 || ingested >= pending {
             if ingested < primary {
                 self.pending_lsn.store(primary, Ordering::Relaxed);
@@ -152,6 +161,21 @@ impl ReceiverStatus {
                 self.pending_lsn.store(0, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Unix milliseconds by which ingest held everything the primary had
+    /// sent, as far as messages show (None: not shown yet). `ingested` is
+    /// the timeline's `last_record_lsn` now.
+    pub fn caught_up_unix_ms(&self, ingested: u64) -> Option<u64> {
+        let mut caught_up = self.caught_up_unix_ms.load(Ordering::Relaxed);
+        if ingested >= self.primary_lsn.load(Ordering::Relaxed) {
+            caught_up = caught_up.max(self.last_message_unix_ms.load(Ordering::Relaxed));
+        }
+        let pending = self.pending_lsn.load(Ordering::Relaxed);
+        if pending != 0 && ingested >= pending {
+            caught_up = caught_up.max(self.pending_since_unix_ms.load(Ordering::Relaxed));
+        }
+        (caught_up != 0).then_some(caught_up)
     }
 
     /// Seconds the timeline's ingest is behind the primary: 0 once it has

@@ -28,6 +28,7 @@
 //! | two-phase state file | 0x20 | 0 | 0 | 0 | 1 | xid |
 //! | `pg_control` | 0x30 | 0 | 0 | 0 | 0 | 0 |
 //! | last checkpoint | 0x30 | 0 | 0 | 0 | 0 | 1 |
+//! | latest commit (time lookups) | 0x30 | 0 | 0 | 0 | 0 | 2 |
 //!
 //! `0xFFFFFFFF` is `InvalidBlockNumber` in PostgreSQL, so a size key never
 //! collides with a block. All blocks of one relation fork are contiguous,
@@ -153,6 +154,7 @@ pub enum KeyClass {
     TwoPhaseFile { xid: u32 },
     ControlFile,
     Checkpoint,
+    LatestCommit,
 }
 
 impl Key {
@@ -225,6 +227,12 @@ impl Key {
     /// The last checkpoint record's `CheckPoint` struct.
     pub fn checkpoint() -> Key {
         Key::new(KIND_CONTROL, 0, 0, 0, 0, 1)
+    }
+
+    /// The newest commit record and the latest commit time so far
+    /// ([`crate::commit_time::CommitMark`]): not a PostgreSQL file.
+    pub fn latest_commit() -> Key {
+        Key::new(KIND_CONTROL, 0, 0, 0, 0, 2)
     }
 
     /// All blocks and the size key of one relation fork.
@@ -302,6 +310,7 @@ impl Key {
             KIND_CONTROL if (field2, field3, field4, field5) == (0, 0, 0, 0) => match field6 {
                 0 => Some(KeyClass::ControlFile),
                 1 => Some(KeyClass::Checkpoint),
+                2 => Some(KeyClass::LatestCommit),
                 _ => None,
             },
             _ => None,
@@ -417,6 +426,7 @@ mod tests {
             Key::twophase_file(1234),
             Key::control_file(),
             Key::checkpoint(),
+            Key::latest_commit(),
         ]
     }
 
@@ -453,6 +463,7 @@ mod tests {
         );
         assert_eq!(Key::twophase_file(77).classify(), Some(KeyClass::TwoPhaseFile { xid: 77 }));
         assert_eq!(Key::checkpoint().classify(), Some(KeyClass::Checkpoint));
+        assert_eq!(Key::latest_commit().classify(), Some(KeyClass::LatestCommit));
     }
 
     #[test]

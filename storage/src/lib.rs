@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod checksum;
+pub mod commit_time;
 pub mod import;
 pub mod key;
 pub mod lsn;

@@ -34,7 +34,9 @@
 //!   the redo pointer, time line, time and commit-timestamp / active xids,
 //!   and advances `nextXid`, `nextMulti`, `nextMultiOffset`, `oldestXid`
 //!   and `oldestMulti` (its `nextOid` is ignored, as `xlog_redo` does). The
-//!   key is written when it changed, at most once per record.
+//!   key is written when it changed, at most once per record;
+//! - the **latest commit** (`Key::latest_commit()`, a
+//!   [`crate::commit_time::CommitMark`]), written at every commit record.
 //!
 //! Every version of a record is put at its end LSN, then
 //! [`TimelineWriter::finish_lsn`] publishes it.
@@ -49,6 +51,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::commit_time::CommitMark;
 use crate::key::{Key, KeyClass, RelTag, SlruKind, INIT_FORKNUM, MAIN_FORKNUM};
 use crate::lsn::Lsn;
 use crate::pg_control::{
@@ -110,6 +113,7 @@ pub struct WalIngest {
     slru_dirs: BTreeMap<SlruKind, BTreeSet<u32>>,
     slru_sizes: HashMap<(SlruKind, u32), u32>,
     twophase: BTreeSet<u32>,
+    latest_commit: Option<CommitMark>,
     pending: Pending,
     failed: Option<String>,
 }
@@ -157,6 +161,10 @@ impl WalIngest {
             Some(v) => decode_u32_dir(&v)?,
             None => BTreeSet::new(),
         };
+        let latest_commit = match timeline.get(Key::latest_commit(), lsn)? {
+            Some(v) => Some(CommitMark::decode(&v).map_err(|e| RepoError::Invalid(format!("timeline {id} at {lsn}: {e}")))?),
+            None => None,
+        };
         Ok(WalIngest {
             timeline: id,
             checkpoint,
@@ -167,6 +175,7 @@ impl WalIngest {
             slru_dirs,
             slru_sizes: HashMap::new(),
             twophase,
+            latest_commit,
             pending: Pending::default(),
             failed: None,
         })
@@ -240,6 +249,11 @@ impl WalIngest {
                     }
                 }
                 IngestChange::NextOid { oid } => self.checkpoint.next_oid = oid,
+                IngestChange::Commit { time } => {
+                    let mark = CommitMark::next(self.latest_commit, lsn, time);
+                    writer.put(Key::latest_commit(), lsn, Value::Image(bytes::Bytes::copy_from_slice(&mark.encode())))?;
+                    self.latest_commit = Some(mark);
+                }
             }
         }
         if let Some((mid, moff)) = multi.offset {
@@ -729,6 +743,27 @@ mod tests {
             main.extend(le(&[*spc, *db, *rel]));
         }
         rb(rmgr::XACT, 0x80, xid, main)
+    }
+
+    #[test]
+    fn commits_leave_marks_whose_latest_time_never_goes_back() {
+        let (_d, _repo, tl) = setup();
+        let mut f = Feeder::new(&tl);
+        let commit_at = |time: i64| rb(rmgr::XACT, 0x00, 0, time.to_le_bytes().to_vec());
+        let mark = |lsn| tl.get(Key::latest_commit(), lsn).unwrap().map(|v| CommitMark::decode(&v).unwrap());
+        assert_eq!(mark(f.lsn), None);
+        let first = f.feed(&tl, commit_at(1_000));
+        // An abort and a heap record leave the mark as it was.
+        let abort = f.feed(&tl, rb(rmgr::XACT, 0x20, 0, 5_000i64.to_le_bytes().to_vec()));
+        let heap = f.feed(&tl, heap_insert(800, rel(1, 16384, 0), 0));
+        assert_eq!(mark(heap), Some(CommitMark { lsn: first, time: 1_000, max_time: 1_000 }));
+        assert_eq!(mark(abort), mark(first));
+        let second = f.feed(&tl, commit_at(3_000));
+        // A new WalIngest (a restart) carries the latest time on.
+        let mut f = Feeder { ingest: WalIngest::new(&tl).unwrap(), lsn: f.lsn };
+        let third = f.feed(&tl, commit_at(2_000));
+        assert_eq!(mark(second), Some(CommitMark { lsn: second, time: 3_000, max_time: 3_000 }));
+        assert_eq!(mark(third), Some(CommitMark { lsn: third, time: 2_000, max_time: 3_000 }));
     }
 
     #[test]

@@ -271,6 +271,7 @@ impl IngestCheck {
                 IngestChange::SlruExtend { .. } => "slru extend",
                 IngestChange::TwoPhaseDrop { .. } => "twophase drop",
                 IngestChange::NextOid { .. } => "next oid",
+                IngestChange::Commit { .. } => "commit",
             };
             *self.counts.entry(name).or_default() += 1;
         }

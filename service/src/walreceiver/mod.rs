@@ -225,8 +225,11 @@ async fn stream_once(tenant: TenantId, entry: &Arc<TimelineHandle>, remote: Opti
         // next_message only awaits socket reads into its buffer, so a timeout never loses a message.
         match tokio::time::timeout(wait, conn.next_message()).await {
             Err(_) => {
+                // Asking for a reply makes an idle primary answer with its
+                // WAL end each interval, which dates how far ingest is
+                // caught up (`ReceiverStatus::caught_up_unix_ms`).
                 let (write, flush) = (timeline.last_record_lsn(), flush_to_report(tenant, &timeline, remote));
-                if let Err(e) = conn.send_status(write, flush, write, false).await {
+                if let Err(e) = conn.send_status(write, flush, write, true).await {
                     break Err(e.to_string());
                 }
                 next_status = Instant::now() + STATUS_INTERVAL;

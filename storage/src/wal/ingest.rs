@@ -17,7 +17,8 @@
 //!   a page the record does not reference);
 //! - XACT commit / abort (also prepared) → `ClogSetStatus` project records on
 //!   the CLOG pages of the xid and its subtransactions, relation drops, and
-//!   the two-phase state file written at PREPARE, removed at the end;
+//!   the two-phase state file written at PREPARE, removed at the end; a
+//!   commit's `xact_time` too (for [`crate::commit_time`]);
 //! - SMGR create / truncate (FSM and VM truncated like PostgreSQL does, the
 //!   partial last page zeroed), DBASE create / drop, RELMAP update;
 //! - XLOG checkpoint (the `CheckPoint` struct) and NEXTOID;
@@ -62,6 +63,8 @@ pub enum IngestChange {
     TwoPhaseDrop { xid: u32 },
     /// The checkpoint's next OID advances to `oid` (`XLOG_NEXTOID`).
     NextOid { oid: u32 },
+    /// A transaction committed at `time` (`xact_time`, a `TimestampTz`).
+    Commit { time: i64 },
 }
 
 /// The effects of one record at `lsn` (its end).
@@ -434,6 +437,7 @@ fn ingest_xact(cx: &mut Ctx<'_>, info: u8) -> Result<(), IngestError> {
         _ => return Ok(()),
     };
     // ParseCommitRecord / ParseAbortRecord: xact_time, then the xinfo parts.
+    let xact_time = i64::from_le_bytes(cx.data(0, 8, "xact_time")?.try_into().expect("8 bytes"));
     let mut at = 8usize;
     let xinfo = if info & XLOG_XACT_HAS_INFO != 0 {
         let x = cx.u32(at, "xinfo")?;
@@ -480,6 +484,9 @@ fn ingest_xact(cx: &mut Ctx<'_>, info: u8) -> Result<(), IngestError> {
     }
     if op == XLOG_XACT_COMMIT_PREPARED || op == XLOG_XACT_ABORT_PREPARED {
         cx.out.push(IngestChange::TwoPhaseDrop { xid });
+    }
+    if commit {
+        cx.out.push(IngestChange::Commit { time: xact_time });
     }
     Ok(())
 }
@@ -612,7 +619,7 @@ mod tests {
     #[test]
     fn commit_sets_clog_for_xid_and_subxacts_per_page_and_drops_rels() {
         // xact_time, xinfo (subxacts + relfilenodes), 2 subxacts (one on the next CLOG page), 1 rel.
-        let mut main = vec![0u8; 8];
+        let mut main = 820_000_000_123_456i64.to_le_bytes().to_vec();
         main.extend(le(&[XACT_XINFO_HAS_SUBXACTS | XACT_XINFO_HAS_RELFILENODES, 2, 78, CLOG_XACTS_PER_PAGE + 5, 1, 1663, 5, 4242]));
         let rec = record(builder(rmgr::XACT, XLOG_XACT_COMMIT | XLOG_XACT_HAS_INFO, main));
         let batch = ingest_record(&rec).unwrap();
@@ -629,7 +636,8 @@ mod tests {
             vec![
                 clog(0, vec![77, 78]),
                 clog(1, vec![CLOG_XACTS_PER_PAGE + 5]),
-                IngestChange::RelDrop { spc_node: 1663, db_node: 5, rel_node: 4242 }
+                IngestChange::RelDrop { spc_node: 1663, db_node: 5, rel_node: 4242 },
+                IngestChange::Commit { time: 820_000_000_123_456 },
             ]
         );
         // Truncated main data is an error, not a panic.
