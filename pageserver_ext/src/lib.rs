@@ -35,8 +35,9 @@ const _: () = {
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Who may call what: the last statements of CREATE EXTENSION.
-pgrx::extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+// Comments on every function, and who may call what: the last statements
+// of CREATE EXTENSION.
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 #[allow(non_snake_case)]

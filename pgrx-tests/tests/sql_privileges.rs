@@ -75,3 +75,26 @@ fn roles_get_what_they_are_granted_and_nothing_else() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every function of schema `pageserver` has a comment (`\df+`) and is in
+/// one of the lists above, so a new function cannot ship undocumented or
+/// without a decision on who may call it.
+#[test]
+fn every_function_is_commented_and_classified() -> Result<()> {
+    let host = e2e::start_host(false, &[])?;
+    let functions = host.sql(
+        "SELECT p.proname, coalesce(obj_description(p.oid, 'pg_proc'), '') FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pageserver' ORDER BY 1",
+    )?;
+    ensure!(functions.len() >= 19, "only {} functions", functions.len());
+    let classified: Vec<&str> = MANAGEMENT.iter().chain(MONITORING).chain(MONITORING_OF_A_TIMELINE).chain(DEBUGGING).copied().collect();
+    for row in &functions {
+        let name = row[0].as_deref().unwrap_or_default();
+        ensure!(row[1].as_deref().is_some_and(|c| c.len() > 20), "pageserver.{name} has no comment");
+        let listed = classified.iter().any(|call| call.starts_with(&format!("pageserver.{name}(")));
+        ensure!(listed || name == "redo_bench", "pageserver.{name} is in none of the privilege lists");
+    }
+    let schema = host.sql_one("SELECT obj_description('pageserver'::regnamespace, 'pg_namespace')")?;
+    ensure!(schema.is_some(), "schema pageserver has no comment");
+    Ok(())
+}
