@@ -15,6 +15,10 @@ COMMENT ON FUNCTION pageserver.attach_tenant IS
     'Rebuilds a tenant from object storage (pageserver.remote_storage) and streams its timelines on';
 COMMENT ON FUNCTION pageserver.detach_tenant IS
     'Hands a tenant over to object storage (everything uploaded) and removes it from this host';
+COMMENT ON FUNCTION pageserver.drop_timeline IS
+    'Drops a timeline without branches: its layer files, its replication slot on the primary and its objects in object storage';
+COMMENT ON FUNCTION pageserver.drop_tenant IS
+    'Drops a tenant; with cascade => true its timelines first, branches before their parents';
 COMMENT ON FUNCTION pageserver.checkpoint IS
     'Writes everything a timeline has ingested to layer files now; returns its disk_consistent_lsn';
 
@@ -74,6 +78,8 @@ GRANT EXECUTE ON FUNCTION
     pageserver.branch_timeline,
     pageserver.attach_tenant,
     pageserver.detach_tenant,
+    pageserver.drop_timeline,
+    pageserver.drop_tenant,
     pageserver.get_page,
     pageserver.rel_size,
     pageserver.list_relations,

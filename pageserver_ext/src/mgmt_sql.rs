@@ -4,7 +4,7 @@
 
 use pgrx::prelude::*;
 use service::mgmt::{Command, Reply};
-use service::tenants::DetachStep;
+use service::tenants::{DetachStep, DropStep, DroppedTimeline, TimelineRow};
 use service::timeline_handle::TimelineState;
 use std::time::{Duration, Instant};
 
@@ -114,25 +114,14 @@ fn detach_tenant(tenant_id: String) -> TableIterator<'static, (name!(timeline_id
     if crate::guc::string(&crate::guc::REMOTE_STORAGE).is_empty() {
         raise("55000", "pageserver.remote_storage is not set: a detached tenant would be lost; there is nowhere to hand it over to");
     }
-    /// Abandons the detach if the call ends early (an ERROR or a cancel
-    /// unwinds through here): the tenant streams again.
-    struct ResumeUnlessDone<'a>(&'a str, bool);
-    impl Drop for ResumeUnlessDone<'_> {
-        fn drop(&mut self) {
-            if !self.1 {
-                let request = serde_json::to_vec(&Command::ResumeTenant { tenant: self.0.to_string() }).expect("commands serialize");
-                // Best effort, without PostgreSQL calls (this may run while
-                // an ERROR unwinds); a host restart resumes the tenant too.
-                let _ = crate::shmem::state().commands.call(&request, COMMAND_TIMEOUT, &mut || false);
-            }
-        }
-    }
-    let mut guard = ResumeUnlessDone(&tenant_id, false);
+    // Ending early (an ERROR or a cancel) abandons the detach: the tenant
+    // streams again (a host restart resumes it too).
+    let mut guard = UndoUnlessDone { undo: Some(Command::ResumeTenant { tenant: tenant_id.clone() }) };
     let mut last_notice: Option<(Instant, String)> = None;
     loop {
         match call(&Command::DetachTenant { tenant: tenant_id.clone() }) {
             Reply::Detach(DetachStep::Detached(timelines)) => {
-                guard.1 = true;
+                guard.undo = None;
                 let rows: Vec<_> = timelines.into_iter().map(|t| (t.timeline, t.remote_consistent_lsn)).collect();
                 return TableIterator::new(rows);
             }
@@ -154,6 +143,141 @@ fn detach_tenant(tenant_id: String) -> TableIterator<'static, (name!(timeline_id
         }
         std::thread::sleep(DETACH_POLL);
         pg_sys::check_for_interrupts!();
+    }
+}
+
+/// How long a drop waits for the backup worker to delete the timeline's
+/// objects before it returns (the deletion goes on in the background).
+const REMOTE_REMOVAL_WAIT: Duration = Duration::from_secs(30);
+
+/// Sends `command` when dropped unless disarmed: an abandoned step-by-step
+/// operation (an ERROR or a cancel unwinding through the SQL function)
+/// leaves the object as it was. Best effort, without PostgreSQL calls.
+struct UndoUnlessDone {
+    undo: Option<Command>,
+}
+
+impl Drop for UndoUnlessDone {
+    fn drop(&mut self) {
+        if let Some(command) = self.undo.take() {
+            let request = serde_json::to_vec(&command).expect("commands serialize");
+            let _ = crate::shmem::state().commands.call(&request, COMMAND_TIMEOUT, &mut || false);
+        }
+    }
+}
+
+/// Drops one timeline step by step; NOTICEs say what it waits for and what
+/// became of the slot and the remote copy.
+fn drop_one_timeline(tenant_id: &str, timeline_id: &str) -> DroppedTimeline {
+    let mut guard =
+        UndoUnlessDone { undo: Some(Command::ResumeTimeline { tenant: tenant_id.to_string(), timeline: timeline_id.to_string() }) };
+    let mut last_notice: Option<(Instant, String)> = None;
+    let dropped = loop {
+        match call(&Command::DropTimeline { tenant: tenant_id.to_string(), timeline: timeline_id.to_string() }) {
+            Reply::Drop(DropStep::Dropped(dropped)) => break dropped,
+            Reply::Drop(DropStep::Waiting(what)) => {
+                if last_notice.as_ref().is_none_or(|(at, seen)| at.elapsed() >= PROGRESS_INTERVAL || *seen != what) {
+                    notice!("dropping timeline {timeline_id}: waiting for {what}");
+                    last_notice = Some((Instant::now(), what));
+                }
+            }
+            other => error!("unexpected reply from the main worker: {other:?}"),
+        }
+        std::thread::sleep(DETACH_POLL);
+        pg_sys::check_for_interrupts!();
+    };
+    guard.undo = None;
+    if let (Some(slot), Some(why)) = (&dropped.slot, &dropped.slot_error) {
+        notice!(
+            "timeline {timeline_id} is dropped, but its replication slot \"{slot}\" on the primary was not: {why}; \
+             drop it there (SELECT pg_drop_replication_slot('{slot}')) or it keeps WAL forever"
+        );
+    }
+    if dropped.remote_pending {
+        let started = Instant::now();
+        let pending = || match call(&Command::RemovalPending { tenant: tenant_id.to_string(), timeline: timeline_id.to_string() }) {
+            Reply::Pending(pending) => pending,
+            other => error!("unexpected reply from the main worker: {other:?}"),
+        };
+        while pending() {
+            if started.elapsed() >= REMOTE_REMOVAL_WAIT {
+                notice!(
+                    "timeline {timeline_id}: the backup worker has not yet deleted its objects from object storage; \
+                     it goes on in the background (see the backup worker's log)"
+                );
+                return dropped;
+            }
+            std::thread::sleep(DETACH_POLL);
+            pg_sys::check_for_interrupts!();
+        }
+    }
+    DroppedTimeline { remote_pending: false, ..dropped }
+}
+
+/// A row of `drop_timeline` and `drop_tenant`: timeline, slot, slot dropped, remote copy deleted.
+type DroppedRow = (String, Option<String>, bool, Option<bool>);
+
+fn dropped_row(timeline_id: String, dropped: DroppedTimeline, remote: bool) -> DroppedRow {
+    (timeline_id, dropped.slot, dropped.slot_dropped, remote.then_some(!dropped.remote_pending))
+}
+
+fn remote_storage_set() -> bool {
+    !crate::guc::string(&crate::guc::REMOTE_STORAGE).is_empty()
+}
+
+/// Drops a timeline: stops its WAL receiver, deletes its layer files, drops
+/// its replication slot on the primary (a NOTICE says so when the primary
+/// cannot be reached: the slot then keeps WAL until dropped there) and,
+/// with object storage, has the backup worker delete its objects (waiting
+/// up to 30 s). Refused with `2BP01` while it has branches (drop them
+/// first) and `55000` while it imports its base backup or its tenant is
+/// being detached. Cancelled before the files are deleted, it leaves the
+/// timeline streaming. Returns `timeline_id`, `slot_name` (NULL for a
+/// branch), `slot_dropped`, `remote_deleted` (NULL without object storage).
+#[pg_extern]
+fn drop_timeline(
+    tenant_id: String,
+    timeline_id: String,
+) -> TableIterator<
+    'static,
+    (name!(timeline_id, String), name!(slot_name, Option<String>), name!(slot_dropped, bool), name!(remote_deleted, Option<bool>)),
+> {
+    let dropped = drop_one_timeline(&tenant_id, &timeline_id);
+    TableIterator::new(vec![dropped_row(timeline_id, dropped, remote_storage_set())])
+}
+
+/// Drops a tenant. With timelines left it is refused (`2BP01`) unless
+/// `cascade`: then every timeline is dropped first, branches before their
+/// parents, each as `drop_timeline` does. Returns a row per dropped
+/// timeline, as `drop_timeline`.
+#[pg_extern]
+fn drop_tenant(
+    tenant_id: String,
+    cascade: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (name!(timeline_id, String), name!(slot_name, Option<String>), name!(slot_dropped, bool), name!(remote_deleted, Option<bool>)),
+> {
+    let mut rows = Vec::new();
+    if cascade {
+        loop {
+            let timelines: Vec<TimelineRow> = match call(&Command::ListTimelines) {
+                Reply::Timelines(rows) => rows.into_iter().filter(|r| r.tenant == tenant_id).collect(),
+                other => error!("unexpected reply from the main worker: {other:?}"),
+            };
+            // A leaf: no other timeline branches from it.
+            let Some(leaf) = timelines.iter().find(|t| !timelines.iter().any(|c| c.ancestor.as_deref() == Some(t.timeline.as_str())))
+            else {
+                break;
+            };
+            let id = leaf.timeline.clone();
+            let dropped = drop_one_timeline(&tenant_id, &id);
+            rows.push(dropped_row(id, dropped, remote_storage_set()));
+        }
+    }
+    match call(&Command::DropTenant { tenant: tenant_id }) {
+        Reply::Done => TableIterator::new(rows),
+        other => error!("unexpected reply from the main worker: {other:?}"),
     }
 }
 

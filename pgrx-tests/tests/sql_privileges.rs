@@ -16,6 +16,8 @@ const MANAGEMENT: &[&str] = &[
     "pageserver.branch_timeline('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
     "pageserver.attach_tenant('0123456789abcdef0123456789abcdef')",
     "pageserver.detach_tenant('0123456789abcdef0123456789abcdef')",
+    "pageserver.drop_timeline('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
+    "pageserver.drop_tenant('0123456789abcdef0123456789abcdef')",
     "pageserver.get_page('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', 1663, 5, 1259, 'main', 0)",
     "pageserver.rel_size('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', 1663, 5, 1259)",
     "pageserver.list_relations('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",

@@ -18,6 +18,9 @@
 //!    number themselves before they read anything): a tenant being
 //!    detached waits for a pass that started after its last local change.
 //!
+//! Each pass first deletes the objects of timelines that were dropped
+//! ([`removal`]).
+//!
 //! A crash anywhere leaves: layer objects no index names (the next run
 //! lists the timeline once, before uploading anything, and deletes the
 //! layer objects of its generation that its index does not name), or a
@@ -43,6 +46,8 @@ use storage::repo::{LayerName, TimelineId};
 
 use crate::timeline_handle::{SourceMeta, TenantId};
 
+pub mod removal;
+
 /// Layer uploads of one timeline in flight at once (together they hold
 /// at most `remote::transfer::UPLOAD_MEMORY_BUDGET`).
 pub const UPLOAD_CONCURRENCY: usize = 4;
@@ -62,6 +67,9 @@ pub struct BackupWorker {
     /// Stored in every index (`tenant_config`).
     pub tenant_config: BTreeMap<String, String>,
     timelines: HashMap<(TenantId, TimelineId), TimelineBackup>,
+    /// Retries of deleting dropped timelines ([`removal`]).
+    removal_backoff: Backoff,
+    removal_retry_at: Option<Instant>,
 }
 
 /// What the worker knows of one timeline.
@@ -118,7 +126,17 @@ impl BackupWorker {
         table: &'static RemoteTable,
         tenant_config: BTreeMap<String, String>,
     ) -> BackupWorker {
-        BackupWorker { tenants_dir, state_dir, storage, generation, table, tenant_config, timelines: HashMap::new() }
+        BackupWorker {
+            tenants_dir,
+            state_dir,
+            storage,
+            generation,
+            table,
+            tenant_config,
+            timelines: HashMap::new(),
+            removal_backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
+            removal_retry_at: None,
+        }
     }
 
     /// One pass over every timeline on disk. `activity` hears what is being
@@ -130,6 +148,7 @@ impl BackupWorker {
         self.table.retain(&|tenant, timeline| on_disk.iter().any(|(t, l, _)| t.0 == tenant && l.0 == timeline));
         self.timelines.retain(|key, _| on_disk.iter().any(|(t, l, _)| (*t, *l) == *key));
         let mut summary = PassSummary { timelines: on_disk.len(), ..PassSummary::default() };
+        summary.deleted += self.remove_dropped(&on_disk).await;
         for (tenant, timeline, dir) in on_disk {
             if stopping() {
                 break;

@@ -16,6 +16,7 @@ pub mod sqlstate {
     pub const DUPLICATE_OBJECT: &str = "42710";
     pub const INVALID_PARAMETER: &str = "22023";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const QUERY_CANCELED: &str = "57014";
     pub const SYSTEM_ERROR: &str = "58000";
@@ -42,6 +43,10 @@ pub enum ServiceError {
     /// far enough, an LSN not yet ingested).
     #[error("{0}")]
     NotInPrerequisiteState(String),
+    /// Other objects depend on it (a timeline with branches, a tenant with
+    /// timelines).
+    #[error("{0}")]
+    HasDependents(String),
     /// The primary could not be reached or the connection broke.
     #[error("{0}")]
     Connection(String),
@@ -71,6 +76,7 @@ impl ServiceError {
             ServiceError::AlreadyExists(_) => sqlstate::DUPLICATE_OBJECT,
             ServiceError::InvalidArgument(_) => sqlstate::INVALID_PARAMETER,
             ServiceError::NotInPrerequisiteState(_) => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            ServiceError::HasDependents(_) => sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
             ServiceError::Connection(_) => sqlstate::CONNECTION_FAILURE,
             ServiceError::Timeout(_) => sqlstate::QUERY_CANCELED,
             ServiceError::Unavailable(_) => sqlstate::SYSTEM_ERROR,
@@ -88,6 +94,7 @@ impl ServiceError {
             sqlstate::DUPLICATE_OBJECT => ServiceError::AlreadyExists(message),
             sqlstate::INVALID_PARAMETER => ServiceError::InvalidArgument(message),
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE => ServiceError::NotInPrerequisiteState(message),
+            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST => ServiceError::HasDependents(message),
             sqlstate::CONNECTION_FAILURE => ServiceError::Connection(message),
             sqlstate::QUERY_CANCELED => ServiceError::Timeout(message),
             sqlstate::SYSTEM_ERROR => ServiceError::Unavailable(message),
@@ -104,6 +111,7 @@ impl ServiceError {
             ServiceError::AlreadyExists(_) => ServiceError::AlreadyExists(message),
             ServiceError::InvalidArgument(_) => ServiceError::InvalidArgument(message),
             ServiceError::NotInPrerequisiteState(_) => ServiceError::NotInPrerequisiteState(message),
+            ServiceError::HasDependents(_) => ServiceError::HasDependents(message),
             ServiceError::Connection(_) => ServiceError::Connection(message),
             ServiceError::Timeout(_) => ServiceError::Timeout(message),
             ServiceError::Unavailable(_) => ServiceError::Unavailable(message),

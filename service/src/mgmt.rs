@@ -9,7 +9,7 @@
 use crate::error::ServiceError;
 use crate::inspect::{self, LayerRow, LsnForTimeRow, RelationRow};
 use crate::layers::LayerOwner;
-use crate::tenants::{DetachStep, Manager, ReceiverRow, TimelineRow};
+use crate::tenants::{DetachStep, DropStep, Manager, ReceiverRow, TimelineRow};
 use crate::timeline_handle::{TenantId, TimelineState};
 use serde::{Deserialize, Serialize};
 use shared_mem::CommandQueue;
@@ -51,6 +51,25 @@ pub enum Command {
     /// One step of a detach (see `tenants::detach`): begins it, or reports
     /// what it waits for, or finishes it.
     DetachTenant {
+        tenant: String,
+    },
+    /// One step of dropping a timeline (see `tenants::dropping`).
+    DropTimeline {
+        tenant: String,
+        timeline: String,
+    },
+    /// Abandon a drop under way: the timeline streams again.
+    ResumeTimeline {
+        tenant: String,
+        timeline: String,
+    },
+    /// Whether the backup worker has yet to delete a dropped timeline's objects.
+    RemovalPending {
+        tenant: String,
+        timeline: String,
+    },
+    /// Drops a tenant that has no timelines left.
+    DropTenant {
         tenant: String,
     },
     /// Abandon a detach under way: the tenant streams and takes changes again.
@@ -213,6 +232,8 @@ pub enum Reply {
         streaming: usize,
     },
     Detach(DetachStep),
+    Drop(DropStep),
+    Pending(bool),
     /// A page and the LSN it was read at.
     Page {
         page: Vec<u8>,
@@ -310,6 +331,17 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             .and_then(|id| manager.attach_tenant(id))
             .map(|(timelines, streaming)| Reply::Attached { timelines, streaming }),
         Command::DetachTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.detach_step(id)).map(Reply::Detach),
+        Command::DropTimeline { tenant, timeline } => (|| {
+            let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
+            manager.drop_timeline_step(tenant, timeline).map(Reply::Drop)
+        })(),
+        Command::ResumeTimeline { tenant, timeline } => {
+            (|| Ok(Reply::Resumed(manager.resume_timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?)))()
+        }
+        Command::RemovalPending { tenant, timeline } => {
+            (|| Ok(Reply::Pending(manager.removal_pending(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?))))()
+        }
+        Command::DropTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.drop_tenant(id)).map(|()| Reply::Done),
         Command::ResumeTenant { tenant } => parse_id("tenant id", &tenant).and_then(|id| manager.resume_tenant(id)).map(Reply::Resumed),
         Command::GetPage { relation, blkno } => (|| {
             let (timeline, rel, lsn) = resolve_relation(manager, &relation)?;

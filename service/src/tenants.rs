@@ -33,7 +33,9 @@
 //! for them on exit ([`Manager::stop`], then [`Manager::wait_tasks`]).
 
 mod detach;
+mod dropping;
 pub use detach::{DetachStep, DetachWait, DetachedTimeline};
+pub use dropping::{DropStep, DroppedTimeline};
 
 use crate::error::ServiceError;
 use crate::timeline_handle::{CompactionPass, SourceMeta, SourceState, TenantId, TimelineHandle, TimelineState, TimelineStatus};
@@ -239,6 +241,11 @@ impl Manager {
             let tenant = manager.load_tenant(id)?;
             manager.tenants.write().insert(id, tenant.clone());
             manager.resume_timelines(&tenant);
+        }
+        match crate::backup::removal::unmark_existing(&manager.backup_state_dir(), &root) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} timelines whose drop did not finish stay; their objects in object storage stay too"),
+            Err(e) => return Err(ServiceError::Io(format!("withdrawing unfinished drops: {e}"))),
         }
         let flusher = manager.clone();
         let spawn_failed = |e: std::io::Error| ServiceError::Internal(format!("cannot start a thread: {e}"));
@@ -532,10 +539,26 @@ impl Manager {
         });
     }
 
+    /// Starts the timeline's WAL receiver: it ends when the tenant's tasks
+    /// are cancelled or the timeline's own `stop` token is (a drop).
     fn spawn_receiver(self: &Arc<Self>, tenant: Arc<Tenant>, entry: Arc<TimelineHandle>) {
         let remote = self.host.remote;
         let id = tenant.id;
-        self.spawn_for_tenant(&tenant, move |cancel| walreceiver::run(cancel, id, entry, remote));
+        entry.status.receiving.store(true, Ordering::SeqCst);
+        self.spawn_for_tenant(&tenant, move |cancel| async move {
+            let cancel = cancel.child_token();
+            let stop = entry.status.stop.lock().clone();
+            let run = walreceiver::run(cancel.clone(), id, entry.clone(), remote);
+            tokio::pin!(run);
+            tokio::select! {
+                _ = &mut run => {}
+                _ = stop.cancelled() => {
+                    cancel.cancel();
+                    run.await;
+                }
+            }
+            entry.status.receiving.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Creates `child` as a branch of `parent` at `lsn` (its `last_record_lsn` if none).
@@ -652,6 +675,11 @@ impl Manager {
         let mut flushed_since_trim = 0u64;
         while !self.is_stopping() {
             for entry in self.all_timelines() {
+                // A drop takes this lock before it deletes the directory.
+                let _flushing = entry.status.flushing.lock();
+                if *entry.status.state.lock() == TimelineState::Dropping {
+                    continue;
+                }
                 let tl = &entry.timeline;
                 let last = tl.last_record_lsn();
                 let seen = idle_since.entry(tl.id()).or_insert((last, std::time::Instant::now()));
@@ -687,6 +715,9 @@ impl Manager {
         let t = self.tenant(tenant)?;
         let entry = self.timeline(tenant, timeline)?;
         let _change = t.change_guard()?;
+        if *entry.status.state.lock() == TimelineState::Dropping {
+            return Err(ServiceError::NotInPrerequisiteState(format!("timeline {timeline} is being dropped")));
+        }
         let grant = t.repo.begin_layer_work(timeline, SystemTime::now())?;
         entry.status.compaction.running.store(true, Ordering::Relaxed);
         Ok(grant)

@@ -52,6 +52,8 @@ pub enum TimelineState {
     /// Its tenant is being detached (`pageserver.detach_tenant`): ingest
     /// stopped, the last changes going to object storage.
     Detaching,
+    /// `pageserver.drop_timeline` or `drop_tenant` is removing it.
+    Dropping,
 }
 
 impl TimelineState {
@@ -62,6 +64,7 @@ impl TimelineState {
             TimelineState::Broken => "broken",
             TimelineState::Branch => "branch",
             TimelineState::Detaching => "detaching",
+            TimelineState::Dropping => "dropping",
         }
     }
 }
@@ -89,6 +92,14 @@ pub struct TimelineStatus {
     pub error: Mutex<Option<String>>,
     pub receiver: ReceiverStatus,
     pub compaction: CompactionStatus,
+    /// Cancelled to stop this timeline's WAL receiver alone (a drop); a
+    /// fresh one when an abandoned drop resumes the timeline.
+    pub stop: Mutex<tokio_util::sync::CancellationToken>,
+    /// Its WAL receiver task is running (set before it is spawned).
+    pub receiving: AtomicBool,
+    /// Held by the flusher while it works on the timeline, and by a drop
+    /// while it deletes the timeline's directory.
+    pub flushing: Mutex<()>,
 }
 
 /// What the layers worker has done on one timeline, as it reported it.

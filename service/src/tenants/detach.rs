@@ -91,6 +91,11 @@ impl Manager {
                             "timeline {timeline} of tenant {id} is still importing its base backup; detach it once it is active"
                         )))
                     }
+                    TimelineState::Dropping => {
+                        return Err(ServiceError::NotInPrerequisiteState(format!(
+                            "timeline {timeline} of tenant {id} is being dropped; detach the tenant once the drop is done"
+                        )))
+                    }
                     TimelineState::Broken => {
                         return Err(ServiceError::NotInPrerequisiteState(format!(
                             "timeline {timeline} of tenant {id} is broken ({}); it cannot be handed over",
@@ -186,7 +191,7 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> ServiceError {
 
 /// Moves the tenant's directory out of `tenants/` in one rename (durable
 /// before anything is deleted), then deletes it.
-fn remove_tenant_dir(data_dir: &Path, dir: &Path, id: TenantId) -> Result<(), ServiceError> {
+pub(super) fn remove_tenant_dir(data_dir: &Path, dir: &Path, id: TenantId) -> Result<(), ServiceError> {
     let detached = data_dir.join(DETACHED_DIR);
     std::fs::create_dir_all(&detached).map_err(io(format!("creating {}", detached.display())))?;
     let target = detached.join(id.to_string());
