@@ -29,6 +29,7 @@
 pub mod as_postgres;
 pub mod cluster;
 pub mod fault_proxy;
+pub mod jwt;
 pub mod process;
 pub mod s3;
 

@@ -7,6 +7,7 @@
 //! through `tracing` (module `log`) to the worker's main thread. It stops
 //! accepting connections when its cancellation token is cancelled.
 
+pub mod auth;
 pub mod commands;
 pub mod pq;
 
