@@ -1,6 +1,8 @@
 //! The page service commands: `pagestream_v2|v3 <tenant> <timeline>`
 //! (a CopyBoth sub-protocol of GetPage@LSN and friends, pipelined) and
 //! `basebackup|fullbackup <tenant> <timeline> [lsn]` (a tar over CopyOut).
+//! Every command names a tenant, checked against what the connection's
+//! token grants before anything is read.
 //!
 //! A pagestream request at an LSN already ingested is answered on the
 //! connection's own task: it needs at most layer reads and a redo request
