@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, Startup};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a client may take to finish the startup phase.
@@ -79,7 +79,7 @@ pub async fn serve(listener: TcpListener, ctx: Option<ServiceContext>, auth: Sha
     }
 }
 
-async fn send(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<()> {
     stream.write_all(buf).await?;
     buf.clear();
     stream.flush().await
@@ -185,8 +185,8 @@ async fn handle_connection(
 /// Authenticates the client as `auth` says. Returns what it may read, or
 /// `None` when it was refused (a FATAL error was sent, nothing else) or
 /// left without answering.
-async fn authenticate(
-    stream: &mut TcpStream,
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     out: &mut BytesMut,
     auth: &AuthConfig,
     user: &str,
@@ -215,8 +215,9 @@ async fn authenticate(
         match message {
             FrontendMessage::Other { tag: b'p', body } => {
                 let text = body.strip_suffix(&[0]).unwrap_or(&body);
-                // Not UTF-8 cannot be a JWT; verify() calls it malformed.
-                Some(String::from_utf8(text.to_vec()).unwrap_or_else(|_| "\u{fffd}".into()))
+                // Bytes that are not UTF-8 become U+FFFD, which no JWT holds:
+                // verify() calls the token malformed.
+                Some(String::from_utf8_lossy(text).into_owned())
             }
             other => {
                 let message = format!("expected password response, got message type '{}'", other.tag().escape_ascii());
@@ -458,6 +459,10 @@ mod tests {
                 assert!(message.contains(reason), "{what}: {message}");
                 assert!(token.is_empty() || !message.contains(&token), "{what}: the token is quoted");
             }
+            let mut s = answer_password_request(addr, b'p', b"\xff\xfe not UTF-8\0").await;
+            let (code, message) = only_fatal(&read_to_close(&mut s).await);
+            assert_eq!(code, "28P01", "{message}");
+            assert!(message.contains("not a well-formed JWT"), "{message}");
         }
 
         #[tokio::test]
