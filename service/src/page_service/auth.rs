@@ -286,16 +286,17 @@ pub fn verify(keys: &KeySet, token: &str) -> Result<Access, AuthError> {
     validation.validate_nbf = true;
     // No audience is configured: a token that names one is still ours.
     validation.validate_aud = false;
-    let mut last = AuthError::BadSignature;
     for key in &keys.keys {
         match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
             Ok(data) => return access(data.claims),
             // Another key may have signed it.
-            Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = AuthError::BadSignature,
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
+            // About the token, not the key: a malformed signature, or the
+            // claims (checked once the signature is good).
             Err(e) => return Err(token_error(e.kind())),
         }
     }
-    Err(last)
+    Err(AuthError::BadSignature)
 }
 
 /// A library error (after the header was read) as one of ours.
