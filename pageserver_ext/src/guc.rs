@@ -2,11 +2,11 @@
 //!
 //! Settings read by the postmaster or by workers at start are
 //! `PGC_POSTMASTER`: changing one needs a restart of the host (`SET` and a
-//! reload refuse it). `wait_lsn_timeout` takes effect on reload and
-//! `redo_timeout` per session. Values are read only on PostgreSQL's own
+//! reload refuse it). `wait_lsn_timeout`, `auth` and `auth_public_keys`
+//! take effect on reload and `redo_timeout` per session. Values are read only on PostgreSQL's own
 //! threads; tokio tasks receive copies.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 pub static LISTEN_ADDR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1:6400"));
@@ -27,6 +27,19 @@ pub static PITR_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 36
 pub static PAGE_CACHE_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static COMPACTION_PERIOD_S: GucSetting<i32> = GucSetting::<i32>::new(20);
 pub static LAYERS_FAULT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static AUTH: GucSetting<AuthMethod> = GucSetting::<AuthMethod>::new(AuthMethod::Trust);
+pub static AUTH_PUBLIC_KEYS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
+/// `pageserver.auth`: how page-service clients authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
+pub enum AuthMethod {
+    /// Anyone who can connect reads every tenant.
+    #[name = c"trust"]
+    Trust,
+    /// The password is a JWT signed by one of `pageserver.auth_public_keys`.
+    #[name = c"jwt"]
+    Jwt,
+}
 
 /// Most redo workers: the worker table holds main, layers, backup and these.
 pub const MAX_REDO_WORKERS: i32 = shared_mem::MAX_WORKERS as i32 - 3;
@@ -168,6 +181,24 @@ pub fn define() {
         &LAYERS_FAULT,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pageserver.auth",
+        c"How page-service clients authenticate: trust or jwt.",
+        c"jwt: the password of the connection is a JWT signed with Ed25519 by a key of pageserver.auth_public_keys, \
+          with scope tenant (and tenant_id) or admin. Takes effect on reload, for new connections.",
+        &AUTH,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pageserver.auth_public_keys",
+        c"PEM file, or directory of PEM files, of the Ed25519 public keys that page-service JWTs are checked against.",
+        c"Every key is tried. Read again on reload (key rotation without restart). \
+          Visible to superusers only.",
+        &AUTH_PUBLIC_KEYS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_string_guc(
         c"pageserver.remote_storage",

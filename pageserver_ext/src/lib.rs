@@ -128,7 +128,8 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        assert!(activity("main").starts_with("serving 0 tenants; page service on 127.0.0.1:0"), "{}", activity("main"));
+        let main = activity("main");
+        assert!(main.starts_with("serving 0 tenants; page service on 127.0.0.1:0") && main.ends_with("(auth trust)"), "{main}");
         assert_eq!(activity("redo"), "serving redo requests");
         let layers = activity("layers");
         assert!(layers.starts_with("idle: next pass in ") && layers.ends_with(" s (last pass: none yet)"), "{layers}");
@@ -148,6 +149,8 @@ mod tests {
         assert_eq!(get("pageserver.compaction_period"), "20s");
         assert_eq!(get("pageserver.image_layer_distance"), "1GB");
         assert_eq!(get("pageserver.layers_fault"), "");
+        assert_eq!(get("pageserver.auth"), "trust");
+        assert_eq!(get("pageserver.auth_public_keys"), "");
     }
 }
 

@@ -25,10 +25,13 @@
 //! - [`s3::S3Server`] runs a real S3-compatible server (moto) on loopback;
 //!   `PS_MOTO_SERVER` overrides its program. [`fault_proxy::FaultProxy`]
 //!   sits in front of it and fails a share of the requests.
+//! - [`jwt::JwtKey`] makes Ed25519 key pairs and the JWTs they sign, for
+//!   the page service's authentication tests.
 
 pub mod as_postgres;
 pub mod cluster;
 pub mod fault_proxy;
+pub mod jwt;
 pub mod process;
 pub mod s3;
 

@@ -23,6 +23,9 @@ pub mod sqlstate {
     pub const IO_ERROR: &str = "58030";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 
 /// What went wrong in a management command or a page-service request.
@@ -66,6 +69,19 @@ pub enum ServiceError {
     /// Anything else: a bug or an unexpected failure (redo included).
     #[error("{0}")]
     Internal(String),
+    /// A page-service client's credentials were refused (a missing,
+    /// malformed, expired or wrongly signed token, or one with unusable
+    /// claims): what PostgreSQL answers a wrong password with.
+    #[error("{0}")]
+    AuthenticationFailed(String),
+    /// The page service cannot authenticate anyone (JWT authentication
+    /// without a usable public key): no credentials would do.
+    #[error("{0}")]
+    AuthenticationUnavailable(String),
+    /// An authenticated client asked for something its token does not
+    /// grant (another tenant's data).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl ServiceError {
@@ -83,6 +99,9 @@ impl ServiceError {
             ServiceError::Io(_) => sqlstate::IO_ERROR,
             ServiceError::Corrupt(_) => sqlstate::DATA_CORRUPTED,
             ServiceError::Internal(_) => sqlstate::INTERNAL_ERROR,
+            ServiceError::AuthenticationFailed(_) => sqlstate::INVALID_PASSWORD,
+            ServiceError::AuthenticationUnavailable(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            ServiceError::PermissionDenied(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
         }
     }
 
@@ -100,6 +119,9 @@ impl ServiceError {
             sqlstate::SYSTEM_ERROR => ServiceError::Unavailable(message),
             sqlstate::IO_ERROR => ServiceError::Io(message),
             sqlstate::DATA_CORRUPTED => ServiceError::Corrupt(message),
+            sqlstate::INVALID_PASSWORD => ServiceError::AuthenticationFailed(message),
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION => ServiceError::AuthenticationUnavailable(message),
+            sqlstate::INSUFFICIENT_PRIVILEGE => ServiceError::PermissionDenied(message),
             _ => ServiceError::Internal(message),
         }
     }
@@ -118,6 +140,9 @@ impl ServiceError {
             ServiceError::Io(_) => ServiceError::Io(message),
             ServiceError::Corrupt(_) => ServiceError::Corrupt(message),
             ServiceError::Internal(_) => ServiceError::Internal(message),
+            ServiceError::AuthenticationFailed(_) => ServiceError::AuthenticationFailed(message),
+            ServiceError::AuthenticationUnavailable(_) => ServiceError::AuthenticationUnavailable(message),
+            ServiceError::PermissionDenied(_) => ServiceError::PermissionDenied(message),
         }
     }
 
@@ -177,6 +202,9 @@ mod tests {
             ServiceError::Io("a".into()),
             ServiceError::Corrupt("a".into()),
             ServiceError::Internal("a".into()),
+            ServiceError::AuthenticationFailed("a".into()),
+            ServiceError::AuthenticationUnavailable("a".into()),
+            ServiceError::PermissionDenied("a".into()),
         ];
         let codes: std::collections::BTreeSet<_> = all.iter().map(|e| e.sqlstate()).collect();
         assert_eq!(codes.len(), all.len());

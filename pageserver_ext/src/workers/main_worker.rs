@@ -9,6 +9,7 @@
 
 use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
+use service::page_service::auth::{self, AuthConfig, SharedAuth};
 use service::page_service::{self, commands::ServiceContext};
 use service::tenants::{HostSettings, Manager};
 use shared_mem::WorkerState;
@@ -49,9 +50,12 @@ pub fn run(ctx: &WorkerContext) {
         .unwrap_or_else(|e| error!("cannot open the tenants in \"{}\": {e}", data_dir.display()));
     let wait_lsn_timeout_ms = Arc::new(AtomicU64::new(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64));
     let service = ServiceContext { timelines: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
+    let (auth_config, mut auth_summary) = load_auth_config();
+    let auth = SharedAuth::new(auth_config);
     if page_service::parse_listen_addr(&listen_addr).is_ok() {
         let addr = listen_addr.clone();
-        manager.spawn(|cancel| page_service::run(addr, Some(service), cancel));
+        let auth = auth.clone();
+        manager.spawn(|cancel| page_service::run(addr, Some(service), auth, cancel));
     }
     let commands_manager = manager.clone();
     with_signals_blocked(|| {
@@ -65,12 +69,17 @@ pub fn run(ctx: &WorkerContext) {
     } else {
         "page service not started: bad pageserver.listen_addr".to_string()
     };
-    let activity = || format!("serving {} tenants; {listener}", manager.tenant_ids().len());
-    ctx.slot.set_activity(&activity());
+    let activity = |auth: &str| format!("serving {} tenants; {listener} ({auth})", manager.tenant_ids().len());
+    ctx.slot.set_activity(&activity(&auth_summary));
     ctx.slot.set_state(WorkerState::Running);
 
     while ctx.wait(LOG_FLUSH_INTERVAL) {
-        ctx.slot.set_activity(&activity());
+        if ctx.take_reload() {
+            let (config, summary) = load_auth_config();
+            auth.set(config);
+            auth_summary = summary;
+        }
+        ctx.slot.set_activity(&activity(&auth_summary));
         wait_lsn_timeout_ms.store(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64, Ordering::Relaxed);
         super::write_log_lines(&log_lines);
     }
@@ -81,6 +90,42 @@ pub fn run(ctx: &WorkerContext) {
         log!("pageserver main worker: {left} tasks still running at exit");
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// The page service's authentication from `pageserver.auth` and
+/// `pageserver.auth_public_keys` (whose keys are read here, on the
+/// PostgreSQL thread), and a few words on it for the worker's activity.
+/// Key files that hold no usable key get a WARNING naming them (never their
+/// content); JWT authentication without any key gets a WARNING that every
+/// connection will be refused.
+fn load_auth_config() -> (AuthConfig, String) {
+    if crate::guc::AUTH.get() == crate::guc::AuthMethod::Trust {
+        return (AuthConfig::Trust, "auth trust".into());
+    }
+    let path = crate::guc::string(&crate::guc::AUTH_PUBLIC_KEYS);
+    let keys = match auth::load_keys(std::path::Path::new(&path)) {
+        Ok(loaded) => {
+            for skipped in &loaded.skipped {
+                warning!("{skipped}");
+            }
+            loaded.keys
+        }
+        Err(e) => {
+            warning!("{e}");
+            auth::KeySet::default()
+        }
+    };
+    let summary = if keys.is_empty() {
+        warning!(
+            "pageserver.auth is jwt but no Ed25519 public key was loaded from pageserver.auth_public_keys: \
+             the page service refuses every connection"
+        );
+        "auth jwt, no public key: every connection refused".to_string()
+    } else {
+        log!("page service: JWT authentication with {} public key(s) from pageserver.auth_public_keys", keys.len());
+        format!("auth jwt, {} public key(s)", keys.len())
+    };
+    (AuthConfig::Jwt(std::sync::Arc::new(keys)), summary)
 }
 
 /// The current value of a PostgreSQL setting, as SHOW prints it.

@@ -1,6 +1,8 @@
 //! The page service commands: `pagestream_v2|v3 <tenant> <timeline>`
 //! (a CopyBoth sub-protocol of GetPage@LSN and friends, pipelined) and
 //! `basebackup|fullbackup <tenant> <timeline> [lsn]` (a tar over CopyOut).
+//! Every command names a tenant, checked against what the connection's
+//! token grants before anything is read.
 //!
 //! A pagestream request at an LSN already ingested is answered on the
 //! connection's own task: it needs at most layer reads and a redo request
@@ -13,6 +15,7 @@
 //! request gets an error response and the stream goes on. Backups run on
 //! the blocking pool.
 
+use super::auth::Session;
 use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
 use crate::error::ServiceError;
 use crate::timeline_handle::TenantId;
@@ -110,9 +113,30 @@ async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()>
     Ok(())
 }
 
+impl Command {
+    /// The tenant the command reads.
+    pub fn tenant(&self) -> TenantId {
+        match self {
+            Command::Pagestream { tenant, .. } | Command::Backup { tenant, .. } => *tenant,
+        }
+    }
+}
+
 /// Runs a parsed command on the connection; writes everything up to (not
-/// including) ReadyForQuery.
-pub async fn run(stream: &mut TcpStream, out: &mut BytesMut, ctx: &ServiceContext, command: Command) -> Result<(), ProtocolError> {
+/// including) ReadyForQuery. A command for a tenant the session may not
+/// read gets an error and nothing else.
+pub async fn run(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    ctx: &ServiceContext,
+    session: &Session,
+    command: Command,
+) -> Result<(), ProtocolError> {
+    if let Err(e) = session.check_tenant(command.tenant()) {
+        let e = ServiceError::from(e);
+        BackendWriter(out).error(e.sqlstate(), &e.to_string(), None);
+        return Ok(());
+    }
     match command {
         Command::Pagestream { version, tenant, timeline } => {
             let timeline = match ctx.timelines.timeline(tenant, timeline) {

@@ -117,6 +117,18 @@ pub enum FrontendMessage {
     Other { tag: u8, body: Vec<u8> },
 }
 
+impl FrontendMessage {
+    /// The message's type byte.
+    pub fn tag(&self) -> u8 {
+        match self {
+            FrontendMessage::Query(_) => b'Q',
+            FrontendMessage::Terminate => b'X',
+            FrontendMessage::Sync => b'S',
+            FrontendMessage::Other { tag, .. } => *tag,
+        }
+    }
+}
+
 /// Reads one message after startup.
 pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<FrontendMessage, ProtocolError> {
     let tag = stream.read_u8().await.map_err(ProtocolError::from_read)?;
@@ -175,6 +187,12 @@ impl BackendWriter<'_> {
 
     pub fn authentication_ok(&mut self) {
         self.message(b'R', |b| b.put_u32(0));
+    }
+
+    /// AuthenticationCleartextPassword: the client answers with a
+    /// PasswordMessage ('p').
+    pub fn authentication_cleartext_password(&mut self) {
+        self.message(b'R', |b| b.put_u32(3));
     }
 
     pub fn parameter_status(&mut self, name: &str, value: &str) {
