@@ -25,12 +25,15 @@
 //! - [`s3::S3Server`] runs a real S3-compatible server (moto) on loopback;
 //!   `PS_MOTO_SERVER` overrides its program. [`fault_proxy::FaultProxy`]
 //!   sits in front of it and fails a share of the requests.
+//! - [`tls`] makes test certificates (a CA, server and client
+//!   certificates) and writes them where a cluster's server can read them.
 
 pub mod as_postgres;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod process;
 pub mod s3;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};

@@ -3,11 +3,13 @@
 //! `CREATE_REPLICATION_SLOT`, `BASE_BACKUP`, `START_REPLICATION`) and read the
 //! CopyBoth stream of WAL. Frontend messages are built with
 //! `postgres-protocol`; backend messages are framed here, because that crate
-//! does not parse `CopyBothResponse`.
+//! does not parse `CopyBothResponse`. TCP connections use TLS as the
+//! connection string's `sslmode` says (module `tls`).
 //!
 //! Runs on tokio; never calls PostgreSQL.
 
 use super::passfile::PassfileLookup;
+use super::tls::{SslMode, SslOptions, TlsClient, TlsError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -36,6 +38,9 @@ pub enum ReplError {
     Server { code: String, message: String },
     #[error("unexpected reply from the primary: {0}")]
     Protocol(String),
+    /// TLS could not be set up (files, options) or negotiated.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 impl ReplError {
@@ -83,10 +88,23 @@ pub struct ConnSettings {
     pub port: u16,
     pub user: String,
     pub password: Option<Vec<u8>>,
+    pub ssl: SslOptions,
 }
 
-/// Reads `host`, `port`, `user`, `password` from a libpq connection string.
+impl ConnSettings {
+    /// A Unix-socket directory rather than a TCP host (never TLS, as in libpq).
+    fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+}
+
+/// Reads `host`, `port`, `user`, `password` and the TLS options from a
+/// libpq connection string.
 pub fn parse_conninfo(conninfo: &str) -> Result<ConnSettings, ReplError> {
+    let (conninfo, ssl) = super::tls::split_conninfo(conninfo).map_err(|e| match e {
+        TlsError::Syntax(m) => ReplError::Conninfo(m),
+        e => ReplError::Conninfo(e.to_string()),
+    })?;
     let config: tokio_postgres::Config = conninfo.parse().map_err(|e| ReplError::Conninfo(format!("{e}")))?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -95,15 +113,55 @@ pub fn parse_conninfo(conninfo: &str) -> Result<ConnSettings, ReplError> {
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().map(str::to_string).ok_or_else(|| ReplError::Conninfo("user is required".into()))?;
-    Ok(ConnSettings { host, port, user, password: config.get_password().map(<[u8]>::to_vec) })
+    Ok(ConnSettings { host, port, user, password: config.get_password().map(<[u8]>::to_vec), ssl })
+}
+
+/// Whether one connection attempt asks for TLS.
+#[derive(Clone, Copy)]
+enum Encryption<'a> {
+    Plain,
+    Tls(&'a TlsClient),
 }
 
 impl ReplicationConn {
-    /// Connects in physical replication mode and authenticates (trust,
-    /// password, md5 or SCRAM-SHA-256).
+    /// Connects in physical replication mode, with TLS as `sslmode` says,
+    /// and authenticates (trust, password, md5 or SCRAM-SHA-256).
     pub async fn connect(conninfo: &str) -> Result<ReplicationConn, ReplError> {
         let s = parse_conninfo(conninfo)?;
-        let stream: Box<dyn Stream> = if s.host.starts_with('/') {
+        if s.is_unix_socket() {
+            return Self::connect_with(&s, Encryption::Plain).await;
+        }
+        let Some(tls) = s.ssl.client(&s.host)? else {
+            return Self::connect_with(&s, Encryption::Plain).await;
+        };
+        match tls.mode {
+            // Plain first; TLS if the primary refuses the plain connection.
+            SslMode::Allow => match Self::connect_with(&s, Encryption::Plain).await {
+                Err(plain @ ReplError::Server { .. }) => match Self::connect_with(&s, Encryption::Tls(&tls)).await {
+                    Err(ReplError::Tls(TlsError::NotSupportedByServer(_))) => Err(plain),
+                    other => other,
+                },
+                other => other,
+            },
+            // TLS if offered (plain on the same connection otherwise); a
+            // failed handshake is retried plain, as libpq does.
+            SslMode::Prefer => match Self::connect_with(&s, Encryption::Tls(&tls)).await {
+                Err(ReplError::Tls(TlsError::Handshake { source, .. })) => {
+                    tracing::info!(
+                        "TLS handshake with the primary at {}:{} failed ({source}); sslmode=prefer: connecting without TLS",
+                        s.host,
+                        s.port
+                    );
+                    Self::connect_with(&s, Encryption::Plain).await
+                }
+                other => other,
+            },
+            _ => Self::connect_with(&s, Encryption::Tls(&tls)).await,
+        }
+    }
+
+    async fn connect_with(s: &ConnSettings, encryption: Encryption<'_>) -> Result<ReplicationConn, ReplError> {
+        let stream: Box<dyn Stream> = if s.is_unix_socket() {
             let path = format!("{}/.s.PGSQL.{}", s.host, s.port);
             let connect = tokio::net::UnixStream::connect(&path);
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -119,14 +177,20 @@ impl ReplicationConn {
                 .map_err(|_| ReplError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
                 .map_err(|source| ReplError::Connect { addr: addr.clone(), source })?;
             stream.set_nodelay(true)?;
-            Box::new(stream)
+            match encryption {
+                Encryption::Plain => Box::new(stream),
+                Encryption::Tls(tls) => match tls.negotiate(stream).await? {
+                    Ok(tls_stream) => Box::new(tls_stream),
+                    Err(declined) => Box::new(declined),
+                },
+            }
         };
         let mut conn = ReplicationConn { stream, inbuf: BytesMut::with_capacity(256 * 1024), out: BytesMut::new() };
         let params =
             [("user", s.user.as_str()), ("replication", "true"), ("application_name", "pageserver_ext"), ("client_encoding", "UTF8")];
         frontend::startup_message(params.iter().copied(), &mut conn.out)?;
         conn.flush().await?;
-        let password = match s.password {
+        let password = match s.password.clone() {
             Some(password) => Ok(password),
             None => match super::passfile::default_path() {
                 Some(path) => match super::passfile::lookup(&path, &s.host, s.port, &s.user) {
