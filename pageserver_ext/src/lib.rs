@@ -147,6 +147,9 @@ mod tests {
         assert_eq!(get("pageserver.compaction_period"), "20s");
         assert_eq!(get("pageserver.image_layer_distance"), "1GB");
         assert_eq!(get("pageserver.layers_fault"), "");
+        assert_eq!(get("pageserver.ssl_cert_file"), "");
+        assert_eq!(get("pageserver.ssl_key_file"), "");
+        assert_eq!(get("pageserver.ssl_required"), "off");
     }
 }
 

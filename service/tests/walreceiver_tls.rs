@@ -11,6 +11,7 @@
 //!   that does not name the host passes `verify-ca` but not `verify-full`;
 //! - `require` encrypts without verifying, `prefer` (the default) uses TLS,
 //!   `allow` turns to TLS once the plain connection is refused;
+//! - SCRAM-SHA-256 works inside TLS;
 //! - `cert` authentication works with `sslcert`/`sslkey` and is refused
 //!   without them.
 //!
@@ -51,8 +52,9 @@ fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     Ok(())
 }
 
-/// A primary whose roles `repl` (trust) and `certuser` (`cert`) may connect
-/// over TLS only; its certificate names `names`.
+/// A primary whose roles `repl` (trust), `scramuser` (SCRAM-SHA-256,
+/// password `s3cret`) and `certuser` (`cert`) may connect over TLS only;
+/// its certificate names `names`.
 fn tls_primary(ca: &TestCa, dir: &TlsDir, names: &[&str]) -> Result<PgCluster> {
     let pair = ca.server_cert(names)?;
     let cert = dir.write("server.crt", &pair.cert_pem)?;
@@ -64,15 +66,19 @@ fn tls_primary(ca: &TestCa, dir: &TlsDir, names: &[&str]) -> Result<PgCluster> {
         .setting("ssl_key_file", &key.display().to_string())
         .setting("ssl_ca_file", &ca_file.display().to_string());
     for line in [
-        "hostnossl replication repl,certuser 0.0.0.0/0 reject",
-        "hostnossl all repl,certuser 0.0.0.0/0 reject",
+        "hostnossl replication repl,certuser,scramuser 0.0.0.0/0 reject",
+        "hostnossl all repl,certuser,scramuser 0.0.0.0/0 reject",
         "hostssl replication certuser 127.0.0.1/32 cert",
+        "hostssl replication scramuser 127.0.0.1/32 scram-sha-256",
         "hostssl replication repl 127.0.0.1/32 trust",
     ] {
         config = config.hba_line(line);
     }
     let primary = PgCluster::start(config)?;
-    primary.sql("CREATE ROLE repl LOGIN REPLICATION; CREATE ROLE certuser LOGIN REPLICATION")?;
+    primary.sql(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE repl LOGIN REPLICATION; CREATE ROLE certuser LOGIN REPLICATION; \
+         CREATE ROLE scramuser LOGIN REPLICATION PASSWORD 's3cret'",
+    )?;
     Ok(primary)
 }
 
@@ -184,6 +190,14 @@ fn tls_modes_root_certificates_host_names_and_client_certificates() -> Result<()
         assert_eq!(ssl.as_deref(), Some("true"), "{extra:?}");
         drop(conn);
     }
+
+    // SCRAM inside TLS (the primary offers SCRAM-SHA-256-PLUS too; the
+    // client, which does no channel binding, says so and uses SCRAM-SHA-256).
+    let scram = format!("sslmode=verify-full {} password=s3cret", root(&ca_file));
+    try_identify(&runtime, &at("localhost", "scramuser", scram)).map_err(anyhow::Error::msg)?;
+    let wrong = format!("sslmode=verify-full {} password=wrong", root(&ca_file));
+    let err = try_identify(&runtime, &at("localhost", "scramuser", wrong)).unwrap_err();
+    assert!(err.contains("28P01"), "{err}");
 
     // Client certificates: `cert` authentication needs one, signed by the CA, for the user.
     let (cert, key) = dir.client_files(&ca, "certuser")?;
