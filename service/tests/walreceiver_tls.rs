@@ -11,7 +11,9 @@
 //!   that does not name the host passes `verify-ca` but not `verify-full`;
 //! - `require` encrypts without verifying, `prefer` (the default) uses TLS,
 //!   `allow` turns to TLS once the plain connection is refused;
-//! - SCRAM-SHA-256 works inside TLS;
+//! - SCRAM-SHA-256 works inside TLS, bound to the channel
+//!   (SCRAM-SHA-256-PLUS) unless `channel_binding=disable`, and
+//!   `channel_binding=require` fails where there is nothing to bind to;
 //! - `cert` authentication works with `sslcert`/`sslkey` and is refused
 //!   without them.
 //!
@@ -191,13 +193,18 @@ fn tls_modes_root_certificates_host_names_and_client_certificates() -> Result<()
         drop(conn);
     }
 
-    // SCRAM inside TLS (the primary offers SCRAM-SHA-256-PLUS too; the
-    // client, which does no channel binding, says so and uses SCRAM-SHA-256).
-    let scram = format!("sslmode=verify-full {} password=s3cret", root(&ca_file));
-    try_identify(&runtime, &at("localhost", "scramuser", scram)).map_err(anyhow::Error::msg)?;
+    // SCRAM inside TLS, bound to the channel (SCRAM-SHA-256-PLUS, the
+    // primary checks the certificate hash) unless channel_binding=disable;
+    // require with no binding possible (trust) fails.
+    for binding in ["", "channel_binding=require", "channel_binding=disable"] {
+        let scram = format!("sslmode=verify-full {} password=s3cret {binding}", root(&ca_file));
+        try_identify(&runtime, &at("localhost", "scramuser", scram)).map_err(|e| anyhow::anyhow!("{binding:?}: {e}"))?;
+    }
     let wrong = format!("sslmode=verify-full {} password=wrong", root(&ca_file));
     let err = try_identify(&runtime, &at("localhost", "scramuser", wrong)).unwrap_err();
     assert!(err.contains("28P01"), "{err}");
+    let err = try_identify(&runtime, &at("localhost", "repl", format!("{} channel_binding=require", root(&ca_file)))).unwrap_err();
+    assert!(err.contains("channel binding required") && err.contains("without it"), "{err}");
 
     // Client certificates: `cert` authentication needs one, signed by the CA, for the user.
     let (cert, key) = dir.client_files(&ca, "certuser")?;
@@ -215,11 +222,17 @@ fn tls_modes_root_certificates_host_names_and_client_certificates() -> Result<()
 
 #[test]
 fn sslmode_require_fails_clearly_when_the_primary_has_no_tls() -> Result<()> {
-    let primary = PgCluster::start_primary(&[])?;
+    let primary = PgCluster::start(ClusterConfig::primary(&[]).hba_line("host replication scramuser 127.0.0.1/32 scram-sha-256"))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let base = format!("host=127.0.0.1 port={} user=postgres", primary.port());
     let err = try_identify(&runtime, &format!("{base} sslmode=require")).unwrap_err();
     assert!(err.contains("the server does not support SSL, but sslmode=require"), "{err}");
+    // No TLS, nothing to bind SCRAM to.
+    primary.sql("SET password_encryption = 'scram-sha-256'; CREATE ROLE scramuser LOGIN REPLICATION PASSWORD 's3cret'")?;
+    let scram = format!("host=127.0.0.1 port={} user=scramuser password=s3cret", primary.port());
+    try_identify(&runtime, &scram).map_err(anyhow::Error::msg)?;
+    let err = try_identify(&runtime, &format!("{scram} channel_binding=require")).unwrap_err();
+    assert!(err.contains("channel binding required") && err.contains("no TLS channel"), "{err}");
     // prefer and allow fall back to plain.
     for mode in ["prefer", "allow"] {
         try_identify(&runtime, &format!("{base} sslmode={mode}")).map_err(|e| anyhow::anyhow!("{mode}: {e}"))?;

@@ -369,6 +369,55 @@ impl TlsClient {
     }
 }
 
+/// The `tls-server-end-point` channel binding data of RFC 5929 for the
+/// primary's certificate (DER): the certificate hashed with the hash of its
+/// signature algorithm, SHA-256 for MD5 and SHA-1. `None` for algorithms
+/// that name no hash (RSA-PSS, EdDSA) or a certificate that does not parse:
+/// SCRAM then goes without binding.
+pub fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm SEQUENCE { OID, ... }, signature }
+    let (_, certificate_fields, _) = der_element(certificate)?;
+    let (_, _, after_tbs) = der_element(certificate_fields)?;
+    let (_, algorithm, _) = der_element(after_tbs)?;
+    let (tag, oid, _) = der_element(algorithm)?;
+    if tag != 0x06 {
+        return None;
+    }
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01]; // 1.2.840.113549.1.1
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]; // 1.2.840.10045.4.1
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03]; // 1.2.840.10045.4.3
+    let hash = match oid {
+        [rsa @ .., 4 | 5 | 11] if rsa == RSA => &digest::SHA256, // md5, sha1, sha256 WithRSAEncryption
+        [rsa @ .., 12] if rsa == RSA => &digest::SHA384,
+        [rsa @ .., 13] if rsa == RSA => &digest::SHA512,
+        _ if oid == ECDSA_SHA1 => &digest::SHA256,
+        [ecdsa @ .., 2] if ecdsa == ECDSA_SHA2 => &digest::SHA256,
+        [ecdsa @ .., 3] if ecdsa == ECDSA_SHA2 => &digest::SHA384,
+        [ecdsa @ .., 4] if ecdsa == ECDSA_SHA2 => &digest::SHA512,
+        _ => return None,
+    };
+    Some(digest::digest(hash, certificate).as_ref().to_vec())
+}
+
+/// One DER element at the start of `input`: its tag, its contents, and what
+/// follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let count = (first & 0x7f) as usize;
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count].iter().fold(0usize, |acc, b| acc << 8 | *b as usize);
+        (len, &rest[count..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 /// Checks that the certificate chains to a root, not which host it names
 /// (`verify-ca`, and `require`/`prefer` with a root certificate file).
 #[derive(Debug)]
@@ -466,6 +515,7 @@ impl ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn tls_options_are_taken_out_of_keyword_value_strings() {
@@ -494,6 +544,18 @@ mod tests {
         assert_eq!(o.rootcert.as_deref(), Some(Path::new("/tmp/ca.pem")));
         let (rest, _) = split_conninfo("postgresql://db/postgres?sslmode=disable").unwrap();
         assert_eq!(rest, "postgresql://db/postgres");
+    }
+
+    #[test]
+    fn the_channel_binding_hash_follows_the_certificate_signature() {
+        let ca = pageserver_harness::tls::TestCa::new("binding CA").unwrap();
+        // rcgen signs with ECDSA P-256 and SHA-256.
+        let pem = ca.server_cert(&["localhost"]).unwrap().cert_pem;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let end_point = server_end_point(&der).unwrap();
+        assert_eq!(end_point, aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref());
+        assert_eq!(server_end_point(&der[..der.len() / 2]), None, "a cut certificate");
+        assert_eq!(server_end_point(b""), None);
     }
 
     #[test]
