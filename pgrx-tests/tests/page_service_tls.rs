@@ -2,8 +2,10 @@
 //! `pageserver.ssl_cert_file`/`ssl_key_file` hold a certificate for
 //! 127.0.0.1 from a test CA:
 //!
+//! - the host's WAL receiver streams the timeline from a primary that lets
+//!   its role in over `hostssl` only (`sslmode=verify-full`);
 //! - `sslmode=verify-full` with the CA as `sslrootcert` connects and
-//!   `fullbackup` of a streamed timeline arrives over TLS;
+//!   `fullbackup` of that timeline arrives over TLS;
 //! - a root certificate of another CA fails verification;
 //! - with `pageserver.ssl_required = on` (a reload), `sslmode=disable` is
 //!   refused with the FATAL and `require` and the default `prefer` get in;
@@ -13,7 +15,7 @@
 
 use anyhow::{bail, Context, Result};
 use pageserver_harness::tls::{TestCa, TlsDir};
-use pageserver_harness::{pg_bin, PgCluster};
+use pageserver_harness::{pg_bin, ClusterConfig, PgCluster};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -71,13 +73,33 @@ fn psql_verifies_the_page_service_certificate_and_ssl_required_refuses_plain_con
     let other_ca = TestCa::new("another CA")?;
     let other_root = dir.write("other-ca.crt", &other_ca.cert_pem())?;
 
-    let primary = common::e2e::start_primary(false, &[])?;
+    // The primary lets `repl` in over TLS only.
+    let primary_files = dir.server_files(&ca, "primary")?;
+    let primary = PgCluster::start(
+        ClusterConfig::primary(&[])
+            .setting("ssl", "on")
+            .setting("ssl_cert_file", &primary_files.cert.display().to_string())
+            .setting("ssl_key_file", &primary_files.key.display().to_string())
+            .hba_line("hostnossl replication repl 0.0.0.0/0 reject")
+            .hba_line("hostssl replication repl 127.0.0.1/32 trust"),
+    )?;
+    primary.sql("CREATE ROLE repl LOGIN REPLICATION; CREATE TABLE t AS SELECT i FROM generate_series(1, 10000) i")?;
     let cert = files.cert.display().to_string();
     let key = files.key.display().to_string();
     let host = common::e2e::start_host(false, &[("pageserver.ssl_cert_file", &cert), ("pageserver.ssl_key_file", &key)])?;
     let addr = host.listener_addr().context("host has pageserver.listen_addr")?;
     host.wait_for("the page service to listen", Duration::from_secs(60), || TcpStream::connect(addr).ok())?;
-    let (tenant, timeline) = common::e2e::create_timeline(&host, &primary)?;
+    let tenant = host.sql_one("SELECT pageserver.create_tenant()")?.context("tenant")?;
+    let plain = format!("host=127.0.0.1 port={} user=repl sslmode=disable", primary.port());
+    let err = host.sql(&format!("SELECT pageserver.create_timeline('{tenant}', '{plain}')")).unwrap_err();
+    assert!(format!("{err:#}").contains("no encryption"), "{err:#}");
+    let conninfo = format!("host=127.0.0.1 port={} user=repl {}", primary.port(), verify_full(&root));
+    let timeline = host.sql_one(&format!("SELECT pageserver.create_timeline('{tenant}', '{conninfo}')"))?.context("timeline")?;
+    primary.sql("INSERT INTO t SELECT i FROM generate_series(1, 10000) i")?;
+    let lsn = common::e2e::lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
+    common::e2e::wait_ingested(&host, &timeline, lsn)?;
+    let walsender_ssl = primary.sql_one("SELECT bool_and(s.ssl)::text FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)")?;
+    assert_eq!(walsender_ssl.as_deref(), Some("true"), "the host's walsender connection is not encrypted");
 
     // Verified TLS: a fullbackup arrives whole.
     let out = psql(addr, &verify_full(&root), &format!("fullbackup {tenant} {timeline}"))?;
