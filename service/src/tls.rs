@@ -46,6 +46,18 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, PemError> {
     std::fs::read(path).map_err(|source| PemError::Read { what, path: path.to_path_buf(), source })
 }
 
+/// Whether a private key file's permissions are looser than PostgreSQL
+/// and libpq allow: group or others may access it (for a file owned by
+/// root, group read is allowed).
+pub fn key_file_too_open(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == 0 {
+        meta.mode() & 0o037 != 0
+    } else {
+        meta.mode() & 0o077 != 0
+    }
+}
+
 /// Every certificate in the PEM file at `path`, in order (a chain: the
 /// leaf first); at least one.
 pub fn read_certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, PemError> {

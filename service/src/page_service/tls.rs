@@ -25,6 +25,11 @@ pub enum ServerTlsError {
     NoKeyFile,
     #[error("pageserver.ssl_key_file is set but pageserver.ssl_cert_file is not (both are needed for TLS)")]
     NoCertFile,
+    #[error(
+        "private key file \"{0}\" (pageserver.ssl_key_file) has group or world access; it must have permissions u=rw \
+         (0600) or less if owned by the server's user, or u=rw,g=r (0640) or less if owned by root"
+    )]
+    KeyPermissions(String),
     #[error("the certificate \"{cert}\" and key \"{key}\" cannot be used: {reason}")]
     Unusable { cert: String, key: String, reason: String },
 }
@@ -41,6 +46,10 @@ pub fn load_server_config(cert_file: &str, key_file: &str) -> Result<Option<Arc<
     }
     let chain = crate::tls::read_certificates(Path::new(cert_file), "server certificate file (pageserver.ssl_cert_file)")?;
     let key = crate::tls::read_private_key(Path::new(key_file), "server key file (pageserver.ssl_key_file)")?;
+    // As PostgreSQL checks its own ssl_key_file.
+    if std::fs::metadata(key_file).is_ok_and(|meta| crate::tls::key_file_too_open(&meta)) {
+        return Err(ServerTlsError::KeyPermissions(key_file.into()));
+    }
     let unusable = |e: rustls::Error| ServerTlsError::Unusable { cert: cert_file.into(), key: key_file.into(), reason: e.to_string() };
     let mut config = ServerConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
@@ -164,6 +173,12 @@ mod tests {
         let other = dir.server_files(&ca, "other").unwrap();
         let err = load_server_config(&cert, &other.key.display().to_string()).unwrap_err().to_string();
         assert!(err.contains("cannot be used"), "{err}");
+        // A key others may read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_server_config(&cert, &key).unwrap_err().to_string();
+        assert!(err.contains("has group or world access"), "{err}");
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A key where the certificate should be.
         let err = load_server_config(&key, &key).unwrap_err().to_string();
         assert!(err.contains("server certificate file") && err.contains("holds no certificate"), "{err}");

@@ -29,7 +29,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -330,9 +329,7 @@ impl SslOptions {
         }
         let key = self.key.clone().or_else(|| default_file("postgresql.key")).unwrap_or_default();
         let meta = std::fs::metadata(&key).map_err(|_| TlsError::NoKey { path: key.clone() })?;
-        // libpq allows u=rw,g=r for a file that root owns (a system-wide key).
-        let loose = if meta.uid() == 0 { meta.mode() & 0o037 != 0 } else { meta.mode() & 0o077 != 0 };
-        if loose {
+        if crate::tls::key_file_too_open(&meta) {
             return Err(TlsError::KeyPermissions { path: key });
         }
         Ok(Some((cert, key)))
