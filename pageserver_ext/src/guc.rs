@@ -2,8 +2,9 @@
 //!
 //! Settings read by the postmaster or by workers at start are
 //! `PGC_POSTMASTER`: changing one needs a restart of the host (`SET` and a
-//! reload refuse it). `wait_lsn_timeout`, `auth` and `auth_public_keys`
-//! take effect on reload and `redo_timeout` per session. Values are read only on PostgreSQL's own
+//! reload refuse it). `wait_lsn_timeout`, `auth`, `auth_public_keys` and the page service's TLS
+//! settings (`ssl_cert_file`, `ssl_key_file`, `ssl_required`) take effect
+//! on reload and `redo_timeout` per session. Values are read only on PostgreSQL's own
 //! threads; tokio tasks receive copies.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
@@ -40,6 +41,9 @@ pub enum AuthMethod {
     #[name = c"jwt"]
     Jwt,
 }
+pub static SSL_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static SSL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static SSL_REQUIRED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Most redo workers: the worker table holds main, layers, backup and these.
 pub const MAX_REDO_WORKERS: i32 = shared_mem::MAX_WORKERS as i32 - 3;
@@ -51,6 +55,31 @@ pub fn define() {
         c"Compute nodes connect here for pagestream, basebackup and fullbackup. Needs a restart.",
         &LISTEN_ADDR,
         GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pageserver.ssl_cert_file",
+        c"PEM file of the page service's TLS certificate (and its chain); empty means no TLS.",
+        c"With pageserver.ssl_key_file set too, an SSLRequest is answered with a TLS handshake. A relative path is \
+          relative to the data directory. The files are read again on every reload.",
+        &SSL_CERT_FILE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pageserver.ssl_key_file",
+        c"PEM file of the private key of pageserver.ssl_cert_file.",
+        c"A relative path is relative to the data directory. Read again on every reload.",
+        &SSL_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pageserver.ssl_required",
+        c"Refuse page service connections that do not use TLS.",
+        c"A client that did not complete a TLS handshake gets a FATAL error (SQLSTATE 28000). Takes effect on reload.",
+        &SSL_REQUIRED,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

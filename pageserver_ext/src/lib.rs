@@ -151,6 +151,9 @@ mod tests {
         assert_eq!(get("pageserver.layers_fault"), "");
         assert_eq!(get("pageserver.auth"), "trust");
         assert_eq!(get("pageserver.auth_public_keys"), "");
+        assert_eq!(get("pageserver.ssl_cert_file"), "");
+        assert_eq!(get("pageserver.ssl_key_file"), "");
+        assert_eq!(get("pageserver.ssl_required"), "off");
     }
 }
 

@@ -65,6 +65,10 @@ pub struct ClusterConfig {
     pub initdb_args: Vec<String>,
     /// Environment variables of the server (`PGPASSFILE`, ...).
     pub env: Vec<(String, String)>,
+    /// `pg_hba.conf` lines put in front of the harness's own and initdb's
+    /// (the first match wins), e.g. `hostssl all all 127.0.0.1/32 trust`
+    /// and `hostnossl all all 0.0.0.0/0 reject` for a TLS-only server.
+    pub hba: Vec<String>,
 }
 
 fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -95,6 +99,12 @@ impl ClusterConfig {
     /// Appends one setting (builder style).
     pub fn setting(mut self, name: &str, value: &str) -> ClusterConfig {
         self.settings.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Appends one `pg_hba.conf` line (builder style); see [`ClusterConfig::hba`].
+    pub fn hba_line(mut self, line: &str) -> ClusterConfig {
+        self.hba.push(line.to_string());
         self
     }
 
@@ -356,8 +366,9 @@ impl PgCluster {
         self.base_conf = std::fs::read_to_string(&conf).with_context(|| format!("reading {} after initdb", conf.display()))?;
         let hba = self.data.join("pg_hba.conf");
         let mut hba_text = std::fs::read_to_string(&hba).with_context(|| format!("reading {} after initdb", hba.display()))?;
-        // First match wins: put ours in front of initdb's lines.
-        hba_text = format!("# added by pageserver_harness\n{REPLICATION_HBA_LINE}\n{hba_text}");
+        // First match wins: put ours in front of initdb's lines, the test's first.
+        let given: String = config.hba.iter().map(|line| format!("{line}\n")).collect();
+        hba_text = format!("# added by pageserver_harness\n{given}{REPLICATION_HBA_LINE}\n{hba_text}");
         std::fs::write(&hba, hba_text).with_context(|| format!("writing {}", hba.display()))?;
         Ok(())
     }

@@ -27,6 +27,8 @@
 //!   sits in front of it and fails a share of the requests.
 //! - [`jwt::JwtKey`] makes Ed25519 key pairs and the JWTs they sign, for
 //!   the page service's authentication tests.
+//! - [`tls`] makes test certificates (a CA, server and client
+//!   certificates) and writes them where a cluster's server can read them.
 
 pub mod as_postgres;
 pub mod cluster;
@@ -34,6 +36,7 @@ pub mod fault_proxy;
 pub mod jwt;
 pub mod process;
 pub mod s3;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};

@@ -12,6 +12,7 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const DUPLICATE_OBJECT: &str = "42710";
     pub const INVALID_PARAMETER: &str = "22023";
@@ -23,7 +24,6 @@ pub mod sqlstate {
     pub const IO_ERROR: &str = "58030";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
-    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }

@@ -13,6 +13,8 @@
 //! - [`walreceiver`]: the replication client and the per-timeline WAL
 //!   receiver feeding ingest;
 //! - [`page_service`]: the libpq listener, pagestream and backups;
+//! - [`tls`]: the crypto provider and PEM files both the page service and
+//!   the replication client use;
 //! - [`redo_client`]: the repository's redo through the shared-memory queue
 //!   to the host's redo workers (project records in Rust);
 //! - [`layers`]: what the layers worker runs (compaction, image layers and
@@ -31,7 +33,7 @@
 
 // Dependencies run one way, top to bottom (`tests/module_graph.rs` checks it):
 // mgmt → {tenants, layers}; tenants → {walreceiver, page_service};
-// all → timeline_handle, log, error; redo_client stands alone; backup →
+// all → timeline_handle, log, error; walreceiver and page_service → tls; redo_client stands alone; backup →
 // timeline_handle.
 pub mod attach;
 pub mod backup;
@@ -44,4 +46,5 @@ pub mod page_service;
 pub mod redo_client;
 pub mod tenants;
 pub mod timeline_handle;
+pub mod tls;
 pub mod walreceiver;

@@ -203,6 +203,7 @@ fn err(e: impl std::fmt::Display) -> String {
 fn connection(e: ReplError) -> ServiceError {
     match e {
         ReplError::Conninfo(_) => ServiceError::InvalidArgument(e.to_string()),
+        ReplError::Tls(ref tls) if tls.is_configuration() => ServiceError::InvalidArgument(e.to_string()),
         _ => ServiceError::Connection(e.to_string()),
     }
 }

@@ -4,12 +4,14 @@
 //! tokio runtime of the page service, and the thread that serves
 //! management commands from SQL functions. Its PostgreSQL main thread stays
 //! in the latch loop, writes log lines that other threads hand it, keeps
-//! reloadable settings current for them, and is the only thread of this
-//! process that calls PostgreSQL.
+//! reloadable settings current for them (the page service's public keys
+//! and TLS certificate are read again on every reload), and is the only thread of
+//! this process that calls PostgreSQL.
 
 use super::{with_signals_blocked, WorkerContext};
 use pgrx::prelude::*;
 use service::page_service::auth::{self, AuthConfig, SharedAuth};
+use service::page_service::tls::{SharedTlsPolicy, TlsPolicy};
 use service::page_service::{self, commands::ServiceContext};
 use service::tenants::{HostSettings, Manager};
 use shared_mem::WorkerState;
@@ -52,10 +54,11 @@ pub fn run(ctx: &WorkerContext) {
     let service = ServiceContext { timelines: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
     let (auth_config, mut auth_summary) = load_auth_config();
     let auth = SharedAuth::new(auth_config);
+    let tls = SharedTlsPolicy::new(tls_policy(None));
     if page_service::parse_listen_addr(&listen_addr).is_ok() {
         let addr = listen_addr.clone();
-        let auth = auth.clone();
-        manager.spawn(|cancel| page_service::run(addr, Some(service), auth, cancel));
+        let (auth, tls) = (auth.clone(), tls.clone());
+        manager.spawn(|cancel| page_service::run(addr, Some(service), auth, tls, cancel));
     }
     let commands_manager = manager.clone();
     with_signals_blocked(|| {
@@ -73,11 +76,15 @@ pub fn run(ctx: &WorkerContext) {
     ctx.slot.set_activity(&activity(&auth_summary));
     ctx.slot.set_state(WorkerState::Running);
 
+    let mut reloads_applied = ctx.reloads();
     while ctx.wait(LOG_FLUSH_INTERVAL) {
-        if ctx.take_reload() {
+        if ctx.reloads() != reloads_applied {
+            // Files named by settings are read again, as PostgreSQL does.
+            reloads_applied = ctx.reloads();
             let (config, summary) = load_auth_config();
             auth.set(config);
             auth_summary = summary;
+            tls.set(tls_policy(Some(tls.get())));
         }
         ctx.slot.set_activity(&activity(&auth_summary));
         wait_lsn_timeout_ms.store(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64, Ordering::Relaxed);
@@ -126,6 +133,38 @@ fn load_auth_config() -> (AuthConfig, String) {
         format!("auth jwt, {} public key(s)", keys.len())
     };
     (AuthConfig::Jwt(std::sync::Arc::new(keys)), summary)
+}
+
+/// The page service's TLS policy from `pageserver.ssl_cert_file`,
+/// `ssl_key_file` and `ssl_required`, the files read now. If they cannot be
+/// used, a WARNING names the problem and, on a reload (`previous` given),
+/// the previous certificate stays in use, as PostgreSQL keeps its own.
+fn tls_policy(previous: Option<TlsPolicy>) -> TlsPolicy {
+    let cert = crate::guc::string(&crate::guc::SSL_CERT_FILE);
+    let key = crate::guc::string(&crate::guc::SSL_KEY_FILE);
+    let required = crate::guc::SSL_REQUIRED.get();
+    let config = match page_service::tls::load_server_config(&cert, &key) {
+        Ok(config) => {
+            if config.is_some() {
+                log!("page service TLS certificate loaded from \"{cert}\"");
+            }
+            config
+        }
+        Err(e) => match previous {
+            Some(previous) => {
+                warning!("page service TLS configuration not reloaded: {e}; the previous one stays in use");
+                previous.config
+            }
+            None => {
+                warning!("page service TLS is off: {e}");
+                None
+            }
+        },
+    };
+    if required && config.is_none() {
+        warning!("pageserver.ssl_required is on but the page service has no TLS certificate: every connection is refused");
+    }
+    TlsPolicy { config, required }
 }
 
 /// The current value of a PostgreSQL setting, as SHOW prints it.

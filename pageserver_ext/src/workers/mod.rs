@@ -54,8 +54,8 @@ pub fn now_us() -> i64 {
 pub struct WorkerContext {
     pub slot: &'static WorkerSlot,
     pub kind: WorkerKind,
-    /// A reload was applied since [`WorkerContext::take_reload`] last looked.
-    reloaded: std::cell::Cell<bool>,
+    /// Reloads applied so far (see [`WorkerContext::reloads`]).
+    reloads: std::cell::Cell<u64>,
 }
 
 impl WorkerContext {
@@ -71,7 +71,7 @@ impl WorkerContext {
         // SAFETY: MyProcPid is set for every backend before its main function runs.
         let pid = unsafe { pg_sys::MyProcPid };
         slot.on_start(pid, now_us());
-        WorkerContext { slot, kind: expected, reloaded: std::cell::Cell::new(false) }
+        WorkerContext { slot, kind: expected, reloads: std::cell::Cell::new(0) }
     }
 
     /// Waits on the latch for at most `timeout`; publishes a heartbeat and
@@ -82,16 +82,17 @@ impl WorkerContext {
             // SAFETY: the worker's main thread, outside any critical section:
             // the documented way to apply a reload in a background worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            self.reloaded.set(true);
+            self.reloads.set(self.reloads.get() + 1);
         }
         self.slot.heartbeat(now_us());
         keep_going
     }
 
-    /// True once after each reload that [`wait`](Self::wait) applied: for
-    /// settings read from files on reload (the page service's keys).
-    pub fn take_reload(&self) -> bool {
-        self.reloaded.replace(false)
+    /// How many reloads [`WorkerContext::wait`] has applied: a worker that
+    /// rereads files on reload (as PostgreSQL rereads its certificate)
+    /// compares it with the count it last acted on.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.get()
     }
 
     /// Leaves the slot saying "stopped" and exits with status 1, so the

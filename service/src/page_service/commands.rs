@@ -17,6 +17,7 @@
 
 use super::auth::Session;
 use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
+use super::tls::ClientStream;
 use crate::error::ServiceError;
 use crate::timeline_handle::TenantId;
 use bytes::{Bytes, BytesMut};
@@ -29,7 +30,6 @@ use storage::lsn::Lsn;
 use storage::pagestream::{ProtocolVersion, Request, RequestHeader, Response};
 use storage::repo::{Timeline, TimelineId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Bytes of requests read from a pagestream connection at a time.
 const READ_BUFFER: usize = 64 * 1024;
@@ -104,13 +104,14 @@ pub fn parse_command(query: &str) -> Result<Option<Command>, String> {
     Ok(Some(Command::Backup { kind, tenant, timeline, lsn }))
 }
 
-async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+async fn send(stream: &mut ClientStream, out: &mut BytesMut) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
     stream.write_all(out).await?;
     out.clear();
-    Ok(())
+    // A no-op on a plain socket; over TLS it writes out the records rustls holds.
+    stream.flush().await
 }
 
 impl Command {
@@ -126,7 +127,7 @@ impl Command {
 /// including) ReadyForQuery. A command for a tenant the session may not
 /// read gets an error and nothing else.
 pub async fn run(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     out: &mut BytesMut,
     ctx: &ServiceContext,
     session: &Session,
@@ -163,7 +164,7 @@ pub async fn run(
 /// At depth 1 that is one read and one write per request and no hand-off
 /// between tasks; with many requests in flight answers go out in batches.
 async fn serve_pagestream(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     version: ProtocolVersion,
     timeline: Arc<Timeline>,
     ctx: &ServiceContext,
@@ -364,7 +365,7 @@ impl std::io::Write for ChunkSender {
 
 #[allow(clippy::too_many_arguments)]
 async fn send_backup(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     out: &mut BytesMut,
     ctx: &ServiceContext,
     kind: BackupKind,

@@ -1,8 +1,9 @@
 //! The page service: a libpq-protocol listener on `pageserver.listen_addr`,
 //! run on the main worker's tokio runtime.
 //!
-//! It owns connection handling: startup, authentication (trust, or a JWT
-//! as the password: module `auth`), and simple queries dispatched to
+//! It owns connection handling: startup (TLS when a certificate is
+//! configured, module `tls`), authentication (trust, or a JWT as the
+//! password: module `auth`), and simple queries dispatched to
 //! page-service commands. Nothing here calls
 //! PostgreSQL (tokio threads must never); messages for the server log go
 //! through `tracing` (module `log`) to the worker's main thread. It stops
@@ -11,15 +12,18 @@
 pub mod auth;
 pub mod commands;
 pub mod pq;
+pub mod tls;
 
 use auth::{Access, AuthConfig, Session, SharedAuth};
 use commands::ServiceContext;
 use tokio_util::sync::CancellationToken;
 
 use bytes::BytesMut;
-use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, Startup};
+use pq::{sqlstate, BackendWriter, FrontendMessage, ProtocolError, StartupPacket};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tls::{ClientStream, SharedTlsPolicy, TlsPolicy};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -30,7 +34,7 @@ const BIND_RETRY: Duration = Duration::from_secs(2);
 
 /// Binds `listen_addr`, retrying while it is taken, then serves until
 /// `cancel`. Each connection authenticates as `auth` says when it starts.
-pub async fn run(listen_addr: String, ctx: Option<ServiceContext>, auth: SharedAuth, cancel: CancellationToken) {
+pub async fn run(listen_addr: String, ctx: Option<ServiceContext>, auth: SharedAuth, tls: SharedTlsPolicy, cancel: CancellationToken) {
     let listener = loop {
         match TcpListener::bind(&listen_addr).await {
             Ok(l) => break l,
@@ -50,11 +54,13 @@ pub async fn run(listen_addr: String, ctx: Option<ServiceContext>, auth: SharedA
         Ok(addr) => tracing::info!("page service listening on {addr}"),
         Err(e) => tracing::warn!("page service listening, local address unknown: {e}"),
     }
-    serve(listener, ctx, auth, cancel).await
+    serve(listener, ctx, auth, tls, cancel).await
 }
 
 /// Accepts connections and serves each on its own task, until `cancel`.
-pub async fn serve(listener: TcpListener, ctx: Option<ServiceContext>, auth: SharedAuth, cancel: CancellationToken) {
+/// Each connection starts with the authentication and TLS policy current
+/// when it is accepted.
+pub async fn serve(listener: TcpListener, ctx: Option<ServiceContext>, auth: SharedAuth, tls: SharedTlsPolicy, cancel: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -64,8 +70,9 @@ pub async fn serve(listener: TcpListener, ctx: Option<ServiceContext>, auth: Sha
             Ok((stream, peer)) => {
                 let ctx = ctx.clone();
                 let auth = auth.current();
+                let tls = tls.get();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_connection(stream, peer, ctx, auth).await {
+                    if let Err(e) = handle_connection(stream, peer, ctx, auth, tls).await {
                         tracing::info!("page service connection from {peer} ended: {e}");
                     }
                 });
@@ -85,31 +92,93 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &mut BytesMut) -> std:
     stream.flush().await
 }
 
+/// What the startup phase ended with.
+enum Started {
+    /// A session on this stream, with the startup packet's parameters.
+    Session(ClientStream, HashMap<String, String>),
+    /// Nothing more to do: a cancel request, a refused or broken start (the
+    /// client was told why if it could be).
+    Done,
+}
+
+/// The startup phase, within [`STARTUP_TIMEOUT`]: answers a GSSENCRequest
+/// with 'N' and an SSLRequest with 'S' and a TLS handshake if `tls` has a
+/// configuration ('N' otherwise), as PostgreSQL does; reads the startup
+/// packet; refuses a session without TLS if `tls.required`.
+async fn start(stream: TcpStream, tls: &TlsPolicy, out: &mut BytesMut) -> Result<Started, ProtocolError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let mut stream = ClientStream::Plain(stream);
+    let params = loop {
+        let packet = match tokio::time::timeout_at(deadline, pq::read_startup_packet(&mut stream)).await {
+            Err(_) => {
+                BackendWriter(out).fatal(sqlstate::PROTOCOL_VIOLATION, "startup packet not received in time");
+                let _ = send(&mut stream, out).await;
+                return Ok(Started::Done);
+            }
+            Ok(Err(ProtocolError::Closed)) => return Ok(Started::Done),
+            Ok(Err(e)) => {
+                BackendWriter(out).fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string());
+                let _ = send(&mut stream, out).await;
+                return Err(e);
+            }
+            Ok(Ok(packet)) => packet,
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if stream.is_tls() => {
+                let e = ProtocolError::BadStartupPacket("encryption request inside TLS");
+                BackendWriter(out).fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string());
+                let _ = send(&mut stream, out).await;
+                return Err(e);
+            }
+            StartupPacket::SslRequest => {
+                let ClientStream::Plain(mut tcp) = stream else { unreachable!("checked above") };
+                let Some(config) = tls.config.clone() else {
+                    tcp.write_all(b"N").await?;
+                    stream = ClientStream::Plain(tcp);
+                    continue;
+                };
+                tcp.write_all(b"S").await?;
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                match tokio::time::timeout_at(deadline, accept).await {
+                    Err(_) => return Ok(Started::Done),
+                    Ok(Err(e)) => return Err(ProtocolError::TlsHandshake(e)),
+                    Ok(Ok(encrypted)) => stream = ClientStream::Tls(Box::new(encrypted)),
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                // A client may ask for GSSAPI first and for SSL next.
+                stream.write_all(b"N").await?;
+            }
+            StartupPacket::Cancel => return Ok(Started::Done), // nothing runs long enough to cancel
+            StartupPacket::Session(params) => break params,
+        }
+    };
+    if tls.required && !stream.is_tls() {
+        let why = if tls.config.is_some() {
+            "connection without TLS refused: pageserver.ssl_required is on (connect with sslmode=require or stronger)"
+        } else {
+            "connection refused: pageserver.ssl_required is on but the page service has no usable certificate \
+             (pageserver.ssl_cert_file, pageserver.ssl_key_file; see the server log)"
+        };
+        BackendWriter(out).fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, why);
+        let _ = send(&mut stream, out).await;
+        return Ok(Started::Done);
+    }
+    Ok(Started::Session(stream, params))
+}
+
 /// Serves one client until it leaves or breaks the protocol.
 async fn handle_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     ctx: Option<ServiceContext>,
     auth: AuthConfig,
+    tls: TlsPolicy,
 ) -> Result<(), ProtocolError> {
     stream.set_nodelay(true)?;
     let mut out = BytesMut::with_capacity(8192);
-    let startup = match tokio::time::timeout(STARTUP_TIMEOUT, pq::read_startup(&mut stream)).await {
-        Err(_) => {
-            BackendWriter(&mut out).fatal(sqlstate::PROTOCOL_VIOLATION, "startup packet not received in time");
-            let _ = send(&mut stream, &mut out).await;
-            return Ok(());
-        }
-        Ok(Err(ProtocolError::Closed)) => return Ok(()),
-        Ok(Err(e)) => {
-            BackendWriter(&mut out).fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string());
-            let _ = send(&mut stream, &mut out).await;
-            return Err(e);
-        }
-        Ok(Ok(s)) => s,
-    };
-    let Startup::Session(params) = startup else {
-        return Ok(()); // cancel request: nothing runs long enough to cancel
+    let Started::Session(mut stream, params) = start(stream, &tls, &mut out).await? else {
+        return Ok(());
     };
     let user = params.get("user").map(String::as_str).unwrap_or_default();
     let Some(access) = authenticate(&mut stream, &mut out, &auth, user, peer).await? else {
@@ -265,22 +334,76 @@ pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use pageserver_harness::tls::{TestCa, TlsDir};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
 
     async fn start_server() -> (SocketAddr, CancellationToken) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        tokio::spawn(serve(listener, None, SharedAuth::default(), cancel.clone()));
+        let (addr, cancel, _) = start_server_with(TlsPolicy::default()).await;
         (addr, cancel)
     }
 
-    async fn startup(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    async fn start_server_with(tls: TlsPolicy) -> (SocketAddr, CancellationToken, SharedTlsPolicy) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let shared = SharedTlsPolicy::new(tls);
+        tokio::spawn(serve(listener, None, SharedAuth::default(), shared.clone(), cancel.clone()));
+        (addr, cancel, shared)
+    }
+
+    /// A CA and a server policy with a certificate it signed for localhost.
+    fn tls_policy(dir: &TlsDir, name: &str, required: bool) -> (TestCa, TlsPolicy) {
+        let ca = TestCa::new(name).unwrap();
+        let files = dir.server_files(&ca, name).unwrap();
+        let config = tls::load_server_config(&files.cert.display().to_string(), &files.key.display().to_string()).unwrap();
+        (ca, TlsPolicy { config, required })
+    }
+
+    /// Sends SSLRequest; after 'S', a TLS handshake that trusts `ca` only.
+    async fn tls_connect(addr: SocketAddr, ca: &TestCa) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&SSL_REQUEST).await?;
+        assert_eq!(s.read_u8().await?, b'S');
+        tls_handshake(s, ca).await
+    }
+
+    async fn tls_handshake(s: TcpStream, ca: &TestCa) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost").unwrap(), s).await
+    }
+
+    /// The SQLSTATE and message of an ErrorResponse body.
+    fn error_fields(body: &[u8]) -> (String, String) {
+        let mut code = String::new();
+        let mut message = String::new();
+        for field in body.split(|b| *b == 0) {
+            match field.split_first() {
+                Some((b'C', v)) => code = String::from_utf8_lossy(v).into_owned(),
+                Some((b'M', v)) => message = String::from_utf8_lossy(v).into_owned(),
+                _ => {}
+            }
+        }
+        (code, message)
+    }
+
+    async fn startup<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Vec<(u8, Vec<u8>)> {
         send_startup(stream).await;
         read_until_ready(stream).await
     }
 
-    async fn send_startup(stream: &mut TcpStream) {
+    async fn send_startup<S: AsyncWrite + Unpin>(stream: &mut S) {
         let body = b"user\0u\0database\0d\0\0";
         let mut p = Vec::new();
         p.extend(((body.len() + 8) as u32).to_be_bytes());
@@ -301,11 +424,12 @@ mod tests {
         all
     }
 
-    /// Backend messages (tag, body) up to and including ReadyForQuery.
-    async fn read_until_ready(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    /// Backend messages (tag, body) up to and including ReadyForQuery, or
+    /// up to an error when the server closes the connection after it.
+    async fn read_until_ready<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<(u8, Vec<u8>)> {
         let mut all = Vec::new();
         loop {
-            let tag = stream.read_u8().await.unwrap();
+            let Ok(tag) = stream.read_u8().await else { return all };
             let len = stream.read_u32().await.unwrap();
             let mut body = vec![0; len as usize - 4];
             stream.read_exact(&mut body).await.unwrap();
@@ -396,7 +520,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let cancel = CancellationToken::new();
             let auth = SharedAuth::new(config);
-            tokio::spawn(serve(listener, None, auth.clone(), cancel.clone()));
+            tokio::spawn(serve(listener, None, auth.clone(), SharedTlsPolicy::new(TlsPolicy::default()), cancel.clone()));
             (addr, auth, cancel)
         }
 
@@ -502,6 +626,80 @@ mod tests {
             let mut trusted = TcpStream::connect(addr).await.unwrap();
             assert_eq!(startup(&mut trusted).await[0], (b'R', 0u32.to_be_bytes().to_vec()));
         }
+    }
+
+    #[tokio::test]
+    async fn without_a_certificate_ssl_is_declined_and_the_session_goes_on_plain() {
+        let (addr, _cancel) = start_server().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&SSL_REQUEST).await.unwrap();
+        assert_eq!(s.read_u8().await.unwrap(), b'N');
+        assert_eq!(startup(&mut s).await[0].0, b'R');
+    }
+
+    #[tokio::test]
+    async fn a_tls_session_works_after_gssapi_is_declined() {
+        let dir = TlsDir::new().unwrap();
+        let (ca, policy) = tls_policy(&dir, "ca", false);
+        let (addr, _cancel, _) = start_server_with(policy).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&GSSENC_REQUEST).await.unwrap();
+        assert_eq!(s.read_u8().await.unwrap(), b'N');
+        s.write_all(&SSL_REQUEST).await.unwrap();
+        assert_eq!(s.read_u8().await.unwrap(), b'S');
+        let mut tls = tls_handshake(s, &ca).await.unwrap();
+        assert_eq!(startup(&mut tls).await[0].0, b'R');
+        tls.write_all(b"Q\0\0\0\x0bselect\0").await.unwrap();
+        let reply = read_until_ready(&mut tls).await;
+        assert!(String::from_utf8_lossy(&reply[0].1).contains("unknown page service command"), "{reply:?}");
+        // Plain sessions still work while TLS is not required.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(startup(&mut plain).await[0].0, b'R');
+        // A certificate from another CA is not trusted by the client.
+        let other = TestCa::new("other").unwrap();
+        let err = tls_connect(addr, &other).await.unwrap_err().to_string();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn ssl_required_refuses_plain_sessions_with_28000() {
+        let dir = TlsDir::new().unwrap();
+        let (ca, policy) = tls_policy(&dir, "ca", true);
+        let (addr, _cancel, shared) = start_server_with(policy).await;
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        let reply = startup(&mut plain).await;
+        assert_eq!(reply.len(), 1, "{reply:?}");
+        let (code, message) = error_fields(&reply[0].1);
+        assert_eq!(code, "28000");
+        assert!(message.contains("pageserver.ssl_required is on"), "{message}");
+        assert!(String::from_utf8_lossy(&reply[0].1).contains("SFATAL"));
+
+        let mut tls = tls_connect(addr, &ca).await.unwrap();
+        assert_eq!(startup(&mut tls).await[0].0, b'R');
+
+        // Required, but no usable certificate: nothing gets in, and the message says why.
+        shared.set(TlsPolicy { config: None, required: true });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&SSL_REQUEST).await.unwrap();
+        assert_eq!(s.read_u8().await.unwrap(), b'N');
+        let (code, message) = error_fields(&startup(&mut s).await[0].1);
+        assert_eq!(code, "28000");
+        assert!(message.contains("no usable certificate"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_new_policy_applies_to_new_connections() {
+        let dir = TlsDir::new().unwrap();
+        let (old_ca, policy) = tls_policy(&dir, "old", false);
+        let (addr, _cancel, shared) = start_server_with(policy).await;
+        let mut before = tls_connect(addr, &old_ca).await.unwrap();
+        let (new_ca, new_policy) = tls_policy(&dir, "new", false);
+        shared.set(new_policy);
+        assert!(tls_connect(addr, &old_ca).await.is_err(), "the old certificate is still served");
+        let mut after = tls_connect(addr, &new_ca).await.unwrap();
+        assert_eq!(startup(&mut after).await[0].0, b'R');
+        // A session started before the change goes on with its certificate.
+        assert_eq!(startup(&mut before).await[0].0, b'R');
     }
 
     #[test]

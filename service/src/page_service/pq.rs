@@ -1,7 +1,8 @@
 //! The server side of the PostgreSQL frontend/backend protocol (v3), as far
-//! as the page service needs it: the startup phase (SSL/GSS negotiation
-//! refused with 'N', cancel requests, the startup packet), simple queries,
-//! and the backend messages we send. Pure Rust on tokio; no PostgreSQL code.
+//! as the page service needs it: the packets of the startup phase (SSL and
+//! GSS encryption requests, cancel requests, the startup packet; the
+//! connection answers them, module `page_service`), simple queries, and the
+//! backend messages we send. Pure Rust on tokio; no PostgreSQL code.
 //!
 //! Every length read from the wire is checked before anything is allocated:
 //! a garbage or hostile client gets a [`ProtocolError`] and is disconnected.
@@ -33,6 +34,8 @@ pub enum ProtocolError {
     BadMessageLength { tag: char, len: u32 },
     #[error("connection closed by the client")]
     Closed,
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(std::io::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -47,37 +50,62 @@ impl ProtocolError {
     }
 }
 
-/// What the client asked for at startup.
+/// One packet of the startup phase.
 #[derive(Debug)]
-pub enum Startup {
+pub enum StartupPacket {
+    /// SSLRequest: the client asks for TLS (answered 'S' or 'N').
+    SslRequest,
+    /// GSSENCRequest: the client asks for GSSAPI encryption (answered 'N').
+    GssEncRequest,
     /// A normal session with its parameters (`user`, `database`, `options`, ...).
     Session(HashMap<String, String>),
     /// A cancel request; we have nothing to cancel, the connection just closes.
     Cancel,
 }
 
-/// Reads the startup phase: answers SSL and GSS encryption requests with 'N'
-/// (not supported) and returns the startup packet.
+/// Reads one packet of the startup phase. It reads exactly the packet's
+/// bytes, so after an SSLRequest the next bytes on the socket are the
+/// client's TLS handshake.
+pub async fn read_startup_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<StartupPacket, ProtocolError> {
+    let len = stream.read_u32().await.map_err(ProtocolError::from_read)?;
+    if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
+        return Err(ProtocolError::BadStartupLength(len));
+    }
+    let code = stream.read_u32().await.map_err(ProtocolError::from_read)?;
+    let mut body = vec![0u8; len as usize - 8];
+    stream.read_exact(&mut body).await.map_err(ProtocolError::from_read)?;
+    match code {
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE if !body.is_empty() => {
+            Err(ProtocolError::BadStartupPacket("encryption request with a body"))
+        }
+        SSL_REQUEST_CODE => Ok(StartupPacket::SslRequest),
+        GSSENC_REQUEST_CODE => Ok(StartupPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE => Ok(StartupPacket::Cancel),
+        PROTOCOL_V3 => parse_startup_params(&body).map(StartupPacket::Session),
+        other => Err(ProtocolError::UnsupportedProtocol { major: other >> 16, minor: other & 0xFFFF }),
+    }
+}
+
+/// What a client of a server without encryption asked for at startup.
+#[derive(Debug)]
+pub enum Startup {
+    Session(HashMap<String, String>),
+    Cancel,
+}
+
+/// The startup phase of a server without encryption: answers SSL and GSS
+/// encryption requests with 'N' and returns the startup packet. (The page
+/// service answers them itself, with TLS when configured; `pagebench`'s
+/// floor server uses this.)
 pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<Startup, ProtocolError> {
     loop {
-        let len = stream.read_u32().await.map_err(ProtocolError::from_read)?;
-        if !(8..=MAX_STARTUP_PACKET_LEN).contains(&len) {
-            return Err(ProtocolError::BadStartupLength(len));
-        }
-        let code = stream.read_u32().await.map_err(ProtocolError::from_read)?;
-        let mut body = vec![0u8; len as usize - 8];
-        stream.read_exact(&mut body).await.map_err(ProtocolError::from_read)?;
-        match code {
-            SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
-                if !body.is_empty() {
-                    return Err(ProtocolError::BadStartupPacket("encryption request with a body"));
-                }
+        match read_startup_packet(stream).await? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 stream.write_all(b"N").await?;
                 stream.flush().await?;
             }
-            CANCEL_REQUEST_CODE => return Ok(Startup::Cancel),
-            PROTOCOL_V3 => return parse_startup_params(&body).map(Startup::Session),
-            other => return Err(ProtocolError::UnsupportedProtocol { major: other >> 16, minor: other & 0xFFFF }),
+            StartupPacket::Cancel => return Ok(Startup::Cancel),
+            StartupPacket::Session(params) => return Ok(Startup::Session(params)),
         }
     }
 }
@@ -310,22 +338,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ssl_request_is_refused_then_startup_is_read() {
+    async fn encryption_requests_and_the_startup_packet_are_told_apart() {
         let (mut client, mut server) = tokio::io::duplex(4096);
-        let mut input = startup_packet(SSL_REQUEST_CODE, &[]);
+        let mut input = startup_packet(GSSENC_REQUEST_CODE, &[]);
+        input.extend(startup_packet(SSL_REQUEST_CODE, &[]));
         input.extend(startup_packet(PROTOCOL_V3, b"user\0alice\0database\0db\0\0"));
+        input.extend(startup_packet(CANCEL_REQUEST_CODE, &[0; 8]));
         client.write_all(&input).await.unwrap();
-        let startup = read_startup(&mut server).await.unwrap();
-        let mut answer = [0u8; 1];
-        client.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"N");
-        match startup {
-            Startup::Session(p) => {
+        assert!(matches!(read_startup_packet(&mut server).await.unwrap(), StartupPacket::GssEncRequest));
+        assert!(matches!(read_startup_packet(&mut server).await.unwrap(), StartupPacket::SslRequest));
+        match read_startup_packet(&mut server).await.unwrap() {
+            StartupPacket::Session(p) => {
                 assert_eq!(p["user"], "alice");
                 assert_eq!(p["database"], "db");
             }
             other => panic!("unexpected {other:?}"),
         }
+        assert!(matches!(read_startup_packet(&mut server).await.unwrap(), StartupPacket::Cancel));
+        client.write_all(&startup_packet(SSL_REQUEST_CODE, b"x")).await.unwrap();
+        assert!(matches!(read_startup_packet(&mut server).await.unwrap_err(), ProtocolError::BadStartupPacket(_)));
+    }
+
+    #[tokio::test]
+    async fn without_encryption_ssl_is_refused_then_startup_is_read() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut input = startup_packet(SSL_REQUEST_CODE, &[]);
+        input.extend(startup_packet(PROTOCOL_V3, b"user\0alice\0\0"));
+        client.write_all(&input).await.unwrap();
+        let startup = read_startup(&mut server).await.unwrap();
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N");
+        assert!(matches!(startup, Startup::Session(p) if p["user"] == "alice"));
     }
 
     #[tokio::test]
@@ -334,7 +378,7 @@ mod tests {
             let (mut client, mut server) = tokio::io::duplex(64);
             client.write_all(&len.to_be_bytes()).await.unwrap();
             client.write_all(&PROTOCOL_V3.to_be_bytes()).await.unwrap();
-            let err = read_startup(&mut server).await.unwrap_err();
+            let err = read_startup_packet(&mut server).await.unwrap_err();
             assert!(matches!(err, ProtocolError::BadStartupLength(l) if l == len), "{err}");
         }
     }
@@ -344,7 +388,7 @@ mod tests {
         for body in [&b"user\0alice"[..], b"user\0\0", b"\xff\0x\0\0", b""] {
             let (mut client, mut server) = tokio::io::duplex(4096);
             client.write_all(&startup_packet(PROTOCOL_V3, body)).await.unwrap();
-            assert!(read_startup(&mut server).await.is_err(), "accepted {body:?}");
+            assert!(read_startup_packet(&mut server).await.is_err(), "accepted {body:?}");
         }
     }
 
@@ -352,7 +396,7 @@ mod tests {
     async fn other_protocol_versions_are_named_in_the_error() {
         let (mut client, mut server) = tokio::io::duplex(4096);
         client.write_all(&startup_packet(2 << 16, b"\0")).await.unwrap();
-        let err = read_startup(&mut server).await.unwrap_err().to_string();
+        let err = read_startup_packet(&mut server).await.unwrap_err().to_string();
         assert!(err.contains("2.0"), "{err}");
     }
 

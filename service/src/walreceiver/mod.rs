@@ -11,6 +11,7 @@
 
 pub mod passfile;
 pub mod replication;
+pub mod tls;
 
 use crate::timeline_handle::{TenantId, TimelineHandle};
 use bytes::Bytes;

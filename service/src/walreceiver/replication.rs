@@ -3,17 +3,21 @@
 //! `CREATE_REPLICATION_SLOT`, `BASE_BACKUP`, `START_REPLICATION`) and read the
 //! CopyBoth stream of WAL. Frontend messages are built with
 //! `postgres-protocol`; backend messages are framed here, because that crate
-//! does not parse `CopyBothResponse`.
+//! does not parse `CopyBothResponse`. TCP connections use TLS as the
+//! connection string's `sslmode` says (module `tls`), and SCRAM binds to
+//! that channel as its `channel_binding` says.
 //!
 //! Runs on tokio; never calls PostgreSQL.
 
 use super::passfile::PassfileLookup;
+use super::tls::{SslMode, SslOptions, TlsClient, TlsError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use storage::lsn::Lsn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 
 /// Largest backend message accepted (a WAL chunk is at most 128 KiB; a base backup data message 32 KiB).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -36,6 +40,9 @@ pub enum ReplError {
     Server { code: String, message: String },
     #[error("unexpected reply from the primary: {0}")]
     Protocol(String),
+    /// TLS could not be set up (files, options) or negotiated.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 impl ReplError {
@@ -83,10 +90,33 @@ pub struct ConnSettings {
     pub port: u16,
     pub user: String,
     pub password: Option<Vec<u8>>,
+    pub ssl: SslOptions,
+    /// `channel_binding`: `disable`, `prefer` (the default) or `require`.
+    pub channel_binding: ChannelBindingMode,
 }
 
-/// Reads `host`, `port`, `user`, `password` from a libpq connection string.
+/// What SCRAM can bind to on one connection: nothing (no TLS), or the TLS
+/// channel, with the primary's certificate hash when its signature
+/// algorithm defines one (`tls-server-end-point`).
+enum Channel {
+    Plain,
+    Tls(Option<Vec<u8>>),
+}
+
+impl ConnSettings {
+    /// A Unix-socket directory rather than a TCP host (never TLS, as in libpq).
+    fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+}
+
+/// Reads `host`, `port`, `user`, `password` and the TLS options from a
+/// libpq connection string.
 pub fn parse_conninfo(conninfo: &str) -> Result<ConnSettings, ReplError> {
+    let (conninfo, ssl) = super::tls::split_conninfo(conninfo).map_err(|e| match e {
+        TlsError::Syntax(m) => ReplError::Conninfo(m),
+        e => ReplError::Conninfo(e.to_string()),
+    })?;
     let config: tokio_postgres::Config = conninfo.parse().map_err(|e| ReplError::Conninfo(format!("{e}")))?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -95,22 +125,63 @@ pub fn parse_conninfo(conninfo: &str) -> Result<ConnSettings, ReplError> {
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().map(str::to_string).ok_or_else(|| ReplError::Conninfo("user is required".into()))?;
-    Ok(ConnSettings { host, port, user, password: config.get_password().map(<[u8]>::to_vec) })
+    let channel_binding = config.get_channel_binding();
+    Ok(ConnSettings { host, port, user, password: config.get_password().map(<[u8]>::to_vec), ssl, channel_binding })
+}
+
+/// Whether one connection attempt asks for TLS.
+#[derive(Clone, Copy)]
+enum Encryption<'a> {
+    Plain,
+    Tls(&'a TlsClient),
 }
 
 impl ReplicationConn {
-    /// Connects in physical replication mode and authenticates (trust,
-    /// password, md5 or SCRAM-SHA-256).
+    /// Connects in physical replication mode, with TLS as `sslmode` says,
+    /// and authenticates (trust, password, md5 or SCRAM-SHA-256).
     pub async fn connect(conninfo: &str) -> Result<ReplicationConn, ReplError> {
         let s = parse_conninfo(conninfo)?;
-        let stream: Box<dyn Stream> = if s.host.starts_with('/') {
+        if s.is_unix_socket() {
+            return Self::connect_with(&s, Encryption::Plain).await;
+        }
+        let Some(tls) = s.ssl.client(&s.host)? else {
+            return Self::connect_with(&s, Encryption::Plain).await;
+        };
+        match tls.mode {
+            // Plain first; TLS if the primary refuses the plain connection.
+            SslMode::Allow => match Self::connect_with(&s, Encryption::Plain).await {
+                Err(plain @ ReplError::Server { .. }) => match Self::connect_with(&s, Encryption::Tls(&tls)).await {
+                    Err(ReplError::Tls(TlsError::NotSupportedByServer(_))) => Err(plain),
+                    other => other,
+                },
+                other => other,
+            },
+            // TLS if offered (plain on the same connection otherwise); a
+            // failed handshake is retried plain, as libpq does.
+            SslMode::Prefer => match Self::connect_with(&s, Encryption::Tls(&tls)).await {
+                Err(ReplError::Tls(TlsError::Handshake { source, .. })) => {
+                    tracing::info!(
+                        "TLS handshake with the primary at {}:{} failed ({source}); sslmode=prefer: connecting without TLS",
+                        s.host,
+                        s.port
+                    );
+                    Self::connect_with(&s, Encryption::Plain).await
+                }
+                other => other,
+            },
+            _ => Self::connect_with(&s, Encryption::Tls(&tls)).await,
+        }
+    }
+
+    async fn connect_with(s: &ConnSettings, encryption: Encryption<'_>) -> Result<ReplicationConn, ReplError> {
+        let (stream, channel): (Box<dyn Stream>, Channel) = if s.is_unix_socket() {
             let path = format!("{}/.s.PGSQL.{}", s.host, s.port);
             let connect = tokio::net::UnixStream::connect(&path);
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
                 .await
                 .map_err(|_| ReplError::Connect { addr: path.clone(), source: std::io::ErrorKind::TimedOut.into() })?
                 .map_err(|source| ReplError::Connect { addr: path.clone(), source })?;
-            Box::new(stream)
+            (Box::new(stream), Channel::Plain)
         } else {
             let addr = format!("{}:{}", s.host, s.port);
             let connect = tokio::net::TcpStream::connect(&addr);
@@ -119,14 +190,24 @@ impl ReplicationConn {
                 .map_err(|_| ReplError::Connect { addr: addr.clone(), source: std::io::ErrorKind::TimedOut.into() })?
                 .map_err(|source| ReplError::Connect { addr: addr.clone(), source })?;
             stream.set_nodelay(true)?;
-            Box::new(stream)
+            match encryption {
+                Encryption::Plain => (Box::new(stream), Channel::Plain),
+                Encryption::Tls(tls) => match tls.negotiate(stream).await? {
+                    Ok(tls_stream) => {
+                        let certificate = tls_stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+                        let end_point = certificate.and_then(|c| super::tls::server_end_point(c));
+                        (Box::new(tls_stream), Channel::Tls(end_point))
+                    }
+                    Err(declined) => (Box::new(declined), Channel::Plain),
+                },
+            }
         };
         let mut conn = ReplicationConn { stream, inbuf: BytesMut::with_capacity(256 * 1024), out: BytesMut::new() };
         let params =
             [("user", s.user.as_str()), ("replication", "true"), ("application_name", "pageserver_ext"), ("client_encoding", "UTF8")];
         frontend::startup_message(params.iter().copied(), &mut conn.out)?;
         conn.flush().await?;
-        let password = match s.password {
+        let password = match s.password.clone() {
             Some(password) => Ok(password),
             None => match super::passfile::default_path() {
                 Some(path) => match super::passfile::lookup(&path, &s.host, s.port, &s.user) {
@@ -136,14 +217,23 @@ impl ReplicationConn {
                 None => Err(PassfileLookup::NoFile),
             },
         };
-        conn.authenticate(&s.user, password).await?;
+        conn.authenticate(&s.user, password, &channel, s.channel_binding).await?;
         conn.read_until_ready().await?;
         Ok(conn)
     }
 
     /// `password` is the connection string's or the password file's; if
-    /// neither has one, what the password file lookup found instead.
-    async fn authenticate(&mut self, user: &str, password: Result<Vec<u8>, PassfileLookup>) -> Result<(), ReplError> {
+    /// neither has one, what the password file lookup found instead. SCRAM
+    /// binds to the TLS channel (SCRAM-SHA-256-PLUS, `tls-server-end-point`)
+    /// when the primary offers it, unless `channel_binding=disable`;
+    /// `channel_binding=require` fails unless it did, as libpq does.
+    async fn authenticate(
+        &mut self,
+        user: &str,
+        password: Result<Vec<u8>, PassfileLookup>,
+        channel: &Channel,
+        binding_mode: ChannelBindingMode,
+    ) -> Result<(), ReplError> {
         let need_password = || {
             let passfile = match password.as_ref().err() {
                 Some(PassfileLookup::NotFound(path)) => format!("{} has no line for it", path.display()),
@@ -156,6 +246,8 @@ impl ReplicationConn {
         };
         let password = password.as_deref().ok();
         let mut scram: Option<ScramSha256> = None;
+        let mut bound = false;
+        let required = binding_mode == ChannelBindingMode::Require;
         loop {
             let msg = self.read_message().await?;
             if msg.tag != b'R' {
@@ -166,7 +258,21 @@ impl ReplicationConn {
                 return Err(ReplError::Protocol("short authentication message".into()));
             }
             match body.get_u32() {
+                0 if required && !bound => {
+                    return Err(ReplError::Conninfo(
+                        "channel binding required (channel_binding=require), but the primary authenticated the client \
+                         without it (it needs SCRAM over TLS)"
+                            .into(),
+                    ))
+                }
                 0 => return Ok(()),
+                3 | 5 if required => {
+                    return Err(ReplError::Conninfo(
+                        "channel binding required (channel_binding=require), but the primary asks for a password \
+                         without SCRAM"
+                            .into(),
+                    ))
+                }
                 3 => {
                     let pw = password.ok_or_else(need_password)?;
                     frontend::password_message(pw, &mut self.out)?;
@@ -183,11 +289,37 @@ impl ReplicationConn {
                 10 => {
                     let pw = password.ok_or_else(need_password)?;
                     let mechanisms = String::from_utf8_lossy(&body);
-                    if !mechanisms.split('\0').any(|m| m == "SCRAM-SHA-256") {
+                    let offered = |name: &str| mechanisms.split('\0').any(|m| m == name);
+                    let (mechanism, binding) = match channel {
+                        _ if binding_mode == ChannelBindingMode::Disable => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                        Channel::Tls(Some(end_point)) if offered("SCRAM-SHA-256-PLUS") => {
+                            bound = true;
+                            ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(end_point.clone()))
+                        }
+                        // We could bind, the primary offers no binding: say so ('y').
+                        Channel::Tls(Some(_)) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                        _ => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                    };
+                    if required && !bound {
+                        return Err(ReplError::Conninfo(
+                            match channel {
+                                Channel::Tls(Some(_)) => {
+                                    "channel binding required (channel_binding=require), but the primary does not offer \
+                                 SCRAM-SHA-256-PLUS"
+                                }
+                                _ => {
+                                    "channel binding required (channel_binding=require), but the connection has no TLS \
+                                 channel to bind to (or its certificate's signature algorithm defines no hash for it)"
+                                }
+                            }
+                            .into(),
+                        ));
+                    }
+                    if !offered(mechanism) {
                         return Err(ReplError::Protocol(format!("unsupported SASL mechanisms {mechanisms:?}")));
                     }
-                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.out)?;
+                    let s = ScramSha256::new(pw, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.out)?;
                     scram = Some(s);
                 }
                 11 => {
