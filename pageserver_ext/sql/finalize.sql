@@ -19,6 +19,10 @@ COMMENT ON FUNCTION pageserver.drop_timeline IS
     'Drops a timeline without branches: its layer files, its replication slot on the primary and its objects in object storage';
 COMMENT ON FUNCTION pageserver.drop_tenant IS
     'Drops a tenant; with cascade => true its timelines first, branches before their parents';
+COMMENT ON FUNCTION pageserver.compact IS
+    'Runs a pass of the layers worker now, merging L0 layers however few; returns what it did on the timeline';
+COMMENT ON FUNCTION pageserver.gc IS
+    'Runs a pass of the layers worker (compaction as due, then garbage collection) now; returns what it did on the timeline';
 COMMENT ON FUNCTION pageserver.checkpoint IS
     'Writes everything a timeline has ingested to layer files now; returns its disk_consistent_lsn';
 
@@ -42,6 +46,12 @@ COMMENT ON FUNCTION pageserver.timelines IS
     'The timelines: state, LSNs (ingested, durable, remote), lag, import progress, layers, compaction';
 COMMENT ON FUNCTION pageserver.remote_timelines IS
     'Backup to object storage per timeline: remote_consistent_lsn, queue, uploads, deletions, errors';
+COMMENT ON FUNCTION pageserver.timeline_sizes IS
+    'Per timeline at its last LSN: logical size (bytes of all relations) and physical size (bytes of its layer files)';
+COMMENT ON FUNCTION pageserver.stat_page_service IS
+    'Page service traffic: connections, and per request kind requests, errors, bytes, time and a latency histogram';
+COMMENT ON FUNCTION pageserver.stat_redo IS
+    'The redo workers: requests, pages, WAL records, failures and time spent, since the host started';
 COMMENT ON FUNCTION pageserver.stat_wal_receiver IS
     'The WAL receivers: status, slot, lag in bytes and seconds, last message, reconnects, bytes, last error';
 
@@ -84,7 +94,9 @@ GRANT EXECUTE ON FUNCTION
     pageserver.rel_size,
     pageserver.list_relations,
     pageserver.lsn_for_time,
-    pageserver.checkpoint
+    pageserver.checkpoint,
+    pageserver.compact,
+    pageserver.gc
 TO pageserver_admin;
 
 -- Read-only status, for monitoring and for the admins.
@@ -94,5 +106,31 @@ GRANT EXECUTE ON FUNCTION
     pageserver.timelines,
     pageserver.remote_timelines,
     pageserver.stat_wal_receiver,
+    pageserver.stat_page_service,
+    pageserver.stat_redo,
+    pageserver.timeline_sizes,
     pageserver.layers
 TO pg_monitor, pageserver_admin;
+
+-- What is under way, with bytes done and in all where they are known.
+CREATE VIEW pageserver.progress AS
+    SELECT 'import'::text AS operation, tenant_id, timeline_id,
+           import_bytes_done AS bytes_done, import_bytes_total AS bytes_total,
+           'importing the base backup'::text AS detail
+      FROM pageserver.timelines() WHERE state = 'importing'
+    UNION ALL
+    SELECT 'compaction', tenant_id, timeline_id, NULL, NULL, 'layers worker pass (L0 merge, image layers, GC)'
+      FROM pageserver.timelines() WHERE compacting
+    UNION ALL
+    SELECT 'upload', tenant_id, timeline_id, NULL, queued_bytes,
+           queued_objects || ' objects queued for object storage'
+      FROM pageserver.remote_timelines() WHERE queued_objects > 0
+    UNION ALL
+    SELECT 'download', m[1], NULL, m[2]::bigint << 20, m[3]::bigint << 20, activity
+      FROM pageserver.status(),
+           regexp_match(activity, '^attaching tenant ([0-9a-f]{32}): .* ([0-9]+) of ([0-9]+) MiB$') AS m
+     WHERE kind = 'backup' AND m IS NOT NULL;
+COMMENT ON VIEW pageserver.progress IS
+    'Imports, compactions, uploads and attach downloads under way, with bytes done and in all where known';
+REVOKE ALL ON pageserver.progress FROM PUBLIC;
+GRANT SELECT ON pageserver.progress TO pg_monitor, pageserver_admin;

@@ -258,3 +258,65 @@ fn lsn_for_time(
         row.commit_time.map(|t| TimestampWithTimeZone::try_from(t).unwrap_or_else(|e| error!("commit time {t} out of range: {e:?}")));
     TableIterator::new(vec![(row.lsn, row.position, row.commit_lsn, commit_time)])
 }
+
+/// The timeline's row of `pageserver.timelines()`: `22023` for a malformed
+/// id, `42704` for an unknown timeline.
+fn timeline_row(tenant_id: &str, timeline_id: &str) -> service::tenants::TimelineRow {
+    for (what, id) in [("tenant id", tenant_id), ("timeline id", timeline_id)] {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            raise("22023", &format!("invalid {what} \"{id}\": expected 32 hexadecimal digits"));
+        }
+    }
+    let Reply::Timelines(rows) = call(&Command::ListTimelines) else { error!("unexpected reply from the main worker") };
+    let row = rows.into_iter().find(|r| r.tenant.eq_ignore_ascii_case(tenant_id) && r.timeline.eq_ignore_ascii_case(timeline_id));
+    row.unwrap_or_else(|| raise("42704", &format!("timeline {timeline_id} not found in tenant {tenant_id}")))
+}
+
+/// Asks the layers worker for a pass now and waits until a whole pass has
+/// run after the request; returns what it did on the timeline.
+fn layer_pass(tenant_id: &str, timeline_id: &str, force: bool) -> String {
+    use service::timeline_handle::TimelineState;
+    let row = timeline_row(tenant_id, timeline_id);
+    if !matches!(row.state, TimelineState::Active | TimelineState::Branch) {
+        raise(
+            "55000",
+            &format!("timeline {timeline_id} is {}: the layers worker works only on active timelines and branches", row.state.as_str()),
+        );
+    }
+    let requests = &crate::shmem::state().layer_pass_requests;
+    let request = requests.request(force);
+    let mut last_notice = std::time::Instant::now();
+    while !requests.served(request) {
+        std::thread::sleep(SETTLE_POLL);
+        pg_sys::check_for_interrupts!();
+        if last_notice.elapsed() >= std::time::Duration::from_secs(5) {
+            notice!("waiting for a pass of the layers worker over timeline {timeline_id} (see pageserver.status())");
+            last_notice = std::time::Instant::now();
+        }
+    }
+    let row = timeline_row(tenant_id, timeline_id);
+    row.last_compaction.unwrap_or_else(|| "the layers worker has not reported a pass on this timeline".into())
+}
+
+/// Compacts a timeline now: the layers worker runs a pass at once (over
+/// every timeline, as its periodic pass does) that merges the timeline's
+/// L0 layers into L1 layers however few there are, writes image layers
+/// where the delta depth calls for them, and runs GC. Waits for the pass
+/// (a NOTICE every 5 s; `statement_timeout` and a cancel end the wait) and
+/// returns what it did on the timeline, as `last_compaction` of
+/// `pageserver.timelines()` shows it. `55000` for a timeline that is not
+/// active or a branch.
+#[pg_extern]
+fn compact(tenant_id: String, timeline_id: String) -> String {
+    layer_pass(&tenant_id, &timeline_id, true)
+}
+
+/// Runs garbage collection now: the layers worker runs its usual pass at
+/// once (compaction as its thresholds call for it, then GC, which removes
+/// the layers that images cover below the GC cutoff and the branch
+/// points). Waits for it and returns what it did on the timeline, as
+/// `compact` does.
+#[pg_extern]
+fn gc(tenant_id: String, timeline_id: String) -> String {
+    layer_pass(&tenant_id, &timeline_id, false)
+}

@@ -433,6 +433,61 @@ fn stat_wal_receiver() -> TableIterator<
     }))
 }
 
+/// One row per timeline (not those importing their base backup): at its
+/// last ingested `lsn`, `logical_size` (bytes of every relation fork of
+/// every database, as `pg_database_size` would sum them on the primary
+/// then) and `physical_size` (bytes of the timeline's own layer files;
+/// a branch shares its ancestor's up to the branch point).
+#[pg_extern]
+fn timeline_sizes() -> TableIterator<
+    'static,
+    (name!(tenant_id, String), name!(timeline_id, String), name!(lsn, String), name!(logical_size, i64), name!(physical_size, i64)),
+> {
+    let Reply::Sizes(rows) = call(&Command::TimelineSizes) else { error!("unexpected reply from the main worker") };
+    TableIterator::new(rows.into_iter().map(|r| (r.tenant, r.timeline, r.lsn, r.logical_size as i64, r.physical_size as i64)))
+}
+
+/// The page service's traffic since the main worker started: a row
+/// `connections` (`requests` = connections accepted, `errors` = those that
+/// ended before a session started: refused by TLS or authentication,
+/// broken, or cancel requests; `open_connections` now), then a row per
+/// request kind (`exists`, `nblocks`, `getpage`, `dbsize`, `getslru` of
+/// pagestream, `basebackup`, `fullbackup`): requests answered, `errors`
+/// (answered with an error), `bytes` of the answers, `total_ms` spent, and
+/// `latency_buckets`: how many took at most each of `latency_bounds_us`
+/// microseconds (the last bucket takes the rest).
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn stat_page_service() -> TableIterator<
+    'static,
+    (
+        name!(kind, String),
+        name!(requests, i64),
+        name!(errors, i64),
+        name!(bytes, Option<i64>),
+        name!(open_connections, Option<i64>),
+        name!(total_ms, Option<f64>),
+        name!(latency_bounds_us, Option<Vec<i64>>),
+        name!(latency_buckets, Option<Vec<i64>>),
+    ),
+> {
+    let Reply::PageServiceStats(rows) = call(&Command::PageServiceStats) else { error!("unexpected reply from the main worker") };
+    let bounds: Vec<i64> = service::page_service::stats::LATENCY_BOUNDS_US.iter().map(|b| i64::try_from(*b).unwrap_or(i64::MAX)).collect();
+    TableIterator::new(rows.into_iter().map(move |r| {
+        let buckets = r.latency_buckets.map(|b| b.into_iter().map(|n| n as i64).collect::<Vec<_>>());
+        (
+            r.kind,
+            r.requests as i64,
+            r.errors as i64,
+            r.bytes.map(|b| b as i64),
+            r.open.map(|n| n as i64),
+            r.total_us.map(|us| us as f64 / 1000.0),
+            buckets.as_ref().map(|_| bounds.clone()),
+            buckets,
+        )
+    }))
+}
+
 /// One row per timeline: its state (`importing`, `active`, `branch`,
 /// `broken`), ancestor and branch LSN, LSNs (last ingested, durable on
 /// disk, the primary's latest), lag in bytes, import progress, layer files

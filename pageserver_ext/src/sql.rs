@@ -52,6 +52,50 @@ fn status() -> TableIterator<
     TableIterator::new(rows)
 }
 
+/// One row per redo worker (`pageserver.redo_workers`): its `number`,
+/// `pid` (NULL when not running), and since the host started (over the
+/// worker's restarts): `requests` (round trips through the redo queue; a
+/// batch is one), `pages` (pages rebuilt, a batch counting its pages),
+/// `records` (WAL records applied), `failed` (pages whose redo failed or
+/// was rejected) and `busy_ms` (time spent serving them). The counters are
+/// kept in shared memory by the workers themselves.
+#[pg_extern(parallel_safe)]
+#[allow(clippy::type_complexity)] // pgrx derives the SQL columns from this type
+fn stat_redo() -> TableIterator<
+    'static,
+    (
+        name!(number, i32),
+        name!(pid, Option<i32>),
+        name!(requests, i64),
+        name!(pages, i64),
+        name!(records, i64),
+        name!(failed, i64),
+        name!(busy_ms, f64),
+    ),
+> {
+    let state = crate::shmem::state();
+    let rows: Vec<_> = state
+        .workers
+        .statuses()
+        .into_iter()
+        .filter(|w| w.kind == WorkerKind::Redo)
+        .map(|w| {
+            let stats = state.redo.worker_stats(w.number as usize);
+            let alive = w.pid > 0 && process_exists(w.pid);
+            (
+                w.number as i32,
+                alive.then_some(w.pid),
+                stats.requests as i64,
+                stats.pages as i64,
+                stats.records as i64,
+                stats.failed as i64,
+                stats.busy_us as f64 / 1000.0,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
 /// One row per timeline the backup worker copies to object storage
 /// (`pageserver.remote_storage`; no rows without it): its
 /// `remote_consistent_lsn` (the `disk_consistent_lsn` of the newest index

@@ -23,6 +23,8 @@ const MANAGEMENT: &[&str] = &[
     "pageserver.list_relations('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
     "pageserver.checkpoint('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
     "pageserver.lsn_for_time('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', now())",
+    "pageserver.compact('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
+    "pageserver.gc('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
 ];
 const MONITORING: &[&str] = &[
     "pageserver.status()",
@@ -30,6 +32,10 @@ const MONITORING: &[&str] = &[
     "pageserver.timelines()",
     "pageserver.remote_timelines()",
     "pageserver.stat_wal_receiver()",
+    "pageserver.stat_page_service()",
+    "pageserver.stat_redo()",
+    "pageserver.timeline_sizes()",
+    "pageserver.progress",
 ];
 /// Readable by pg_monitor too, but about a timeline (made-up ids fail after the check).
 const MONITORING_OF_A_TIMELINE: &[&str] = &["pageserver.layers('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')"];

@@ -115,6 +115,34 @@ pub fn read_lsn(timeline: &Timeline, lsn: Option<&str>) -> Result<Lsn, ServiceEr
     Ok(lsn)
 }
 
+/// `pageserver.timeline_sizes`: one timeline's sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeRow {
+    pub tenant: String,
+    pub timeline: String,
+    pub lsn: String,
+    /// Bytes of every relation fork of every database at `lsn` (8 KiB a block).
+    pub logical_size: u64,
+    /// Bytes of the timeline's own layer files (not its ancestors').
+    pub physical_size: u64,
+}
+
+/// What the timeline holds at its last ingested LSN, and on disk.
+pub fn sizes(tenant: &str, timeline: &Timeline) -> Result<SizeRow, ServiceError> {
+    let lsn = timeline.last_record_lsn();
+    let mut logical_size = 0;
+    for (spc, db) in timeline.list_dbs(lsn)? {
+        logical_size += timeline.db_size(spc, db, lsn)?;
+    }
+    Ok(SizeRow {
+        tenant: tenant.to_string(),
+        timeline: timeline.id().to_string(),
+        lsn: lsn.to_string(),
+        logical_size,
+        physical_size: timeline.layer_files().iter().map(|(_, bytes)| bytes).sum(),
+    })
+}
+
 /// The oldest LSN `read_lsn` accepts: the GC cutoff, or the branch point.
 pub fn oldest_lsn(timeline: &Timeline) -> Lsn {
     let cutoff = timeline.gc_cutoff();

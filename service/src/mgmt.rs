@@ -44,6 +44,10 @@ pub enum Command {
     ListTenants,
     /// `pageserver.stat_wal_receiver`.
     WalReceivers,
+    /// `pageserver.stat_page_service`.
+    PageServiceStats,
+    /// `pageserver.timeline_sizes`.
+    TimelineSizes,
     /// Load a tenant whose directory the backup worker has just downloaded.
     AttachTenant {
         tenant: String,
@@ -225,6 +229,8 @@ pub enum Reply {
     },
     Timelines(Vec<TimelineRow>),
     WalReceivers(Vec<ReceiverRow>),
+    PageServiceStats(Vec<crate::page_service::stats::StatRow>),
+    Sizes(Vec<inspect::SizeRow>),
     Tenants(Vec<String>),
     /// The tenant is loaded; its timelines, and how many stream from a primary.
     Attached {
@@ -326,6 +332,14 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         })(),
         Command::ListTimelines => Ok(Reply::Timelines(manager.list())),
         Command::WalReceivers => Ok(Reply::WalReceivers(manager.wal_receivers())),
+        Command::PageServiceStats => Ok(Reply::PageServiceStats(manager.page_service_stats.rows())),
+        Command::TimelineSizes => manager
+            .all_timelines_by_tenant()
+            .iter()
+            .filter(|(_, handle)| *handle.status.state.lock() != TimelineState::Importing)
+            .map(|(tenant, handle)| inspect::sizes(&tenant.to_string(), &handle.timeline))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Reply::Sizes),
         Command::ListTenants => Ok(Reply::Tenants(manager.tenant_ids().iter().map(|t| t.to_string()).collect())),
         Command::AttachTenant { tenant } => parse_id("tenant id", &tenant)
             .and_then(|id| manager.attach_tenant(id))

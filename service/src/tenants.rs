@@ -147,6 +147,8 @@ pub struct Manager {
     cancel: CancellationToken,
     /// The tasks started on the runtime (receivers, imports, the page service).
     tasks: TaskTracker,
+    /// The page service's counters (`pageserver.stat_page_service`).
+    pub page_service_stats: Arc<crate::page_service::stats::PageServiceStats>,
 }
 
 /// One row of `pageserver.timelines`.
@@ -231,6 +233,7 @@ impl Manager {
             tenants: RwLock::new(BTreeMap::new()),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            page_service_stats: Arc::default(),
         });
         for entry in std::fs::read_dir(&root).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -661,6 +664,11 @@ impl Manager {
             }
         }
         rows
+    }
+
+    /// Every timeline with its tenant's id, in (tenant, timeline) order.
+    pub fn all_timelines_by_tenant(&self) -> Vec<(TenantId, Arc<TimelineHandle>)> {
+        self.tenants.read().values().flat_map(|t| t.timelines.read().values().map(|h| (t.id, h.clone())).collect::<Vec<_>>()).collect()
     }
 
     fn all_timelines(&self) -> Vec<Arc<TimelineHandle>> {

@@ -40,9 +40,52 @@ pub struct SharedState {
     pub remote: RemoteTable,
     /// Commands from SQL functions to the backup worker (attach downloads).
     pub backup_commands: CommandQueue,
+    /// Passes of the layers worker asked for by SQL functions.
+    pub layer_pass_requests: LayerPassRequests,
 }
 
-const MAGIC: u64 = 0x7061_6765_7376_0007; // "pagesv" + layout version 7
+/// Requests for an immediate pass of the layers worker (`pageserver.compact`,
+/// `pageserver.gc`): counters the SQL functions bump and the worker compares
+/// with what it last saw. `forced` asks for compaction below the usual
+/// threshold; `completed` is the request count a finished pass had seen
+/// when it started, so a caller knows when a whole pass followed its request.
+#[repr(C)]
+#[derive(Default)]
+pub struct LayerPassRequests {
+    requested: std::sync::atomic::AtomicU64,
+    forced: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
+}
+
+impl LayerPassRequests {
+    /// Asks for a pass now (`force`: merge L0 layers whatever their number);
+    /// returns the request's number.
+    pub fn request(&self, force: bool) -> u64 {
+        use std::sync::atomic::Ordering;
+        if force {
+            self.forced.fetch_add(1, Ordering::SeqCst);
+        }
+        self.requested.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The counters (requested, forced), to compare with those last seen.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (self.requested.load(Ordering::SeqCst), self.forced.load(Ordering::SeqCst))
+    }
+
+    /// A pass that started when `requested` was `seen` has finished.
+    pub fn pass_completed(&self, seen: u64) {
+        self.completed.fetch_max(seen, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a whole pass started after request number `request`.
+    pub fn served(&self, request: u64) -> bool {
+        self.completed.load(std::sync::atomic::Ordering::SeqCst) >= request
+    }
+}
+
+const MAGIC: u64 = 0x7061_6765_7376_0009; // "pagesv" + layout version 9
 
 impl SharedState {
     /// Bytes to request from the host.
@@ -86,6 +129,21 @@ impl SharedState {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn layer_pass_requests_are_served_by_a_pass_that_started_after_them() {
+        let requests = LayerPassRequests::default();
+        let seen_at_start = requests.counts();
+        let first = requests.request(false);
+        assert_eq!(first, 1);
+        requests.pass_completed(seen_at_start.0);
+        assert!(!requests.served(first), "a pass that began before the request does not serve it");
+        let forced = requests.request(true);
+        assert_eq!(requests.counts(), (2, 1));
+        requests.pass_completed(requests.counts().0);
+        assert!(requests.served(first) && requests.served(forced));
+    }
+
     use super::*;
 
     #[test]

@@ -223,6 +223,23 @@ struct WorkerPort {
     pid: AtomicI32,
     /// Requests replied to, over all incarnations.
     served: AtomicU64,
+    /// Pages rebuilt (a batch counts its items), WAL records applied, pages
+    /// that failed, and microseconds spent applying, over all incarnations
+    /// (the worker's own account, [`WorkerEnd::account`]).
+    pages: AtomicU64,
+    records: AtomicU64,
+    failed: AtomicU64,
+    busy_us: AtomicU64,
+}
+
+/// What one redo worker has done, for `pageserver.stat_redo`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedoWorkerStats {
+    pub requests: u64,
+    pub pages: u64,
+    pub records: u64,
+    pub failed: u64,
+    pub busy_us: u64,
 }
 
 /// Counters of the caller side, for monitoring and tests.
@@ -374,6 +391,17 @@ impl RedoQueue {
     /// Requests worker `worker` replied to, over all its incarnations.
     pub fn served_by(&self, worker: usize) -> u64 {
         self.ports.get(worker).map_or(0, |p| p.served.load(Ordering::Relaxed))
+    }
+
+    /// Worker `worker`'s counters, over all its incarnations.
+    pub fn worker_stats(&self, worker: usize) -> RedoWorkerStats {
+        self.ports.get(worker).map_or_else(RedoWorkerStats::default, |p| RedoWorkerStats {
+            requests: p.served.load(Ordering::Relaxed),
+            pages: p.pages.load(Ordering::Relaxed),
+            records: p.records.load(Ordering::Relaxed),
+            failed: p.failed.load(Ordering::Relaxed),
+            busy_us: p.busy_us.load(Ordering::Relaxed),
+        })
     }
 
     /// The generation of worker `worker`: how many times a process attached
@@ -967,6 +995,16 @@ impl<'q> WorkerEnd<'q> {
 
     fn port(&self) -> &'q WorkerPort {
         &self.queue.ports[self.worker]
+    }
+
+    /// Adds one job's work to this worker's counters: pages rebuilt,
+    /// records applied, pages that failed, time spent.
+    pub fn account(&self, pages: u64, records: u64, failed: u64, busy: Duration) {
+        let port = self.port();
+        port.pages.fetch_add(pages, Ordering::Relaxed);
+        port.records.fetch_add(records, Ordering::Relaxed);
+        port.failed.fetch_add(failed, Ordering::Relaxed);
+        port.busy_us.fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// The next request for this worker: spins, then sleeps on the doorbell;

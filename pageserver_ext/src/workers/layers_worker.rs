@@ -1,7 +1,9 @@
 //! The layers worker: compaction, image layers and GC in a process of their
 //! own, at a lower CPU priority than the main worker. A thread of this
 //! process (`pageserver-layers`) runs `service::layers::LayersWorker` passes
-//! every `pageserver.compaction_period`: it reads the layer files and
+//! every `pageserver.compaction_period`, and at once when `pageserver.compact`
+//! or `pageserver.gc` ask for one (counters in shared memory; `compact`
+//! forces L0 merges below `compaction_threshold`): it reads the layer files and
 //! indexes from disk, writes new files, and has the main worker swap them in
 //! through the command queue (`service::mgmt::QueueOwner`). Redo for image
 //! layers goes through the shared redo queue. The PostgreSQL main thread
@@ -58,17 +60,23 @@ pub fn run(ctx: &WorkerContext) {
             let stopping = || thread_cancel.is_cancelled();
             let mut last = String::from("none yet");
             let mut last_end = Instant::now();
+            let requests = &shared.layer_pass_requests;
+            let mut requests_seen = requests.counts();
             loop {
                 // The period is looked at again while waiting, so that a
-                // reload that shortens it takes effect at once.
-                let fault = loop {
+                // reload that shortens it takes effect at once; a request
+                // of pageserver.compact or pageserver.gc starts a pass now.
+                let (fault, forced) = loop {
                     let (period, fault) = {
                         let s = thread_settings.lock().unwrap_or_else(|e| e.into_inner());
                         (s.period, s.fault.clone())
                     };
                     let left = period.saturating_sub(last_end.elapsed());
-                    if stopping() || left.is_zero() {
-                        break fault;
+                    let asked = requests.counts();
+                    if stopping() || left.is_zero() || asked != requests_seen {
+                        let forced = asked.1 != requests_seen.1;
+                        requests_seen = asked;
+                        break (fault, forced);
                     }
                     slot.set_activity(&format!("idle: next pass in {} s (last pass: {last})", left.as_secs_f64().ceil() as u64));
                     std::thread::sleep(left.min(Duration::from_millis(100)));
@@ -76,16 +84,22 @@ pub fn run(ctx: &WorkerContext) {
                 if stopping() {
                     break;
                 }
+                // A forced pass merges L0 layers however few there are.
+                let threshold = if forced { 1 } else { conf.compaction_threshold };
                 let worker = LayersWorker {
                     tenants_dir: tenants_dir.clone(),
-                    conf: conf.clone(),
+                    conf: storage::repo::RepoConfig { compaction_threshold: threshold, ..conf.clone() },
                     redo: redo.clone(),
                     owner: &owner,
                     activity: &|text| slot.set_activity(text),
                     fault,
                 };
                 let started = Instant::now();
-                last = match worker.pass(&stopping) {
+                let pass_result = worker.pass(&stopping);
+                if !stopping() {
+                    requests.pass_completed(requests_seen.0);
+                }
+                last = match pass_result {
                     Ok((timelines, errors)) => {
                         for e in &errors {
                             tracing::warn!("{e}");

@@ -51,7 +51,11 @@ pub fn run(ctx: &WorkerContext) {
     let manager = with_signals_blocked(|| Manager::start(&data_dir, conf, redo, host, runtime.handle().clone()))
         .unwrap_or_else(|e| error!("cannot open the tenants in \"{}\": {e}", data_dir.display()));
     let wait_lsn_timeout_ms = Arc::new(AtomicU64::new(crate::guc::WAIT_LSN_TIMEOUT_MS.get() as u64));
-    let service = ServiceContext { timelines: manager.clone(), wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone() };
+    let service = ServiceContext {
+        timelines: manager.clone(),
+        stats: manager.page_service_stats.clone(),
+        wait_lsn_timeout_ms: wait_lsn_timeout_ms.clone(),
+    };
     let (auth_config, mut auth_summary) = load_auth_config();
     let auth = SharedAuth::new(auth_config);
     let tls = SharedTlsPolicy::new(tls_policy(None));

@@ -25,7 +25,9 @@ pub fn run(ctx: &WorkerContext) {
     while ctx.wait(Duration::ZERO) {
         let slice_end = Instant::now() + SERVE_SLICE;
         while let Some(job) = port.next(slice_end.saturating_duration_since(Instant::now())) {
-            serve(&mut engine, job);
+            let started = Instant::now();
+            let (pages, records, failed) = serve(&mut engine, job);
+            port.account(pages, records, failed, started.elapsed());
             if Instant::now() >= slice_end {
                 break;
             }
@@ -34,29 +36,40 @@ pub fn run(ctx: &WorkerContext) {
     ctx.slot.set_state(WorkerState::Stopping);
 }
 
-fn serve(engine: &mut RedoEngine, job: Job<'_>) {
+/// Serves one job; returns the pages it asked for, the records applied and
+/// the pages that failed (for `pageserver.stat_redo`).
+fn serve(engine: &mut RedoEngine, job: Job<'_>) -> (u64, u64, u64) {
     if wire::is_batch(job.request_bytes()) {
         return serve_batch(engine, job);
     }
-    let reply = match job.request() {
-        Err(e) => Err((0, 0, format!("malformed redo request: {e}"), true)),
-        Ok(request) => apply(engine, &request),
+    let (reply, records) = match job.request() {
+        Err(e) => (Err((0, 0, format!("malformed redo request: {e}"), true)), 0),
+        Ok(request) => (apply(engine, &request), request.records().count() as u64),
     };
+    let failed = reply.is_err() as u64;
     // A stale job (the caller gave up) just drops the reply.
     let _ = match reply {
         Ok(page) => job.reply_ok(&page),
         Err((lsn, rmgr, message, rejected)) => job.reply_err(lsn, rmgr, &message, rejected),
     };
+    (1, records, failed)
 }
 
 /// A batch: each item applied in turn, every outcome replied in order (an
 /// item's failure does not stop the others).
-fn serve_batch(engine: &mut RedoEngine, job: Job<'_>) {
+fn serve_batch(engine: &mut RedoEngine, job: Job<'_>) -> (u64, u64, u64) {
     let outcomes = match wire::decode_batch(job.request_bytes()) {
         Err(e) => Err(format!("malformed redo batch: {e}")),
-        Ok(items) => Ok(items.iter().map(|request| apply(engine, request)).collect::<Vec<_>>()),
+        Ok(items) => {
+            let records = items.iter().map(|request| request.records().count() as u64).sum::<u64>();
+            Ok((items.iter().map(|request| apply(engine, request)).collect::<Vec<_>>(), records))
+        }
     };
-    let _ = match outcomes {
+    let counts = match &outcomes {
+        Err(_) => (1, 0, 1),
+        Ok((outcomes, records)) => (outcomes.len() as u64, *records, outcomes.iter().filter(|o| o.is_err()).count() as u64),
+    };
+    let _ = match outcomes.map(|(outcomes, _)| outcomes) {
         Err(message) => job.reply_err(0, 0, &message, true),
         Ok(outcomes) => {
             let replies: Vec<BatchItemReply<'_>> = outcomes
@@ -69,6 +82,7 @@ fn serve_batch(engine: &mut RedoEngine, job: Job<'_>) {
             job.reply_batch(&replies)
         }
     };
+    counts
 }
 
 /// One request through the redo engine: the page, or (LSN, resource

@@ -17,6 +17,7 @@
 
 use super::auth::Session;
 use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
+use super::stats::{PageServiceStats, RequestKind};
 use super::tls::ClientStream;
 use crate::error::ServiceError;
 use crate::timeline_handle::TenantId;
@@ -51,6 +52,8 @@ pub trait TimelineLookup: Send + Sync {
 #[derive(Clone)]
 pub struct ServiceContext {
     pub timelines: Arc<dyn TimelineLookup>,
+    /// What `pageserver.stat_page_service` shows.
+    pub stats: Arc<PageServiceStats>,
     /// `pageserver.wait_lsn_timeout` in milliseconds, kept current by the main thread.
     pub wait_lsn_timeout_ms: Arc<AtomicU64>,
 }
@@ -153,7 +156,16 @@ pub async fn run(
             BackendWriter(out).command_complete("COPY 0");
             Ok(())
         }
-        Command::Backup { kind, tenant, timeline, lsn } => send_backup(stream, out, ctx, kind, tenant, timeline, lsn).await,
+        Command::Backup { kind, tenant, timeline, lsn } => {
+            let started = std::time::Instant::now();
+            let (bytes, ok) = send_backup(stream, out, ctx, kind, tenant, timeline, lsn).await?;
+            let kind = match kind {
+                BackupKind::Basebackup => RequestKind::Basebackup,
+                BackupKind::Fullbackup => RequestKind::Fullbackup,
+            };
+            ctx.stats.request(kind, started.elapsed(), bytes, !ok);
+            Ok(())
+        }
     }
 }
 
@@ -176,7 +188,10 @@ async fn serve_pagestream(
         while let Some((tag, body)) = pq::take_message(&mut input)? {
             match tag {
                 b'd' => {
-                    let response = match Request::parse(version, &body) {
+                    let started = std::time::Instant::now();
+                    let parsed = Request::parse(version, &body);
+                    let kind = parsed.as_ref().ok().map(request_kind);
+                    let response = match parsed {
                         Ok(request) if is_ingested(&timeline, &request) => answer(&timeline, &request, wait_timeout),
                         Ok(request) => {
                             // Ahead of ingest: send what is ready, then wait off the runtime.
@@ -190,7 +205,12 @@ async fn serve_pagestream(
                         // order; the stream stays usable.
                         Err(e) => Response::Error { hdr: Default::default(), message: format!("malformed pagestream request: {e}") },
                     };
+                    let before = out.len();
                     BackendWriter(&mut out).copy_data_with(|b| response.encode(version, b));
+                    if let Some(kind) = kind {
+                        let error = matches!(response, Response::Error { .. });
+                        ctx.stats.request(kind, started.elapsed(), (out.len() - before) as u64, error);
+                    }
                     if out.len() >= WRITE_BATCH {
                         send(stream, &mut out).await?;
                     }
@@ -229,6 +249,16 @@ async fn serve_pagestream(
         if stream.read_buf(&mut input).await? == 0 {
             return Err(ProtocolError::Closed);
         }
+    }
+}
+
+fn request_kind(request: &Request) -> RequestKind {
+    match request {
+        Request::Exists { .. } => RequestKind::Exists,
+        Request::Nblocks { .. } => RequestKind::Nblocks,
+        Request::GetPage { .. } => RequestKind::GetPage,
+        Request::DbSize { .. } => RequestKind::DbSize,
+        Request::GetSlruSegment { .. } => RequestKind::GetSlruSegment,
     }
 }
 
@@ -372,12 +402,12 @@ async fn send_backup(
     tenant: TenantId,
     timeline: TimelineId,
     lsn: Option<Lsn>,
-) -> Result<(), ProtocolError> {
+) -> Result<(u64, bool), ProtocolError> {
     let timeline = match ctx.timelines.timeline(tenant, timeline) {
         Ok(t) => t,
         Err(e) => {
             BackendWriter(out).error(e.sqlstate(), &e.to_string(), None);
-            return Ok(());
+            return Ok((0, false));
         }
     };
     let wait_timeout = ctx.wait_lsn_timeout();
@@ -391,11 +421,11 @@ async fn send_backup(
                 Ok(Ok(())) => lsn,
                 Ok(Err(e)) => {
                     BackendWriter(out).error(sqlstate::INVALID_PARAMETER, &e.to_string(), None);
-                    return Ok(());
+                    return Ok((0, false));
                 }
                 Err(e) => {
                     BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &e.to_string(), None);
-                    return Ok(());
+                    return Ok((0, false));
                 }
             }
         }
@@ -419,28 +449,35 @@ async fn send_backup(
             Err(e) => e.to_string(),
         };
         BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &message, None);
-        return Ok(());
+        return Ok((0, false));
     };
     BackendWriter(out).copy_out_response();
     BackendWriter(out).copy_data(&first);
+    let mut bytes = first.len() as u64;
     send(stream, out).await?;
     while let Some(chunk) = rx.recv().await {
+        bytes += chunk.len() as u64;
         BackendWriter(out).copy_data(&chunk);
         send(stream, out).await?;
     }
-    match writer.await {
+    let ok = match writer.await {
         Ok(Ok(stats)) => {
             BackendWriter(out).copy_done();
             BackendWriter(out).command_complete("COPY 0");
             log_backup(timeline.id(), lsn, kind, &stats, started.elapsed());
+            true
         }
         Ok(Err(e)) => {
             // Mid-stream: the tar is cut short; the error ends the copy.
             BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &format!("backup failed: {e}"), None);
+            false
         }
-        Err(e) => BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &e.to_string(), None),
-    }
-    Ok(())
+        Err(e) => {
+            BackendWriter(out).error(sqlstate::INTERNAL_ERROR, &e.to_string(), None);
+            false
+        }
+    };
+    Ok((bytes, ok))
 }
 
 /// One line per backup sent: its size and time, and where the time of its

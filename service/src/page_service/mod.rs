@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod commands;
 pub mod pq;
+pub mod stats;
 pub mod tls;
 
 use auth::{Access, AuthConfig, Session, SharedAuth};
@@ -176,12 +177,20 @@ async fn handle_connection(
     tls: TlsPolicy,
 ) -> Result<(), ProtocolError> {
     stream.set_nodelay(true)?;
+    let _open = ctx.as_ref().map(|ctx| ctx.stats.connection());
+    let no_session = || {
+        if let Some(ctx) = &ctx {
+            ctx.stats.no_session();
+        }
+    };
     let mut out = BytesMut::with_capacity(8192);
-    let Started::Session(mut stream, params) = start(stream, &tls, &mut out).await? else {
+    let Started::Session(mut stream, params) = start(stream, &tls, &mut out).await.inspect_err(|_| no_session())? else {
+        no_session();
         return Ok(());
     };
     let user = params.get("user").map(String::as_str).unwrap_or_default();
-    let Some(access) = authenticate(&mut stream, &mut out, &auth, user, peer).await? else {
+    let Some(access) = authenticate(&mut stream, &mut out, &auth, user, peer).await.inspect_err(|_| no_session())? else {
+        no_session();
         return Ok(());
     };
     let session = Session { peer, access };
