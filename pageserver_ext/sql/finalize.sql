@@ -23,6 +23,10 @@ COMMENT ON FUNCTION pageserver.compact IS
     'Runs a pass of the layers worker now, merging L0 layers however few; returns what it did on the timeline';
 COMMENT ON FUNCTION pageserver.gc IS
     'Runs a pass of the layers worker (compaction as due, then garbage collection) now; returns what it did on the timeline';
+COMMENT ON FUNCTION pageserver.tenant_config IS
+    'Overrides settings for one tenant (checkpoint distance and timeout, compaction and image thresholds, GC horizon, PITR interval); returns those in force';
+COMMENT ON FUNCTION pageserver.all_tenant_settings IS
+    'Every tenant''s settings in force (the view pageserver.tenant_settings)';
 COMMENT ON FUNCTION pageserver.checkpoint IS
     'Writes everything a timeline has ingested to layer files now; returns its disk_consistent_lsn';
 
@@ -96,7 +100,8 @@ GRANT EXECUTE ON FUNCTION
     pageserver.lsn_for_time,
     pageserver.checkpoint,
     pageserver.compact,
-    pageserver.gc
+    pageserver.gc,
+    pageserver.tenant_config
 TO pageserver_admin;
 
 -- Read-only status, for monitoring and for the admins.
@@ -109,8 +114,15 @@ GRANT EXECUTE ON FUNCTION
     pageserver.stat_page_service,
     pageserver.stat_redo,
     pageserver.timeline_sizes,
+    pageserver.all_tenant_settings,
     pageserver.layers
 TO pg_monitor, pageserver_admin;
+
+CREATE VIEW pageserver.tenant_settings AS SELECT * FROM pageserver.all_tenant_settings();
+COMMENT ON VIEW pageserver.tenant_settings IS
+    'Every tenant''s settings in force: value, unit, and whether the tenant overrides the host (pageserver.tenant_config)';
+REVOKE ALL ON pageserver.tenant_settings FROM PUBLIC;
+GRANT SELECT ON pageserver.tenant_settings TO pg_monitor, pageserver_admin;
 
 -- What is under way, with bytes done and in all where they are known.
 CREATE VIEW pageserver.progress AS

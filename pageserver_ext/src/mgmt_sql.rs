@@ -433,6 +433,39 @@ fn stat_wal_receiver() -> TableIterator<
     }))
 }
 
+/// Changes tenant `tenant_id`'s own settings, overriding the host's
+/// `pageserver.<setting>` for this tenant only, at once and durably:
+/// `settings` is a JSON object of setting names and whole numbers in the
+/// units of those settings, `null` going back to the host's value:
+/// `checkpoint_distance` (MB), `checkpoint_timeout` (s),
+/// `compaction_threshold`, `image_creation_threshold`,
+/// `image_layer_distance` (MB), `gc_horizon` (MB), `pitr_interval` (s).
+/// Returns every setting in force for the tenant (`setting`, `value`,
+/// `unit`, `source`: `tenant` or `host`); `'{}'` (the default) only shows
+/// them. `22023` for an unknown setting or a value outside the range the
+/// host's setting allows (nothing changes then), `42704` for an unknown
+/// tenant, `55000` while it is being detached.
+#[pg_extern]
+fn tenant_config(
+    tenant_id: String,
+    settings: default!(pgrx::JsonB, "'{}'"),
+) -> TableIterator<'static, (name!(setting, String), name!(value, i64), name!(unit, String), name!(source, String))> {
+    let Reply::Settings(rows) = call(&Command::TenantConfig { tenant: tenant_id, changes: settings.0 }) else {
+        error!("unexpected reply from the main worker")
+    };
+    TableIterator::new(rows.into_iter().map(|(_, r)| (r.setting, r.value as i64, r.unit, r.source)))
+}
+
+/// Every tenant's settings in force, as `tenant_config` shows them; the
+/// view `pageserver.tenant_settings` reads it.
+#[pg_extern]
+fn all_tenant_settings(
+) -> TableIterator<'static, (name!(tenant_id, String), name!(setting, String), name!(value, i64), name!(unit, String), name!(source, String))>
+{
+    let Reply::Settings(rows) = call(&Command::TenantSettings) else { error!("unexpected reply from the main worker") };
+    TableIterator::new(rows.into_iter().map(|(tenant, r)| (tenant, r.setting, r.value as i64, r.unit, r.source)))
+}
+
 /// One row per timeline (not those importing their base backup): at its
 /// last ingested `lsn`, `logical_size` (bytes of every relation fork of
 /// every database, as `pg_database_size` would sum them on the primary

@@ -25,6 +25,7 @@ const MANAGEMENT: &[&str] = &[
     "pageserver.lsn_for_time('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef', now())",
     "pageserver.compact('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
     "pageserver.gc('0123456789abcdef0123456789abcdef', '0123456789abcdef0123456789abcdef')",
+    "pageserver.tenant_config('0123456789abcdef0123456789abcdef')",
 ];
 const MONITORING: &[&str] = &[
     "pageserver.status()",
@@ -35,6 +36,8 @@ const MONITORING: &[&str] = &[
     "pageserver.stat_page_service()",
     "pageserver.stat_redo()",
     "pageserver.timeline_sizes()",
+    "pageserver.all_tenant_settings()",
+    "pageserver.tenant_settings",
     "pageserver.progress",
 ];
 /// Readable by pg_monitor too, but about a timeline (made-up ids fail after the check).

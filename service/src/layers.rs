@@ -86,6 +86,8 @@ pub struct LayersWorker<'a> {
     pub activity: &'a dyn Fn(&str),
     /// A fault point (one of [`FAULT_POINTS`]) where the worker panics: tests only.
     pub fault: Option<String>,
+    /// Merge L0 layers however few (`pageserver.compact`).
+    pub force_l0: bool,
 }
 
 impl LayersWorker<'_> {
@@ -134,6 +136,13 @@ impl LayersWorker<'_> {
 
     fn attempt(&self, tenant: TenantId, timeline: TimelineId) -> Result<TimelinePass, RepoError> {
         let grant = self.owner.begin(tenant, timeline).map_err(|e| RepoError::Owner(e.to_string()))?;
+        let tenant_dir = self.tenants_dir.join(tenant.to_string());
+        // The tenant's own settings (`pageserver.tenant_config`) over the host's.
+        let mut tenant_conf =
+            crate::tenants::settings::TenantSettings::read(&tenant_dir).map_err(|e| RepoError::Owner(e.to_string()))?.apply(&self.conf);
+        if self.force_l0 {
+            tenant_conf.compaction_threshold = 1;
+        }
         let view_conf = RepoConfig {
             // The view never ingests: reading an ancestor past what is on
             // disk fails at once and the next pass tries again.
@@ -142,9 +151,9 @@ impl LayersWorker<'_> {
             // Image creation rebuilds pages on half the threads a fullbackup
             // uses: the redo workers keep room for GetPage.
             read_parallelism: (self.conf.read_parallelism / 2).max(1),
-            ..self.conf.clone()
+            ..tenant_conf
         };
-        let repo = Repository::open_read_only(&self.tenants_dir.join(tenant.to_string()), view_conf, self.redo.clone())?;
+        let repo = Repository::open_read_only(&tenant_dir, view_conf, self.redo.clone())?;
         let view = repo.get_timeline(timeline)?;
         let mut work = LayerWork::new(&view, &grant);
         let owner = |swap: &LayerSwap| self.owner.swap(tenant, timeline, swap);
@@ -284,6 +293,7 @@ mod tests {
             owner: &owner,
             activity: &|text| activity.lock().push(text.to_string()),
             fault: None,
+            force_l0: false,
         };
         let (done, errors) = worker.pass(&|| false).unwrap();
         assert_eq!((done, errors.len()), (1, 0), "{errors:?}");

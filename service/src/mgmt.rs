@@ -48,6 +48,13 @@ pub enum Command {
     PageServiceStats,
     /// `pageserver.timeline_sizes`.
     TimelineSizes,
+    /// `pageserver.tenant_config`: `changes` is a JSON object.
+    TenantConfig {
+        tenant: String,
+        changes: serde_json::Value,
+    },
+    /// Every tenant's settings in force.
+    TenantSettings,
     /// Load a tenant whose directory the backup worker has just downloaded.
     AttachTenant {
         tenant: String,
@@ -231,6 +238,7 @@ pub enum Reply {
     WalReceivers(Vec<ReceiverRow>),
     PageServiceStats(Vec<crate::page_service::stats::StatRow>),
     Sizes(Vec<inspect::SizeRow>),
+    Settings(Vec<(String, crate::tenants::settings::SettingRow)>),
     Tenants(Vec<String>),
     /// The tenant is loaded; its timelines, and how many stream from a primary.
     Attached {
@@ -333,6 +341,11 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
         Command::ListTimelines => Ok(Reply::Timelines(manager.list())),
         Command::WalReceivers => Ok(Reply::WalReceivers(manager.wal_receivers())),
         Command::PageServiceStats => Ok(Reply::PageServiceStats(manager.page_service_stats.rows())),
+        Command::TenantConfig { tenant, changes } => parse_id("tenant id", &tenant).and_then(|id| {
+            let rows = manager.tenant_config(id, &changes)?;
+            Ok(Reply::Settings(rows.into_iter().map(|r| (id.to_string(), r)).collect()))
+        }),
+        Command::TenantSettings => manager.tenant_settings().map(Reply::Settings),
         Command::TimelineSizes => manager
             .all_timelines_by_tenant()
             .iter()

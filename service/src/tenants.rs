@@ -34,6 +34,7 @@
 
 mod detach;
 mod dropping;
+pub mod settings;
 pub use detach::{DetachStep, DetachWait, DetachedTimeline};
 pub use dropping::{DropStep, DroppedTimeline};
 
@@ -287,8 +288,8 @@ impl Manager {
 
     fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, ServiceError> {
         let dir = self.root.join(id.to_string());
-        let repo = Repository::open(&dir, self.conf.clone(), self.redo.clone())
-            .map_err(|e| ServiceError::from(e).context(format!("tenant {id}")))?;
+        let conf = settings::TenantSettings::read(&dir).map_err(|e| e.context(format!("tenant {id}")))?.apply(&self.conf);
+        let repo = Repository::open(&dir, conf, self.redo.clone()).map_err(|e| ServiceError::from(e).context(format!("tenant {id}")))?;
         std::fs::create_dir_all(dir.join("sources"))
             .map_err(|e| ServiceError::Io(format!("tenant {id}: cannot create its sources directory: {e}")))?;
         let run = TenantRun { detach: DetachState::Attached, cancel: self.cancel.child_token(), tasks: TaskTracker::new() };

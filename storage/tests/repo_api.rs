@@ -347,3 +347,25 @@ fn reads_stamp_relation_pages_with_valid_checksums() {
     let relmap = timeline.get(Key::relmap_file(1663, 5), Lsn(0x200)).unwrap().unwrap();
     assert_eq!(stored_checksum(&relmap), 0x6d, "not a relation page: returned as stored");
 }
+
+#[test]
+fn retuned_settings_take_effect_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = RepoConfig { checkpoint_timeout: Duration::from_secs(3600), checkpoint_distance: 1 << 30, ..small_config() };
+    let repo = open(dir.path(), conf.clone());
+    let timeline = repo.create_timeline(TimelineId(1)).unwrap();
+    let put = |lsn: u64| {
+        let mut writer = timeline.writer();
+        writer.put(Key::db_dir(), Lsn(lsn), Value::Image(Bytes::from_static(b"a"))).unwrap();
+        writer.finish_lsn(Lsn(lsn)).unwrap()
+    };
+    assert!(!put(0x20), "froze under a 1 GiB checkpoint distance");
+    // A tenant's override: freeze after 16 bytes of WAL, keep no history.
+    repo.retune(&RepoConfig { checkpoint_distance: 16, gc_horizon: 0, ..conf.clone() });
+    assert_eq!(repo.tuned().checkpoint_distance, 16);
+    assert_eq!(repo.config().checkpoint_distance, 1 << 30, "the base settings stay");
+    assert!(put(0x40), "the new checkpoint distance did not freeze");
+    assert_eq!(repo.gc_cutoff_for(&timeline, SystemTime::now()), Lsn(0x40));
+    repo.retune(&conf);
+    assert!(!put(0x60));
+}

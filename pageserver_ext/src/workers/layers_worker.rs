@@ -84,11 +84,11 @@ pub fn run(ctx: &WorkerContext) {
                 if stopping() {
                     break;
                 }
-                // A forced pass merges L0 layers however few there are.
-                let threshold = if forced { 1 } else { conf.compaction_threshold };
                 let worker = LayersWorker {
                     tenants_dir: tenants_dir.clone(),
-                    conf: storage::repo::RepoConfig { compaction_threshold: threshold, ..conf.clone() },
+                    conf: conf.clone(),
+                    // A forced pass merges L0 layers however few there are.
+                    force_l0: forced,
                     redo: redo.clone(),
                     owner: &owner,
                     activity: &|text| slot.set_activity(text),

@@ -118,7 +118,7 @@ impl LayerWork<'_> {
         let map = view.layers.read().clone();
         let mut level0: Vec<Arc<PersistentLayer>> =
             map.historic.iter().filter(|l| l.name.kind == LayerKind::Delta && l.name.level == 0).cloned().collect();
-        if level0.len() < view.shared.conf.compaction_threshold.max(1) {
+        if level0.len() < view.shared.tuned.read().compaction_threshold.max(1) {
             return Ok(None);
         }
         level0.sort_by_key(|l| l.name.lsn_range.start);
@@ -197,7 +197,7 @@ impl LayerWork<'_> {
         }
         let map = view.layers.read().clone();
         let keys = view.collect_keys(&KeyRange::ALL, lsn)?;
-        let conf = &view.shared.conf;
+        let conf = view.shared.tuned.read().clone();
         let keys_per_partition = (conf.target_file_size / PAGE_SIZE).max(1) as usize;
         let keys: Vec<Key> = keys.into_iter().collect();
         let mut written = Vec::new();

@@ -51,7 +51,8 @@ impl Repository {
             std::fs::create_dir_all(&timelines_dir).map_err(io_error(&timelines_dir))?;
         }
         let page_cache = super::page_cache::PageCache::new(conf.page_cache_bytes);
-        let shared = Arc::new(Shared { conf, redo, crash: Arc::new(CrashPoints::default()), page_cache });
+        let tuned = parking_lot::RwLock::new(conf.clone());
+        let shared = Arc::new(Shared { conf, tuned, redo, crash: Arc::new(CrashPoints::default()), page_cache });
         let mut indexes = BTreeMap::new();
         for entry in std::fs::read_dir(&timelines_dir).map_err(io_error(&timelines_dir))? {
             let entry = entry.map_err(io_error(&timelines_dir))?;
@@ -109,6 +110,29 @@ impl Repository {
 
     pub fn config(&self) -> &RepoConfig {
         &self.shared.conf
+    }
+
+    /// The settings in force now: [`config`](Self::config) as
+    /// [`retune`](Self::retune) last changed it.
+    pub fn tuned(&self) -> RepoConfig {
+        self.shared.tuned.read().clone()
+    }
+
+    /// Changes, from now on, the settings a tenant may set while it runs:
+    /// `checkpoint_distance`, `checkpoint_timeout` (and with it the
+    /// in-memory bound), `compaction_threshold`, `image_creation_threshold`,
+    /// `image_layer_distance`, `gc_horizon` and `pitr_interval` are taken
+    /// from `conf`; its other fields are ignored.
+    pub fn retune(&self, conf: &RepoConfig) {
+        let mut tuned = self.shared.tuned.write();
+        tuned.checkpoint_distance = conf.checkpoint_distance;
+        tuned.checkpoint_timeout = conf.checkpoint_timeout;
+        tuned.max_inmem_bytes = conf.max_inmem_bytes;
+        tuned.compaction_threshold = conf.compaction_threshold;
+        tuned.image_creation_threshold = conf.image_creation_threshold;
+        tuned.image_layer_distance = conf.image_layer_distance;
+        tuned.gc_horizon = conf.gc_horizon;
+        tuned.pitr_interval = conf.pitr_interval;
     }
 
     /// Simulated crashes (tests).
@@ -230,7 +254,7 @@ impl Repository {
     /// The GC cutoff `timeline` would get now: `min(last_record_lsn - gc_horizon,
     /// LSN at now - pitr_interval)`, never below its current cutoff.
     pub fn gc_cutoff_for(&self, timeline: &Timeline, now: SystemTime) -> Lsn {
-        let conf = &self.shared.conf;
+        let conf = self.shared.tuned.read();
         let last = timeline.last_record_lsn();
         let by_horizon = last.saturating_sub(conf.gc_horizon);
         let by_time = if conf.pitr_interval.is_zero() {

@@ -41,6 +41,11 @@ use crate::value::Value;
 /// What all timelines of a repository share.
 pub(crate) struct Shared {
     pub conf: RepoConfig,
+    /// The settings a tenant may change while it runs (checkpoint distance
+    /// and timeout, compaction and image thresholds, GC horizon, PITR
+    /// interval: see `Repository::retune`), `conf` with the tenant's
+    /// overrides. Read these from here, not from `conf`.
+    pub tuned: parking_lot::RwLock<RepoConfig>,
     pub redo: Arc<dyn Redo>,
     pub crash: Arc<CrashPoints>,
     pub page_cache: super::page_cache::PageCache,
@@ -500,13 +505,14 @@ impl Timeline {
     /// errs towards keeping more.
     fn record_lsn_sample(&self, lsn: Lsn) {
         let now = SystemTime::now();
-        let spacing = (self.shared.conf.pitr_interval / 1024).max(Duration::from_secs(1));
+        let pitr_interval = self.shared.tuned.read().pitr_interval;
+        let spacing = (pitr_interval / 1024).max(Duration::from_secs(1));
         let mut history = self.lsn_history.lock();
         if history.back().is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() < spacing) {
             return;
         }
         history.push_back((now, lsn));
-        let keep = self.shared.conf.pitr_interval + Duration::from_secs(3600);
+        let keep = pitr_interval + Duration::from_secs(3600);
         while history.len() > 2 && history.front().is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() > keep) {
             history.pop_front();
         }
@@ -618,7 +624,7 @@ impl Timeline {
     pub fn maybe_freeze_on_timeout(&self) -> Result<bool> {
         let mut writer = self.writer();
         let expired =
-            self.layers.read().open.as_ref().is_some_and(|open| open.opened_at().elapsed() >= self.shared.conf.checkpoint_timeout);
+            self.layers.read().open.as_ref().is_some_and(|open| open.opened_at().elapsed() >= self.shared.tuned.read().checkpoint_timeout);
         if expired && writer.state.pending_lsn.is_none() {
             writer.freeze()?;
             return Ok(true);
@@ -695,7 +701,7 @@ impl<'a> TimelineWriter<'a> {
         tl.lsn_advanced.notify_all();
         self.state.pending_lsn = None;
         tl.record_lsn_sample(lsn);
-        let conf = &tl.shared.conf;
+        let conf = tl.shared.tuned.read();
         let should_freeze = tl.layers.read().open.as_ref().is_some_and(|open| {
             lsn.distance_from(open.start_lsn()) >= conf.checkpoint_distance
                 || open.size() >= conf.checkpoint_distance
@@ -711,7 +717,7 @@ impl<'a> TimelineWriter<'a> {
     /// See [`finish_lsn`](Self::finish_lsn).
     fn wait_for_flush_backpressure(&mut self) -> Result<()> {
         let tl = self.timeline;
-        let limit = tl.shared.conf.inmem_limit();
+        let limit = tl.shared.tuned.read().inmem_limit();
         let over = || {
             let (open, frozen) = tl.inmem_bytes();
             frozen > 0 && open + frozen > limit
