@@ -83,17 +83,30 @@ fn back_up_a_streaming_timeline(url: &str, options: &str) -> Result<()> {
         rt.block_on(storage.download_file(&path, &work.path().join(name), Some(Transferred { size: layer.size, crc32c: layer.crc32c })))
             .with_context(|| format!("layer {name}"))?;
     }
-    // No object the index does not name: compaction's dropped layers were deleted.
-    let listed = rt.block_on(storage.list(&layout::timeline_prefix(tenant_id, timeline_id)))?;
-    let mut orphans = Vec::new();
-    for object in &listed {
-        match layout::parse_object_name(object.path.filename().unwrap_or("")) {
-            Some(ObjectKind::Layer(name, _)) if index.layers.contains_key(&name.file_name()) => {}
-            Some(ObjectKind::Index(Generation::FIRST)) => {}
-            _ => orphans.push(object.path.to_string()),
+    // No object the index does not name: compaction's dropped layers were
+    // deleted. Ingest and the layers worker go on (autovacuum writes WAL),
+    // so a layer may be uploaded just before the index that names it: an
+    // object is an orphan only if no index comes to name it.
+    let orphans_now = || -> Result<Vec<String>> {
+        let listed = rt.block_on(storage.list(&layout::timeline_prefix(tenant_id, timeline_id)))?;
+        let bytes = rt.block_on(storage.get_bytes(&index_path))?;
+        let index = RemoteIndex::from_json(&bytes, index_path.as_ref())?;
+        let mut orphans = Vec::new();
+        for object in &listed {
+            match layout::parse_object_name(object.path.filename().unwrap_or("")) {
+                Some(ObjectKind::Layer(name, _)) if index.layers.contains_key(&name.file_name()) => {}
+                Some(ObjectKind::Index(Generation::FIRST)) => {}
+                _ => orphans.push(object.path.to_string()),
+            }
         }
+        Ok(orphans)
+    };
+    if host
+        .wait_for("every object to be named by the remote index", Duration::from_secs(60), || orphans_now().ok().filter(Vec::is_empty))
+        .is_err()
+    {
+        anyhow::bail!("objects no index names: {:?}", orphans_now()?);
     }
-    ensure!(orphans.is_empty(), "objects no index names: {orphans:?}");
 
     let row = host.sql(&format!(
         "SELECT uploaded_objects, deleted_objects, failed_tries, last_error, queued_objects \

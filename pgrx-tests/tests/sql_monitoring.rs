@@ -46,7 +46,8 @@ fn monitoring_functions_count_real_traffic() -> Result<()> {
                         ]
                     })
                     .collect();
-                if rows.iter().any(|r| r[0].as_deref() == Some("import")) {
+                // Once the base backup's size is known.
+                if rows.iter().any(|r| r[0].as_deref() == Some("import") && r[3].as_deref().is_some_and(|t| t != "0")) {
                     return Ok(rows);
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -61,7 +62,9 @@ fn monitoring_functions_count_real_traffic() -> Result<()> {
     let import = seen.iter().find(|r| r[0].as_deref() == Some("import")).context("no import row seen in pageserver.progress")?;
     ensure!(import[1].as_deref() == Some(timeline.as_str()) && number(&import[3])? > 50e6, "import row {import:?}");
 
-    // Traffic: every page read, a fullbackup, and a connection broken off.
+    // Traffic: writes (so that pages need redo), every page read, a
+    // fullbackup, and a connection broken off.
+    primary.run_as_postgres_checked("pgbench", &["-t", "300", "postgres"])?;
     let report = e2e::compare_after_checkpoint(&primary, &host, &tenant, &timeline, true)?;
     let addr = host.listener_addr().context("listener")?;
     let conn = format!("host={} port={} user=compute", addr.ip(), addr.port());
