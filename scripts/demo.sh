@@ -113,9 +113,15 @@ log "creating a tenant and a timeline fed by the primary (base backup, then stre
 tenant=$(host_psql -tA -c "SELECT pageserver.create_tenant()")
 timeline=$(host_psql -tA -c "SELECT pageserver.create_timeline('$tenant', 'host=127.0.0.1 port=$PRIMARY_PORT user=postgres')")
 echo "tenant $tenant, timeline $timeline"
+# A commit after the import dates the history from here on (the base
+# backup's own commits carry no time the page server could read).
+primary_psql -q -c "SELECT txid_current()" >/dev/null
+sleep 1
+before_time=$(primary_psql -tA -c "SELECT clock_timestamp()")
 before_lsn=$(primary_psql -tA -c "SELECT pg_current_wal_lsn()")
 before_sum=$(primary_psql -tA -c "SELECT sum(abalance) FROM pgbench_accounts")
-echo "at LSN $before_lsn the primary's sum(abalance) is $before_sum"
+echo "at $before_time (LSN $before_lsn) the primary's sum(abalance) is $before_sum"
+sleep 1
 
 log "running pgbench on the primary for ${SECONDS_OF_PGBENCH}s; the page server follows"
 as_postgres "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c 4 -j 2 -T "$SECONDS_OF_PGBENCH" postgres >"$demo/pgbench.out" 2>&1 &
@@ -155,9 +161,10 @@ if [ -z "$REMOTE_STORAGE" ]; then
   echo "objects in the bucket: $(find "$demo/bucket" -type f | wc -l) ($(du -sh "$demo/bucket" | cut -f1)), among them $(find "$demo/bucket" -name 'index.json-*' -printf '%P\n')"
 fi
 
-log "branching the timeline at $before_lsn (before pgbench) and starting a stock PostgreSQL from its fullbackup"
-branch=$(host_psql -tA -c "SELECT timeline_id FROM pageserver.branch_timeline('$tenant', '$timeline', '$before_lsn')")
-echo "branch $branch at $before_lsn"
+log "branching the timeline as of $before_time (before pgbench) and starting a stock PostgreSQL from its fullbackup"
+host_psql -c "SELECT * FROM pageserver.lsn_for_time('$tenant', '$timeline', '$before_time')"
+branch=$(host_psql -tA -c "SELECT timeline_id FROM pageserver.branch_timeline('$tenant', '$timeline', at_time => '$before_time')")
+echo "branch $branch as of $before_time"
 mkdir "$demo/branch"
 "$PG_BIN/psql" -X -w -d "host=${LISTEN_ADDR%:*} port=${LISTEN_ADDR##*:} user=compute" -c "fullbackup $tenant $branch" \
   | tar -x -C "$demo/branch"
@@ -172,6 +179,15 @@ echo "  primary now:                        $now_sum"
 echo "  stock PostgreSQL on the branch:     $branch_sum  (the primary had $before_sum at $before_lsn)"
 [ "$branch_sum" = "$before_sum" ] || { echo "the branch does not show the data as of $before_lsn" >&2; exit 1; }
 [ "$branch_sum" != "$now_sum" ] || { echo "pgbench changed nothing?" >&2; exit 1; }
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" stop -m fast -w >/dev/null
+
+log "what the page server did: its traffic, the redo behind it, the timelines' sizes"
+host_psql -c "SELECT kind, requests, errors, pg_size_pretty(bytes) AS bytes, round(total_ms::numeric, 1) AS total_ms FROM pageserver.stat_page_service() WHERE requests > 0"
+host_psql -c "SELECT number, requests, pages, records, failed, round(busy_ms::numeric, 1) AS busy_ms FROM pageserver.stat_redo()"
+host_psql -c "SELECT timeline_id, lsn, pg_size_pretty(logical_size) AS logical, pg_size_pretty(physical_size) AS physical FROM pageserver.timeline_sizes() WHERE tenant_id = '$tenant'"
+
+log "dropping the branch: its layer files go, locally and in the bucket"
+host_psql -c "SELECT * FROM pageserver.drop_timeline('$tenant', '$branch')"
 
 log "detaching the tenant: everything goes to the bucket, the host keeps nothing of it"
 host_psql -c "SELECT * FROM pageserver.detach_tenant('$tenant')"
@@ -186,7 +202,6 @@ wait_ingested "$target" "the attached timeline did not reach $target"
 host_psql -c "SELECT timeline_id, state, last_record_lsn FROM pageserver.timelines() WHERE tenant_id = '$tenant'"
 
 log "stopping everything"
-as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" stop -m fast -w >/dev/null
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/host" stop -m fast -w >/dev/null
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/primary" stop -m fast -w >/dev/null
 echo "demo finished; nothing left running"
