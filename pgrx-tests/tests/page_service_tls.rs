@@ -11,9 +11,12 @@
 //!   refused with the FATAL and `require` and the default `prefer` get in;
 //! - a reload reads new certificate files (a certificate from another CA,
 //!   written over the old files), and a reload with a broken key file keeps
-//!   the certificate in use, with a WARNING naming the file.
+//!   the certificate in use, with a WARNING naming the file;
+//! - JWT authentication (`pageserver.auth = jwt`, a reload) runs inside the
+//!   TLS session: refused without a token, a `fullbackup` with one.
 
 use anyhow::{bail, Context, Result};
+use pageserver_harness::jwt::{tenant_claims, JwtKey};
 use pageserver_harness::tls::{TestCa, TlsDir};
 use pageserver_harness::{pg_bin, ClusterConfig, PgCluster};
 use std::net::{SocketAddr, TcpStream};
@@ -152,5 +155,33 @@ fn psql_verifies_the_page_service_certificate_and_ssl_required_refuses_plain_con
     })?;
     assert!(!host.log().contains("not base64"), "the key file's contents reached the log");
     assert_session(addr, &verify_full(&other_root))?;
+
+    // JWT authentication inside TLS: the token travels encrypted; without
+    // it the session is refused, with it the fullbackup arrives.
+    let keys = tempfile::tempdir()?;
+    std::fs::set_permissions(keys.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let key = JwtKey::generate();
+    std::fs::write(keys.path().join("issuer.pem"), key.public_pem())?;
+    std::fs::set_permissions(keys.path().join("issuer.pem"), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    host.sql(&format!(
+        "ALTER SYSTEM SET pageserver.auth = 'jwt'; ALTER SYSTEM SET pageserver.auth_public_keys = '{}'",
+        keys.path().display()
+    ))?;
+    reload(&host)?;
+    let tls = verify_full(&other_root);
+    eventually("JWT authentication", || {
+        let out = psql(addr, &tls, "hello")?;
+        if !stderr(&out).contains("28P01") && !stderr(&out).contains("password") {
+            bail!("still no password asked: {}", stderr(&out));
+        }
+        Ok(())
+    })?;
+    let token = key.sign(&tenant_claims(&tenant, 600));
+    let conninfo = format!("host={} port={} user=compute dbname=tenant {tls}", addr.ip(), addr.port());
+    let out = Command::new(pg_bin("psql"))
+        .args(["-X", "-w", "-d", &conninfo, "-c", &format!("fullbackup {tenant} {timeline}")])
+        .env("PGPASSWORD", &token)
+        .output()?;
+    assert!(out.status.success() && out.stdout.len() > 1 << 20, "fullbackup with a token over TLS: {}", stderr(&out));
     Ok(())
 }
