@@ -11,40 +11,21 @@
 //! a call would fail the test.
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use pageserver_harness::PgCluster;
 use service::tenants::{HostSettings, Manager};
 use service::timeline_handle::TimelineState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use storage::key::{Key, RelTag};
+use std::time::Duration;
+use storage::key::RelTag;
 use storage::lsn::Lsn;
-use storage::repo::{Redo, RedoError, RepoConfig};
-use storage::value::WalRecordValue;
+use storage::repo::RepoConfig;
 
-struct NoRedo;
-
-impl Redo for NoRedo {
-    fn apply(&self, key: Key, _: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, RedoError> {
-        Err(RedoError::Invalid(format!("unexpected redo of {key} ({} records)", records.len())))
-    }
-}
+mod common;
+use common::{wait_for, NoRedo};
 
 fn lsn(primary: &PgCluster) -> Result<Lsn> {
     primary.sql_one("SELECT pg_current_wal_lsn()")?.context("no LSN")?.parse().map_err(|_| anyhow::anyhow!("bad LSN"))
-}
-
-/// Waits until `check` holds, up to a minute.
-fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check()? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 #[test]

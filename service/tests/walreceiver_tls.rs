@@ -20,7 +20,6 @@
 //! The harness's own superuser connections stay plain (pg_hba lets them).
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use pageserver_harness::tls::{TestCa, TlsDir};
 use pageserver_harness::{ClusterConfig, PgCluster};
 use service::error::ServiceError;
@@ -29,30 +28,12 @@ use service::timeline_handle::TimelineState;
 use service::walreceiver::replication::{ReplError, ReplicationConn};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use storage::key::Key;
+use std::time::Duration;
 use storage::lsn::Lsn;
-use storage::repo::{Redo, RedoError, RepoConfig};
-use storage::value::WalRecordValue;
+use storage::repo::RepoConfig;
 
-struct NoRedo;
-
-impl Redo for NoRedo {
-    fn apply(&self, key: Key, _: Option<Bytes>, records: &[(Lsn, WalRecordValue)]) -> Result<Bytes, RedoError> {
-        Err(RedoError::Invalid(format!("unexpected redo of {key} ({} records)", records.len())))
-    }
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check()? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
+mod common;
+use common::{wait_for, NoRedo};
 
 /// A primary whose roles `repl` (trust), `scramuser` (SCRAM-SHA-256,
 /// password `s3cret`) and `certuser` (`cert`) may connect over TLS only;

@@ -295,12 +295,12 @@ impl SslOptions {
                         .build()
                         .map_err(|e| TlsError::BadRootCert { path, reason: e.to_string() })?
                 } else {
-                    Arc::new(ChainOnly { roots, provider: provider.clone() })
+                    Arc::new(ChainOnly { roots: Some(roots), provider: provider.clone() })
                 }
             }
             Some(path) if self.mode.verifies() => return Err(TlsError::NoRootCert { path, mode: self.mode }),
             None if self.mode.verifies() => return Err(TlsError::NoHome(self.mode)),
-            _ => Arc::new(AnyCertificate { provider: provider.clone() }),
+            _ => Arc::new(ChainOnly { roots: None, provider: provider.clone() }),
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -415,11 +415,15 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
-/// Checks that the certificate chains to a root, not which host it names
-/// (`verify-ca`, and `require`/`prefer` with a root certificate file).
+/// The verifier of the modes that do not check the host name: with `roots`
+/// (`verify-ca`, and `require`/`prefer` with a root certificate file) the
+/// certificate must chain to one of them; without (`require` and `prefer`
+/// with no root certificate file: encryption without authentication of the
+/// primary, as in libpq) any certificate passes. The handshake's signatures
+/// are checked either way.
 #[derive(Debug)]
 struct ChainOnly {
-    roots: RootCertStore,
+    roots: Option<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -432,57 +436,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any certificate (`require` and `prefer` without a root
-/// certificate file: encryption without authentication of the primary, as
-/// in libpq); the handshake's signatures are still checked.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
