@@ -139,7 +139,7 @@ impl LayersWorker<'_> {
         let tenant_dir = self.tenants_dir.join(tenant.to_string());
         // The tenant's own settings (`pageserver.tenant_config`) over the host's.
         let mut tenant_conf =
-            crate::tenants::settings::TenantSettings::read(&tenant_dir).map_err(|e| RepoError::Owner(e.to_string()))?.apply(&self.conf);
+            crate::tenant_settings::TenantSettings::read(&tenant_dir).map_err(|e| RepoError::Owner(e.to_string()))?.apply(&self.conf);
         if self.force_l0 {
             tenant_conf.compaction_threshold = 1;
         }

@@ -44,6 +44,7 @@ pub mod log;
 pub mod mgmt;
 pub mod page_service;
 pub mod redo_client;
+pub mod tenant_settings;
 pub mod tenants;
 pub mod timeline_handle;
 pub mod tls;

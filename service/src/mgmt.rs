@@ -238,7 +238,7 @@ pub enum Reply {
     WalReceivers(Vec<ReceiverRow>),
     PageServiceStats(Vec<crate::page_service::stats::StatRow>),
     Sizes(Vec<inspect::SizeRow>),
-    Settings(Vec<(String, crate::tenants::settings::SettingRow)>),
+    Settings(Vec<(String, crate::tenant_settings::SettingRow)>),
     Tenants(Vec<String>),
     /// The tenant is loaded; its timelines, and how many stream from a primary.
     Attached {

@@ -288,7 +288,7 @@ impl Manager {
 
     fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, ServiceError> {
         let dir = self.root.join(id.to_string());
-        let conf = settings::TenantSettings::read(&dir).map_err(|e| e.context(format!("tenant {id}")))?.apply(&self.conf);
+        let conf = crate::tenant_settings::TenantSettings::read(&dir).map_err(|e| e.context(format!("tenant {id}")))?.apply(&self.conf);
         let repo = Repository::open(&dir, conf, self.redo.clone()).map_err(|e| ServiceError::from(e).context(format!("tenant {id}")))?;
         std::fs::create_dir_all(dir.join("sources"))
             .map_err(|e| ServiceError::Io(format!("tenant {id}: cannot create its sources directory: {e}")))?;
