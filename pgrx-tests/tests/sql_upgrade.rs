@@ -1,6 +1,7 @@
 //! `ALTER EXTENSION pageserver_ext UPDATE` from 0.1.0 (its install script
 //! kept in `fixtures/`) on a host holding a tenant, a streaming timeline
-//! and a branch: they all work on afterwards, the new functions work, and
+//! and a branch: they all work on afterwards, a grant made by hand on a
+//! function the update replaces is kept, the new functions work, and
 //! the catalog then equals a fresh `CREATE EXTENSION` of the current
 //! version (every function with its arguments, result, C symbol, comment
 //! and ACL; the schema; the extension's members; the roles), so a function,
@@ -47,12 +48,15 @@ fn extension_catalog(host: &PgCluster, db: &str) -> Result<BTreeSet<String>> {
             EXISTS (SELECT FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
                     WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                       AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pageserver_ext'),
-            array(SELECT a::text FROM unnest(p.proacl) a ORDER BY 1), obj_description(p.oid, 'pg_proc'))
+            CASE WHEN p.proacl IS NULL THEN 'default (PUBLIC may execute)'
+                 ELSE array(SELECT a::text FROM unnest(p.proacl) a ORDER BY 1)::text END,
+            obj_description(p.oid, 'pg_proc'))
         FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
         WHERE p.pronamespace = 'pageserver'::regnamespace";
     const SCHEMA: &str = "
         SELECT format('schema %s owner %s; acl %s; comment %L', n.nspname, n.nspowner::regrole,
-            array(SELECT a::text FROM unnest(n.nspacl) a ORDER BY 1), obj_description(n.oid, 'pg_namespace'))
+            CASE WHEN n.nspacl IS NULL THEN 'default' ELSE array(SELECT a::text FROM unnest(n.nspacl) a ORDER BY 1)::text END,
+            obj_description(n.oid, 'pg_namespace'))
         FROM pg_namespace n WHERE n.nspname = 'pageserver'";
     const EXTENSION: &str = "
         SELECT format('extension %s in schema %s, relocatable %s, config tables %s, conditions %s',
@@ -126,9 +130,17 @@ fn update_from_0_1_0_keeps_tenants_and_equals_a_fresh_install() -> Result<()> {
     e2e::wait_ingested(&host, &timeline, before)?;
     let branch =
         host.sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}')"))?.context("branch id")?;
+    // A grant made by hand on a function the update replaces.
+    host.sql("CREATE ROLE brancher; GRANT EXECUTE ON FUNCTION pageserver.branch_timeline TO brancher WITH GRANT OPTION")?;
 
     host.sql("ALTER EXTENSION pageserver_ext UPDATE")?;
     ensure!(extversion(&host, "postgres")? == NEW_VERSION, "extversion {} after the update", extversion(&host, "postgres")?);
+    let kept = host.sql_one(
+        "SELECT has_function_privilege('brancher', 'pageserver.branch_timeline(text, text, text, text, timestamptz)', \
+                                       'EXECUTE WITH GRANT OPTION')",
+    )?;
+    ensure!(kept.as_deref() == Some("t"), "brancher lost its grant on branch_timeline: {kept:?}");
+    host.sql("REVOKE ALL ON FUNCTION pageserver.branch_timeline FROM brancher CASCADE; DROP ROLE brancher")?;
     let roles_after_update = roles(&host)?;
 
     // Everything is still there and the timeline streams on.
