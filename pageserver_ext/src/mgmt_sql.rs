@@ -340,9 +340,10 @@ fn create_timeline(
 /// if that time is before the parent's retained history or the parent has
 /// no commit to date it by); default: the parent's last ingested LSN.
 /// Metadata only, whatever the parent's size. Returns the new timeline id
-/// and its branch LSN.
-#[pg_extern]
-fn branch_timeline(
+/// and its branch LSN. Its C symbol is `branch_timeline_at_wrapper`:
+/// `branch_timeline_wrapper` keeps the 0.1.0 arguments (below).
+#[pg_extern(name = "branch_timeline")]
+fn branch_timeline_at(
     tenant_id: String,
     parent_timeline_id: String,
     lsn: default!(Option<String>, "NULL"),
@@ -375,6 +376,21 @@ fn branch_timeline(
         Reply::Branch { timeline, lsn } => TableIterator::new(vec![(timeline, lsn)]),
         other => error!("unexpected reply from the main worker: {other:?}"),
     }
+}
+
+/// `branch_timeline` as version 0.1.0 of the extension declares it (no
+/// `at_time`; its SQL calls the symbol `branch_timeline_wrapper`), so that a
+/// host restarted on this library still branches before
+/// `ALTER EXTENSION pageserver_ext UPDATE` replaces the declaration. No SQL
+/// of its own.
+#[pg_extern(sql = false)]
+fn branch_timeline(
+    tenant_id: String,
+    parent_timeline_id: String,
+    lsn: Option<String>,
+    timeline_id: Option<String>,
+) -> TableIterator<'static, (name!(timeline_id, String), name!(branch_lsn, String))> {
+    branch_timeline_at(tenant_id, parent_timeline_id, lsn, timeline_id, None)
 }
 
 /// The tenants of this page server.
