@@ -163,10 +163,9 @@ fn psql_verifies_the_page_service_certificate_and_ssl_required_refuses_plain_con
     let key = JwtKey::generate();
     std::fs::write(keys.path().join("issuer.pem"), key.public_pem())?;
     std::fs::set_permissions(keys.path().join("issuer.pem"), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    host.sql(&format!(
-        "ALTER SYSTEM SET pageserver.auth = 'jwt'; ALTER SYSTEM SET pageserver.auth_public_keys = '{}'",
-        keys.path().display()
-    ))?;
+    // One statement a query: ALTER SYSTEM refuses a transaction block.
+    host.sql("ALTER SYSTEM SET pageserver.auth = 'jwt'")?;
+    host.sql(&format!("ALTER SYSTEM SET pageserver.auth_public_keys = '{}'", keys.path().display()))?;
     reload(&host)?;
     let tls = verify_full(&other_root);
     eventually("JWT authentication", || {

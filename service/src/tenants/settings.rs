@@ -34,4 +34,3 @@ impl super::Manager {
         Ok(rows)
     }
 }
-
