@@ -7,7 +7,8 @@
 -- 0.2.0 adds lsn_for_time, drop_timeline, drop_tenant, compact, gc,
 -- tenant_config, all_tenant_settings, timeline_sizes, stat_page_service and
 -- stat_redo, the views tenant_settings and progress, gives branch_timeline
--- the argument at_time, and comments every function.
+-- the argument at_time and layers the column remote, and comments every
+-- function.
 
 \echo Use "ALTER EXTENSION pageserver_ext UPDATE" to load this file. \quit
 
@@ -52,6 +53,50 @@ END
 $$;
 
 DROP FUNCTION branch_timeline_0_1_0(text, text, text, text);
+
+-- layers gains the column remote: a new result type, so a new function,
+-- its grants copied from the old one the same way.
+ALTER FUNCTION layers(text, text) RENAME TO layers_0_1_0;
+
+-- pageserver_ext::inspect_sql::layers_with_remote
+CREATE  FUNCTION "layers"(
+	"tenant_id" TEXT, /* String */
+	"timeline_id" TEXT /* String */
+) RETURNS TABLE (
+	"file_name" TEXT,  /* String */
+	"kind" TEXT,  /* String */
+	"key_start" TEXT,  /* String */
+	"key_end" TEXT,  /* String */
+	"lsn_start" TEXT,  /* String */
+	"lsn_end" TEXT,  /* String */
+	"bytes" bigint,  /* i64 */
+	"remote" bool  /* Option < bool > */
+)
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'layers_with_remote_wrapper';
+
+REVOKE ALL ON FUNCTION layers(text, text) FROM PUBLIC;
+
+DO $$
+DECLARE
+    grant_ record;
+BEGIN
+    FOR grant_ IN
+        SELECT acl.grantee, acl.is_grantable
+        FROM pg_proc p, aclexplode(p.proacl) acl
+        WHERE p.oid = 'layers_0_1_0(text, text)'::regprocedure
+          AND acl.grantee <> p.proowner
+    LOOP
+        EXECUTE format(
+            'GRANT EXECUTE ON FUNCTION layers(text, text) TO %s%s',
+            CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE grant_.grantee::regrole::text END,
+            CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION layers_0_1_0(text, text);
 
 -- New functions.
 

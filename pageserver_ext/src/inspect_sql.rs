@@ -126,8 +126,52 @@ fn list_relations(
 /// `kind` (`image`, `delta L0` flushed from memory, `delta L1` written by
 /// compaction), the key range (`key_start` inclusive, `key_end` exclusive,
 /// as hexadecimal keys), the LSN range (`lsn_start` inclusive, `lsn_end`
-/// exclusive; an image at L has [L, L+1)) and `bytes` on disk.
-#[pg_extern]
+/// exclusive; an image at L has [L, L+1)), `bytes` on disk, and with
+/// object storage `remote`: whether the durable remote index names the
+/// file (as the backup worker last recorded it; NULL without object storage).
+/// Its C symbol is `layers_with_remote_wrapper`: `layers_wrapper` keeps the
+/// 0.1.0 columns (below).
+#[pg_extern(name = "layers")]
+#[allow(clippy::type_complexity)] // pgrx derives the SQL columns from this type
+fn layers_with_remote(
+    tenant_id: String,
+    timeline_id: String,
+) -> TableIterator<
+    'static,
+    (
+        name!(file_name, String),
+        name!(kind, String),
+        name!(key_start, String),
+        name!(key_end, String),
+        name!(lsn_start, String),
+        name!(lsn_end, String),
+        name!(bytes, i64),
+        name!(remote, Option<bool>),
+    ),
+> {
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let command = Command::ListLayers { tenant: tenant_id.clone(), timeline: timeline_id.clone(), after: after.clone() };
+        let Reply::Layers(page) = call(&command) else { error!("unexpected reply from the main worker") };
+        let Some(last) = page.last() else { break };
+        after = Some(last.file_name.clone());
+        let full = page.len() == service::inspect::LAYERS_PER_PAGE;
+        rows.extend(
+            page.into_iter().map(|l| (l.file_name, l.kind, l.key_start, l.key_end, l.lsn_start, l.lsn_end, l.bytes as i64, l.remote)),
+        );
+        if !full {
+            break;
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// `pageserver.layers` as 0.1.0 declared it (without `remote`), so that
+/// a host restarted on this library lists layers before `ALTER EXTENSION
+/// pageserver_ext UPDATE` replaces the declaration. No SQL of its own.
+#[pg_extern(sql = false)]
+#[allow(clippy::type_complexity)] // pgrx derives the SQL columns from this type
 fn layers(
     tenant_id: String,
     timeline_id: String,
@@ -143,20 +187,7 @@ fn layers(
         name!(bytes, i64),
     ),
 > {
-    let mut rows = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let command = Command::ListLayers { tenant: tenant_id.clone(), timeline: timeline_id.clone(), after: after.clone() };
-        let Reply::Layers(page) = call(&command) else { error!("unexpected reply from the main worker") };
-        let Some(last) = page.last() else { break };
-        after = Some(last.file_name.clone());
-        let full = page.len() == service::inspect::LAYERS_PER_PAGE;
-        rows.extend(page.into_iter().map(|l| (l.file_name, l.kind, l.key_start, l.key_end, l.lsn_start, l.lsn_end, l.bytes as i64)));
-        if !full {
-            break;
-        }
-    }
-    TableIterator::new(rows)
+    TableIterator::new(layers_with_remote(tenant_id, timeline_id).map(|(f, k, ks, ke, ls, le, b, _)| (f, k, ks, ke, ls, le, b)))
 }
 
 /// How often `checkpoint` looks at the flush, and says how far it is.

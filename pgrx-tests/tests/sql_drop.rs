@@ -130,6 +130,12 @@ fn a_dropped_timeline_leaves_object_storage() -> Result<()> {
     for tl in [&timeline, &other] {
         host.wait_for("an index and layers in the bucket", Duration::from_secs(120), || (objects(tl) > 1).then_some(()))?;
     }
+    // pageserver.layers says which files the remote index names: in time, all.
+    let remote_sql = format!("SELECT count(*) FILTER (WHERE remote), count(*) FROM pageserver.layers('{tenant}', '{timeline}')");
+    host.wait_for("every layer to be in the remote index", Duration::from_secs(120), || {
+        let row = host.sql(&remote_sql).ok()?;
+        (row[0][0] == row[0][1] && row[0][0].as_deref() != Some("0")).then_some(())
+    })?;
     let (result, _) = run(&host, &format!("pageserver.drop_timeline('{tenant}', '{timeline}')"))?;
     let rows = result.map_err(|e| anyhow::anyhow!("drop timeline: {e}"))?;
     ensure!(rows.len() == 1 && rows[0][3].as_deref() == Some("t"), "drop: {rows:?}");

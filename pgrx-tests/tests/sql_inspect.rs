@@ -83,13 +83,15 @@ fn get_page_shows_a_page_as_it_was() -> Result<()> {
     ensure!(on_disk >= late, "checkpoint returned {on_disk}, before {late}");
     let layers = host.sql(&format!(
         "SELECT count(*), sum(bytes), count(*) FILTER (WHERE kind NOT IN ('image', 'delta L0', 'delta L1')), count(*) FILTER (WHERE kind = 'delta L0'), \
-                max(lsn_end::pg_lsn) >= '{late}', bool_and(key_start < key_end AND lsn_start::pg_lsn < lsn_end::pg_lsn) \
+                max(lsn_end::pg_lsn) >= '{late}', bool_and(key_start < key_end AND lsn_start::pg_lsn < lsn_end::pg_lsn), \
+                count(remote) \
          FROM pageserver.layers('{tenant}', '{timeline}')"
     ))?;
     let timeline_row = host.sql(&format!(
         "SELECT layer_files, layer_bytes, disk_consistent_lsn FROM pageserver.timelines() WHERE timeline_id = '{timeline}'"
     ))?;
     ensure!(layers[0][0] == timeline_row[0][0] && layers[0][1] == timeline_row[0][1], "layers {layers:?}, timelines() {timeline_row:?}");
+    ensure!(layers[0][6].as_deref() == Some("0"), "remote is not NULL without object storage: {layers:?}");
     ensure!(
         layers[0][2].as_deref() == Some("0") && layers[0][3].as_deref() != Some("0") && layers[0][4].as_deref() == Some("t"),
         "layers: {layers:?}"

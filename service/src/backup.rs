@@ -213,6 +213,7 @@ impl BackupWorker {
             state.remote_known = true;
             if let Some(remote) = &state.remote {
                 slot.set_remote_consistent_lsn(remote.disk_consistent_lsn.0);
+                self.record_remote_layers(tenant, timeline, remote);
             }
             // Layers a previous run of this generation uploaded and no index
             // came to name (it stopped in between): nothing of ours is in
@@ -294,6 +295,7 @@ impl BackupWorker {
         slot.index_durable(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
         slot.set_queue(0, 0);
         summary.uploaded_indexes += 1;
+        self.record_remote_layers(tenant, timeline, &index);
         state.remote = Some(index);
         summary.deleted += self.finish_deletions(tenant, timeline, state.remote.as_ref(), slot).await?;
         Ok(())
@@ -319,6 +321,22 @@ impl BackupWorker {
             slot.add_deleted(removed as u64);
         }
         Ok(removed)
+    }
+
+    /// Notes which layers the timeline's durable remote index names, for
+    /// `pageserver.layers` (its `remote` column): `<data_dir>/backup/
+    /// <tenant>_<timeline>.remote-layers`, a JSON object of names and sizes,
+    /// replaced whole. Informational: a failure is only logged.
+    fn record_remote_layers(&self, tenant: TenantId, timeline: TimelineId, index: &RemoteIndex) {
+        let layers: BTreeMap<&String, u64> = index.layers.iter().map(|(name, layer)| (name, layer.size)).collect();
+        let path = remote_layers_path(&self.state_dir, tenant, timeline);
+        let tmp = path.with_extension("remote-layers.tmp");
+        let written = std::fs::create_dir_all(&self.state_dir)
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(&layers).expect("names and sizes serialize")))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!("backup of timeline {timeline}: cannot write {}: {e}", path.display());
+        }
     }
 
     fn queue_path(&self, tenant: TenantId, timeline: TimelineId) -> PathBuf {
@@ -376,6 +394,16 @@ impl BackupWorker {
         std::fs::remove_file(&path).map_err(|e| BackupError::DeletionQueue { path: path.clone(), reason: e.to_string() })?;
         Ok(deleted)
     }
+}
+
+fn remote_layers_path(state_dir: &Path, tenant: TenantId, timeline: TimelineId) -> PathBuf {
+    state_dir.join(format!("{tenant}_{timeline}.remote-layers"))
+}
+
+/// The layers (name and size) the timeline's durable remote index names,
+/// as the backup worker last recorded them (None: it has recorded none).
+pub fn remote_layers(state_dir: &Path, tenant: TenantId, timeline: TimelineId) -> Option<BTreeMap<String, u64>> {
+    serde_json::from_slice(&std::fs::read(remote_layers_path(state_dir, tenant, timeline)).ok()?).ok()
 }
 
 fn read_deletion_queue(path: &Path) -> Result<Vec<DoomedLayer>, BackupError> {

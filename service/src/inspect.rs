@@ -9,6 +9,7 @@
 use crate::error::ServiceError;
 use pg_constants::{FSM_FORKNUM, INIT_FORKNUM, MAIN_FORKNUM, VISIBILITYMAP_FORKNUM};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use storage::commit_time::{self, CommitMark, TimePosition};
 use storage::key::{Key, RelTag};
 use storage::lsn::Lsn;
@@ -29,11 +30,15 @@ pub struct LayerRow {
     pub lsn_start: String,
     pub lsn_end: String,
     pub bytes: u64,
+    /// With object storage: whether the durable remote index names this
+    /// file (at this size).
+    pub remote: Option<bool>,
 }
 
 /// The timeline's own layer files (not its ancestors'), by file name,
-/// from after `after` on, at most [`LAYERS_PER_PAGE`].
-pub fn list_layers(timeline: &Timeline, after: Option<&str>) -> Vec<LayerRow> {
+/// from after `after` on, at most [`LAYERS_PER_PAGE`]; `remote`, with
+/// object storage, the files the remote index names and their sizes.
+pub fn list_layers(timeline: &Timeline, after: Option<&str>, remote: Option<&BTreeMap<String, u64>>) -> Vec<LayerRow> {
     let mut layers: Vec<(String, storage::repo::LayerName, u64)> =
         timeline.layer_files().into_iter().map(|(name, bytes)| (name.file_name(), name, bytes)).collect();
     layers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -42,6 +47,7 @@ pub fn list_layers(timeline: &Timeline, after: Option<&str>) -> Vec<LayerRow> {
         .filter(|(file_name, _, _)| after.is_none_or(|a| file_name.as_str() > a))
         .take(LAYERS_PER_PAGE)
         .map(|(file_name, name, bytes)| LayerRow {
+            remote: remote.map(|r| r.get(&file_name) == Some(&bytes)),
             file_name,
             kind: match name.kind {
                 LayerKind::Image => "image".to_string(),

@@ -395,8 +395,14 @@ pub fn execute(manager: &Arc<Manager>, command: Command) -> Reply {
             Ok(Reply::LsnForTime(inspect::lsn_for_time(&handle.timeline, time, caught_up)?))
         })(),
         Command::ListLayers { tenant, timeline, after } => (|| {
-            let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;
-            Ok(Reply::Layers(inspect::list_layers(&handle.timeline, after.as_deref())))
+            let (tenant, timeline) = (parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?);
+            let handle = manager.timeline(tenant, timeline)?;
+            let remote = manager
+                .host
+                .remote
+                .filter(|table| table.enabled())
+                .map(|_| crate::backup::remote_layers(&manager.backup_state_dir(), tenant, timeline).unwrap_or_default());
+            Ok(Reply::Layers(inspect::list_layers(&handle.timeline, after.as_deref(), remote.as_ref())))
         })(),
         Command::Checkpoint { tenant, timeline, until } => (|| {
             let handle = manager.timeline(parse_id("tenant id", &tenant)?, parse_id("timeline id", &timeline)?)?;

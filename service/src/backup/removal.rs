@@ -100,10 +100,12 @@ impl BackupWorker {
                     self.storage.delete(&object.path).await?;
                     deleted += 1;
                 }
-                match std::fs::remove_file(self.queue_path(tenant, timeline)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(fail(e)),
+                for path in [self.queue_path(tenant, timeline), super::remote_layers_path(&self.state_dir, tenant, timeline)] {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(fail(e)),
+                    }
                 }
                 std::fs::remove_file(marker_path(&self.state_dir, tenant, timeline)).map_err(fail)?;
                 std::fs::File::open(&self.state_dir).and_then(|d| d.sync_all()).map_err(fail)?;
