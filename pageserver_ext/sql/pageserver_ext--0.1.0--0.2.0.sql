@@ -12,10 +12,12 @@
 
 \echo Use "ALTER EXTENSION pageserver_ext UPDATE" to load this file. \quit
 
--- branch_timeline gains at_time: a new signature, so a new function. The
--- old one is renamed first so that its grants, whoever made them, can be
--- copied onto the new one; then it goes.
+-- branch_timeline gains at_time (a new signature) and layers the column
+-- remote (a new result type): each becomes a new function. The old ones are
+-- renamed first so that their grants, whoever made them, can be copied onto
+-- the new ones; then they go.
 ALTER FUNCTION branch_timeline(text, text, text, text) RENAME TO branch_timeline_0_1_0;
+ALTER FUNCTION layers(text, text) RENAME TO layers_0_1_0;
 
 -- pageserver_ext::mgmt_sql::branch_timeline_at
 CREATE  FUNCTION "branch_timeline"(
@@ -31,32 +33,6 @@ CREATE  FUNCTION "branch_timeline"(
 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'branch_timeline_at_wrapper';
-
-REVOKE ALL ON FUNCTION branch_timeline(text, text, text, text, timestamptz) FROM PUBLIC;
-
-DO $$
-DECLARE
-    grant_ record;
-BEGIN
-    FOR grant_ IN
-        SELECT acl.grantee, acl.is_grantable
-        FROM pg_proc p, aclexplode(p.proacl) acl
-        WHERE p.oid = 'branch_timeline_0_1_0(text, text, text, text)'::regprocedure
-          AND acl.grantee <> p.proowner
-    LOOP
-        EXECUTE format(
-            'GRANT EXECUTE ON FUNCTION branch_timeline(text, text, text, text, timestamptz) TO %s%s',
-            CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE grant_.grantee::regrole::text END,
-            CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-END
-$$;
-
-DROP FUNCTION branch_timeline_0_1_0(text, text, text, text);
-
--- layers gains the column remote: a new result type, so a new function,
--- its grants copied from the old one the same way.
-ALTER FUNCTION layers(text, text) RENAME TO layers_0_1_0;
 
 -- pageserver_ext::inspect_sql::layers_with_remote
 CREATE  FUNCTION "layers"(
@@ -76,26 +52,36 @@ STRICT
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'layers_with_remote_wrapper';
 
+REVOKE ALL ON FUNCTION branch_timeline(text, text, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION layers(text, text) FROM PUBLIC;
 
 DO $$
 DECLARE
+    replaced record;
     grant_ record;
 BEGIN
-    FOR grant_ IN
-        SELECT acl.grantee, acl.is_grantable
-        FROM pg_proc p, aclexplode(p.proacl) acl
-        WHERE p.oid = 'layers_0_1_0(text, text)'::regprocedure
-          AND acl.grantee <> p.proowner
+    FOR replaced IN
+        SELECT * FROM (VALUES
+            ('branch_timeline_0_1_0(text, text, text, text)'::regprocedure, 'branch_timeline(text, text, text, text, timestamptz)'),
+            ('layers_0_1_0(text, text)'::regprocedure, 'layers(text, text)')
+        ) AS r(old_function, new_function)
     LOOP
-        EXECUTE format(
-            'GRANT EXECUTE ON FUNCTION layers(text, text) TO %s%s',
-            CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE grant_.grantee::regrole::text END,
-            CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        FOR grant_ IN
+            SELECT acl.grantee, acl.is_grantable
+            FROM pg_proc p, aclexplode(p.proacl) acl
+            WHERE p.oid = replaced.old_function AND acl.grantee <> p.proowner
+        LOOP
+            EXECUTE format(
+                'GRANT EXECUTE ON FUNCTION %s TO %s%s',
+                replaced.new_function,
+                CASE WHEN grant_.grantee = 0 THEN 'PUBLIC' ELSE grant_.grantee::regrole::text END,
+                CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END LOOP;
 END
 $$;
 
+DROP FUNCTION branch_timeline_0_1_0(text, text, text, text);
 DROP FUNCTION layers_0_1_0(text, text);
 
 -- New functions.
