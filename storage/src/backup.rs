@@ -57,6 +57,16 @@
 //! full backup's, so a stock server would start from it and then fail on the
 //! first missing relation file.
 //!
+//! [`BackupKind::Clonebackup`] is for live clones (the `pageserver-clone`
+//! tool), which fetch relation blocks on first read: it writes what a
+//! full backup writes except the relation files' contents, and adds the
+//! entry [`CLONE_MANIFEST`] (before `global/pg_control`): a header line,
+//! then one line per relation segment file of the full backup, in its
+//! order, `path<TAB>spc db rel fork<TAB>first_block<TAB>nblocks`, where
+//! `spc db rel fork` is the fork its blocks are read from (the init fork
+//! for an unlogged relation's main fork) and `nblocks` is the file's size
+//! in blocks as of the LSN.
+//!
 //! ## The checkpoint record
 //!
 //! The stored `CheckPoint` (key [`Key::checkpoint`], kept current by WAL
@@ -122,6 +132,57 @@ pub enum BackupKind {
     Basebackup,
     /// Every relation file too: a stock PostgreSQL 15 starts from it.
     Fullbackup,
+    /// A full backup whose relation files are named, not sent: the
+    /// [`CLONE_MANIFEST`] entry lists each segment file with the fork its
+    /// blocks come from, for a clone that fetches them on first read.
+    Clonebackup,
+}
+
+/// The tar entry of a [`BackupKind::Clonebackup`] that lists its relation
+/// files (see the module docs); not a file of the data directory.
+pub const CLONE_MANIFEST: &str = "pageserver_clone.manifest";
+
+/// The first line of [`CLONE_MANIFEST`].
+pub const CLONE_MANIFEST_HEADER: &str = "# pageserver_ext clone manifest v1: path spc db rel fork first_block nblocks";
+
+/// One relation segment file of a [`BackupKind::Clonebackup`]: the file at
+/// `path` holds blocks `first_block .. first_block + nblocks` of fork `source`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneFile {
+    pub path: String,
+    pub source: RelTag,
+    pub first_block: u32,
+    pub nblocks: u32,
+}
+
+impl CloneFile {
+    /// The manifest line (without its newline).
+    pub fn to_line(&self) -> String {
+        let r = self.source;
+        format!("{}\t{} {} {} {}\t{}\t{}", self.path, r.spc_node, r.db_node, r.rel_node, r.fork, self.first_block, self.nblocks)
+    }
+
+    /// Parses a manifest line written by [`CloneFile::to_line`].
+    pub fn parse_line(line: &str) -> Result<CloneFile, String> {
+        let bad = || format!("bad clone manifest line \"{line}\"");
+        let mut parts = line.split('\t');
+        let (Some(path), Some(rel), Some(first), Some(n), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let nums: Vec<u32> = rel.split(' ').map(str::parse).collect::<Result<_, _>>().map_err(|_| bad())?;
+        let [spc, db, rel, fork] = nums[..] else { return Err(bad()) };
+        let fork = u8::try_from(fork).ok().filter(|f| *f <= INIT_FORKNUM).ok_or_else(bad)?;
+        if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
+            return Err(bad());
+        }
+        Ok(CloneFile {
+            path: path.to_string(),
+            source: RelTag::new(spc, db, rel, fork),
+            first_block: first.parse().map_err(|_| bad())?,
+            nblocks: n.parse().map_err(|_| bad())?,
+        })
+    }
 }
 
 /// What [`write_backup_tar`] wrote.
@@ -520,6 +581,8 @@ struct Backup<'a, W: Write> {
     stats: BackupStats,
     relseg_size: u32,
     catalog_version: u32,
+    /// Clonebackup: the relation files named instead of written.
+    clone_files: Option<Vec<CloneFile>>,
 }
 
 impl<W: Write> Backup<'_, W> {
@@ -548,6 +611,17 @@ impl<W: Write> Backup<'_, W> {
     /// batches while the tar streams the ones before them.
     fn rel_files(&mut self, dir: &str, source: RelTag, target: RelTag) -> Result<(), BackupError> {
         let nblocks = self.timeline.get_rel_size(source, self.lsn)?.unwrap_or(0);
+        if let Some(files) = &mut self.clone_files {
+            let relseg_size = self.relseg_size;
+            let segments = nblocks.div_ceil(relseg_size).max(1);
+            for segno in 0..segments {
+                let first_block = segno * relseg_size;
+                let path = rel_file_name(dir, target, segno);
+                files.push(CloneFile { path, source, first_block, nblocks: (nblocks - first_block).min(relseg_size) });
+            }
+            self.stats.rel_files += u64::from(segments);
+            return Ok(());
+        }
         if nblocks == 0 {
             self.tar.begin_file(&rel_file_name(dir, target, 0), 0)?;
             self.stats.files += 1;
@@ -644,6 +718,7 @@ pub fn write_backup_tar<W: Write>(timeline: &Timeline, lsn: Lsn, kind: BackupKin
         },
         relseg_size: control.relseg_size,
         catalog_version: control.catalog_version_no,
+        clone_files: (kind == BackupKind::Clonebackup).then(Vec::new),
     };
 
     b.file("PG_VERSION", PG_VERSION)?;
@@ -697,6 +772,15 @@ pub fn write_backup_tar<W: Write>(timeline: &Timeline, lsn: Lsn, kind: BackupKin
         }
         b.tar.zeros(segment.size - at)?;
         b.stats.files += 1;
+    }
+    if let Some(files) = b.clone_files.take() {
+        let mut manifest = String::from(CLONE_MANIFEST_HEADER);
+        manifest.push('\n');
+        for file in &files {
+            manifest.push_str(&file.to_line());
+            manifest.push('\n');
+        }
+        b.file(CLONE_MANIFEST, manifest.as_bytes())?;
     }
     b.file("global/pg_control", &shutdown.control_file)?;
 

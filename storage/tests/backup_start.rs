@@ -328,6 +328,36 @@ fn layout_of_a_synthetic_timeline() {
     assert_eq!(bfiles.iter().copied().collect::<std::collections::BTreeSet<_>>(), non_rel.into_iter().collect());
     assert!(bfiles.contains(&"base/5/pg_filenode.map") && !bfiles.contains(&"base/5/16384"));
 
+    // Clonebackup: the basebackup's files plus a manifest naming each
+    // relation segment file of the full backup, with its size and source.
+    let mut clone = Vec::new();
+    let cstats = write_backup_tar(&timeline, lsn, BackupKind::Clonebackup, &mut clone).unwrap();
+    let centries = read_tar(&clone);
+    let cfiles: BTreeMap<&str, &[u8]> = centries.iter().filter(|e| e.1 == b'0').map(|e| (e.0.as_str(), e.2.as_slice())).collect();
+    let manifest = std::str::from_utf8(cfiles[storage::backup::CLONE_MANIFEST]).unwrap();
+    let mut lines = manifest.lines();
+    assert_eq!(lines.next(), Some(storage::backup::CLONE_MANIFEST_HEADER));
+    let listed: Vec<storage::backup::CloneFile> = lines.map(|l| storage::backup::CloneFile::parse_line(l).unwrap()).collect();
+    let rel_files: Vec<&str> = files.keys().copied().filter(|p| is_rel_file(p)).collect();
+    assert_eq!(listed.iter().map(|f| f.path.as_str()).collect::<std::collections::BTreeSet<_>>(), rel_files.iter().copied().collect());
+    assert_eq!(cstats.rel_files as usize, listed.len());
+    for f in &listed {
+        assert_eq!(u64::from(f.nblocks) * 8192, files[f.path.as_str()].len() as u64, "{}", f.path);
+        assert!(!cfiles.contains_key(f.path.as_str()), "{} sent whole", f.path);
+    }
+    let seg2 = listed.iter().find(|f| f.path == "base/5/16384.2").unwrap();
+    assert_eq!((seg2.source, seg2.first_block, seg2.nblocks), (RelTag::new(1663, 5, 16384, 0), 8, 2));
+    // The unlogged relation's main fork is read from its init fork.
+    let unlogged_main = listed.iter().find(|f| f.path == "base/5/16390").unwrap();
+    assert_eq!(unlogged_main.source, RelTag::new(1663, 5, 16390, 3));
+    let mut without_manifest: Vec<&str> = cfiles.keys().copied().filter(|p| *p != storage::backup::CLONE_MANIFEST).collect();
+    without_manifest.sort();
+    assert_eq!(without_manifest, bfiles.iter().copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    assert_eq!(centries.last().unwrap().0, "global/pg_control");
+    for bad in ["", "a\t1 2 3 0\t0", "/abs\t1 2 3 0\t0\t1", "x/../y\t1 2 3 0\t0\t1", "x\t1 2 3 9\t0\t1", "x\t1 2 3\t0\t1"] {
+        assert!(storage::backup::CloneFile::parse_line(bad).is_err(), "{bad:?}");
+    }
+
     // Bad requests: not a record boundary, ahead of the timeline.
     assert!(write_backup_tar(&timeline, Lsn(lsn.0 + 4), BackupKind::Fullbackup, std::io::sink()).is_err());
     assert!(write_backup_tar(&timeline, Lsn(0x0300_2008), BackupKind::Fullbackup, std::io::sink()).is_err());

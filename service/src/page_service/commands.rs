@@ -93,6 +93,7 @@ pub fn parse_command(query: &str) -> Result<Option<Command>, String> {
     let kind = match name {
         "basebackup" => BackupKind::Basebackup,
         "fullbackup" => BackupKind::Fullbackup,
+        "clonebackup" => BackupKind::Clonebackup,
         _ => return Ok(None),
     };
     let usage = format!("{name} <tenant id> <timeline id> [lsn]");
@@ -162,6 +163,7 @@ pub async fn run(
             let kind = match kind {
                 BackupKind::Basebackup => RequestKind::Basebackup,
                 BackupKind::Fullbackup => RequestKind::Fullbackup,
+                BackupKind::Clonebackup => RequestKind::Clonebackup,
             };
             ctx.stats.request(kind, started.elapsed(), bytes, !ok);
             Ok(())
@@ -512,6 +514,10 @@ mod tests {
         assert!(matches!(
             parse_command(&format!("fullbackup {t} {t} 0/16B3748")),
             Ok(Some(Command::Backup { kind: BackupKind::Fullbackup, lsn: Some(Lsn(0x16B3748)), .. }))
+        ));
+        assert!(matches!(
+            parse_command(&format!("clonebackup {t} {t} 0/16B3748")),
+            Ok(Some(Command::Backup { kind: BackupKind::Clonebackup, lsn: Some(Lsn(0x16B3748)), .. }))
         ));
         assert_eq!(parse_command("SELECT 1"), Ok(None));
         assert!(parse_command(&format!("pagestream_v3 nope {t}")).unwrap_err().contains("invalid tenant id"));

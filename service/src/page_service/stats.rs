@@ -22,10 +22,11 @@ pub enum RequestKind {
     GetSlruSegment,
     Basebackup,
     Fullbackup,
+    Clonebackup,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 7] = [
+    pub const ALL: [RequestKind; 8] = [
         RequestKind::Exists,
         RequestKind::Nblocks,
         RequestKind::GetPage,
@@ -33,6 +34,7 @@ impl RequestKind {
         RequestKind::GetSlruSegment,
         RequestKind::Basebackup,
         RequestKind::Fullbackup,
+        RequestKind::Clonebackup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +46,7 @@ impl RequestKind {
             RequestKind::GetSlruSegment => "getslru",
             RequestKind::Basebackup => "basebackup",
             RequestKind::Fullbackup => "fullbackup",
+            RequestKind::Clonebackup => "clonebackup",
         }
     }
 }
