@@ -5,7 +5,9 @@
 # stock primary, creates a tenant and a timeline fed by the primary, runs
 # pgbench while showing the page server's lag fall to zero, branches the
 # timeline at an LSN before pgbench, starts a stock PostgreSQL from the
-# branch's fullbackup and shows that it sees the data as of that LSN, shows
+# branch's fullbackup and shows that it sees the data as of that LSN, runs
+# a stock PostgreSQL on a live clone of the same point (pageserver-clone,
+# FUSE: blocks fetched on first read) and shows its counters, shows
 # the backup worker's copy in object storage (a local directory unless
 # DEMO_REMOTE_STORAGE names another), then stops everything and removes the
 # directory.
@@ -25,6 +27,12 @@ chown postgres: "$demo"
 chmod 0755 "$demo"
 
 stop_host() {
+  if [ -f "$demo/clone/data/postmaster.pid" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$demo/clone/data" stop -m immediate -w >/dev/null 2>&1 || true
+  fi
+  if grep -qs " $demo/clone/data " /proc/mounts; then
+    fusermount3 -u -z "$demo/clone/data" 2>/dev/null || true
+  fi
   for dir in branch primary host; do
     if [ -f "$demo/$dir/postmaster.pid" ]; then
       as_postgres "$PG_BIN/pg_ctl" -D "$demo/$dir" stop -m immediate -w >/dev/null 2>&1 || true
@@ -82,6 +90,7 @@ fi
 
 PRIMARY_PORT=${DEMO_PRIMARY_PORT:-5498}
 BRANCH_PORT=${DEMO_BRANCH_PORT:-5497}
+CLONE_PORT=${DEMO_CLONE_PORT:-5496}
 SCALE=${DEMO_SCALE:-5}
 SECONDS_OF_PGBENCH=${DEMO_PGBENCH_SECONDS:-15}
 
@@ -180,6 +189,20 @@ echo "  stock PostgreSQL on the branch:     $branch_sum  (the primary had $befor
 [ "$branch_sum" = "$before_sum" ] || { echo "the branch does not show the data as of $before_lsn" >&2; exit 1; }
 [ "$branch_sum" != "$now_sum" ] || { echo "pgbench changed nothing?" >&2; exit 1; }
 as_postgres "$PG_BIN/pg_ctl" -D "$demo/branch" stop -m fast -w >/dev/null
+
+log "a live clone at $before_lsn: a stock PostgreSQL on a FUSE view of the timeline, no copy first"
+cargo build -q -p pageserver_clone --bin pageserver-clone
+clone_tool="${CARGO_TARGET_DIR:-target}/debug/pageserver-clone"
+mkdir "$demo/clone"
+chown postgres: "$demo/clone"
+"$clone_tool" start "$demo/clone" --port "$CLONE_PORT" --tenant "$tenant" --timeline "$timeline" --lsn "$before_lsn" \
+  --admin "host=127.0.0.1 port=$HOST_PORT user=postgres dbname=postgres"
+clone_sum=$("$PG_BIN/psql" -X -h 127.0.0.1 -p "$CLONE_PORT" -U postgres -d postgres -tA -c "SELECT sum(abalance) FROM pgbench_accounts")
+echo "  stock PostgreSQL on the live clone: $clone_sum"
+[ "$clone_sum" = "$before_sum" ] || { echo "the clone does not show the data as of $before_lsn" >&2; exit 1; }
+"$clone_tool" status "$demo/clone"
+as_postgres "$PG_BIN/pg_ctl" -D "$demo/clone/data" stop -m fast -w >/dev/null
+"$clone_tool" destroy "$demo/clone"
 
 log "what the page server did: its traffic, the redo behind it, the timelines' sizes"
 host_psql -c "SELECT kind, requests, errors, pg_size_pretty(bytes) AS bytes, round(total_ms::numeric, 1) AS total_ms FROM pageserver.stat_page_service() WHERE requests > 0"

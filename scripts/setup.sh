@@ -23,7 +23,7 @@ need_root() {
 install_debian_packages() {
   local pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
               libclang-dev clang pkg-config sudo build-essential libssl-dev
-              ca-certificates procps)
+              ca-certificates procps fuse3)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -181,6 +181,36 @@ impl PagestreamClient {
         timeline: &str,
         options: &ConnectOptions,
     ) -> Result<PagestreamClient, ClientError> {
+        let mut client = Self::startup(addr, version, options).await?;
+        let query = format!("{} {tenant} {timeline}", version.command());
+        frontend::query(&query, &mut client.wbuf).map_err(io_err("encoding the query"))?;
+        client.flush().await?;
+        loop {
+            let (tag, body) = client.read_message("after the pagestream query").await?;
+            match tag {
+                b'W' => break,
+                b'E' => {
+                    let error = Box::new(ServerError::parse(&body));
+                    return Err(ClientError::Server("answering the pagestream query", error));
+                }
+                b'S' | b'N' => {}
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected CopyBothResponse after \"{query}\", got message '{}'",
+                        other.escape_ascii()
+                    )))
+                }
+            }
+        }
+        Ok(client)
+    }
+
+    /// Connects and authenticates, up to the first ReadyForQuery.
+    async fn startup(
+        addr: impl ToSocketAddrs,
+        version: ProtocolVersion,
+        options: &ConnectOptions,
+    ) -> Result<PagestreamClient, ClientError> {
         let stream = TcpStream::connect(addr).await.map_err(io_err("cannot connect to the page server"))?;
         stream.set_nodelay(true).map_err(io_err("setting TCP_NODELAY"))?;
         let mut client = PagestreamClient {
@@ -219,27 +249,6 @@ impl PagestreamClient {
                 b'S' | b'K' | b'N' => {}
                 b'Z' => break,
                 other => return Err(ClientError::Protocol(format!("unexpected message '{}' during startup", other.escape_ascii()))),
-            }
-        }
-
-        let query = format!("{} {tenant} {timeline}", version.command());
-        frontend::query(&query, &mut client.wbuf).map_err(io_err("encoding the query"))?;
-        client.flush().await?;
-        loop {
-            let (tag, body) = client.read_message("after the pagestream query").await?;
-            match tag {
-                b'W' => break,
-                b'E' => {
-                    let error = Box::new(ServerError::parse(&body));
-                    return Err(ClientError::Server("answering the pagestream query", error));
-                }
-                b'S' | b'N' => {}
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected CopyBothResponse after \"{query}\", got message '{}'",
-                        other.escape_ascii()
-                    )))
-                }
             }
         }
         Ok(client)
@@ -351,6 +360,35 @@ impl PagestreamClient {
                 return Err(ClientError::Closed(when));
             }
         }
+    }
+}
+
+/// Runs a page service command answered with CopyOut (`fullbackup`,
+/// `clonebackup`, ...) and returns the bytes copied out. `options`'
+/// `connect_timeout` bounds connecting; the copy itself may take as long as
+/// the server streams.
+pub async fn copy_out(addr: impl ToSocketAddrs, query: &str, options: &ConnectOptions) -> Result<Vec<u8>, ClientError> {
+    let timeout = options.connect_timeout;
+    let connecting = PagestreamClient::startup(addr, ProtocolVersion::V3, options);
+    let mut client = tokio::time::timeout(timeout, connecting).await.map_err(|_| ClientError::Timeout(timeout, "connecting"))??;
+    frontend::query(query, &mut client.wbuf).map_err(io_err("encoding the query"))?;
+    client.flush().await?;
+    let mut out = Vec::new();
+    let mut error = None;
+    loop {
+        let (tag, body) = client.read_message("during the copy").await?;
+        match tag {
+            b'd' => out.extend_from_slice(&body),
+            b'E' => error = Some(Box::new(ServerError::parse(&body))),
+            b'Z' => break,
+            b'H' | b'c' | b'C' | b'S' | b'N' => {}
+            other => return Err(ClientError::Protocol(format!("unexpected message '{}' answering \"{query}\"", other.escape_ascii()))),
+        }
+    }
+    let _ = client.close().await;
+    match error {
+        Some(e) => Err(ClientError::Server("answering the command", e)),
+        None => Ok(out),
     }
 }
 

@@ -2,7 +2,8 @@
 
 pub mod bench_copy;
 pub mod bench_host;
-pub mod pagestream_client;
+/// The pagestream client lives with the clone tool, its main user.
+pub use pageserver_clone::pagestream_client;
 
 /// Prints one `BENCHMARKS.md` row (`| name | value | unit | floor | ratio | command |`)
 /// with two decimals; `floor` None prints `n/a` for floor and ratio.

@@ -1,0 +1,391 @@
+//! Relation segment files whose blocks still come from the page server.
+//!
+//! A lazy file is a sparse file of the store with the segment's full size
+//! and a bitmap of the blocks still remote. A read fetches the remote
+//! blocks it touches (and, when reads run sequentially, the ones after
+//! them), writes them into the sparse file and clears their bits; a write
+//! clears the bits of the blocks it covers (a block it covers only in part
+//! is fetched first); a truncation clears the bits past the new end. A
+//! fetched block is written only if its bit is still set, under the
+//! file's lock, so a fetch that loses a race with a write or a truncation
+//! changes nothing.
+//!
+//! The bitmap is persisted in `lazy/<id>.pending` (a header line in the
+//! format of a `clonebackup` manifest line, then the bits) whenever the file
+//! is fsynced, and by the flusher every few seconds: the bits are taken
+//! first, then the data is synced, then the bits are written, so a cleared
+//! bit on disk always has its block on disk. A bit lost in a crash only
+//! means a block is fetched again, over a copy that was not durable. When
+//! no bit is left, the `.pending` file goes and the file is a plain one.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use storage::backup::CloneFile;
+use storage::key::RelTag;
+
+use crate::fetcher::{FetchError, Fetcher};
+use crate::stats::{add, Stats};
+
+pub const BLCKSZ: u64 = 8192;
+
+const PENDING_MAGIC: &str = "pageserver_clone pending v1";
+
+/// Blocks fetched ahead of a sequential reader, at most.
+pub const MAX_READ_AHEAD: u32 = 256;
+
+/// Why a lazy file operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+struct Bits {
+    /// One bit per block of the segment as of the LSN: 1 = still remote.
+    words: Vec<u64>,
+    nblocks: u32,
+    remote: u32,
+}
+
+impl Bits {
+    fn all_remote(nblocks: u32) -> Bits {
+        let mut words = vec![u64::MAX; (nblocks as usize).div_ceil(64)];
+        if !nblocks.is_multiple_of(64) {
+            *words.last_mut().expect("nblocks > 0") = (1u64 << (nblocks % 64)) - 1;
+        }
+        Bits { words, nblocks, remote: nblocks }
+    }
+    fn is_remote(&self, b: u32) -> bool {
+        b < self.nblocks && self.words[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+    fn clear(&mut self, b: u32) -> bool {
+        if self.is_remote(b) {
+            self.words[(b / 64) as usize] &= !(1 << (b % 64));
+            self.remote -= 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        out.truncate((self.nblocks as usize).div_ceil(8));
+        out
+    }
+    fn from_bytes(nblocks: u32, bytes: &[u8]) -> Option<Bits> {
+        if bytes.len() != (nblocks as usize).div_ceil(8) {
+            return None;
+        }
+        let mut words = vec![0u64; (nblocks as usize).div_ceil(64)];
+        for (i, b) in bytes.iter().enumerate() {
+            words[i / 8] |= u64::from(*b) << ((i % 8) * 8);
+        }
+        let mut bits = Bits { words, nblocks, remote: 0 };
+        bits.remote = (0..nblocks).filter(|b| bits.is_remote(*b)).count() as u32;
+        Some(bits)
+    }
+}
+
+struct State {
+    path: String,
+    bits: Bits,
+    /// Bits changed since they were last persisted.
+    dirty: bool,
+    /// Unlinked: nothing more is persisted.
+    deleted: bool,
+}
+
+/// One relation segment file of the store with remote blocks.
+pub struct LazyFile {
+    source: RelTag,
+    first_block: u32,
+    /// The store's file, open for reading and writing.
+    file: File,
+    state: Mutex<State>,
+    /// Serialises persisting, so bit snapshots reach the disk in order.
+    persisting: Mutex<()>,
+    pending_path: PathBuf,
+}
+
+impl LazyFile {
+    pub fn remote_blocks(&self) -> u32 {
+        self.state.lock().bits.remote
+    }
+
+    pub fn total_blocks(&self) -> u32 {
+        self.state.lock().bits.nblocks
+    }
+
+    /// Makes blocks `first..=last` local; with `read_ahead`, also up to that
+    /// many remote blocks after `last`. Returns the number of blocks fetched.
+    pub fn ensure(&self, first: u32, last: u32, read_ahead: u32, fetcher: &Fetcher, stats: &Stats) -> Result<usize, LazyError> {
+        let (wanted, ahead) = {
+            let s = self.state.lock();
+            let end = last.min(s.bits.nblocks.saturating_sub(1));
+            let mut wanted: Vec<u32> = (first..=end).filter(|b| s.bits.is_remote(*b)).collect();
+            let mut ahead = 0;
+            if !wanted.is_empty() && read_ahead > 0 {
+                let stop = last.saturating_add(read_ahead).min(s.bits.nblocks.saturating_sub(1));
+                for b in last.saturating_add(1)..=stop {
+                    if s.bits.is_remote(b) {
+                        wanted.push(b);
+                        ahead += 1;
+                    }
+                }
+            }
+            (wanted, ahead)
+        };
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let absolute: Vec<u32> = wanted.iter().map(|b| self.first_block + b).collect();
+        let pages = fetcher.fetch(self.source, &absolute)?;
+        add(&stats.blocks_read_ahead, ahead);
+        let mut s = self.state.lock();
+        for (&b, page) in wanted.iter().zip(&pages) {
+            if s.bits.is_remote(b) {
+                self.file.write_all_at(page, u64::from(b) * BLCKSZ)?;
+                s.bits.clear(b);
+                s.dirty = true;
+            }
+        }
+        Ok(wanted.len())
+    }
+
+    /// Writes `data` at `offset` of the file.
+    pub fn write(&self, offset: u64, data: &[u8], fetcher: &Fetcher, stats: &Stats) -> Result<(), LazyError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset + data.len() as u64;
+        let (first, last) = ((offset / BLCKSZ) as u32, ((end - 1) / BLCKSZ) as u32);
+        // Blocks covered in part keep the rest of their remote contents.
+        if !offset.is_multiple_of(BLCKSZ) {
+            self.ensure(first, first, 0, fetcher, stats)?;
+        }
+        if !end.is_multiple_of(BLCKSZ) {
+            self.ensure(last, last, 0, fetcher, stats)?;
+        }
+        let mut s = self.state.lock();
+        self.file.write_all_at(data, offset)?;
+        for b in first..=last {
+            s.dirty |= s.bits.clear(b);
+        }
+        Ok(())
+    }
+
+    /// Truncates (or extends) the file to `size` bytes.
+    pub fn set_len(&self, size: u64, fetcher: &Fetcher, stats: &Stats) -> Result<(), LazyError> {
+        if !size.is_multiple_of(BLCKSZ) {
+            let b = (size / BLCKSZ) as u32;
+            self.ensure(b, b, 0, fetcher, stats)?;
+        }
+        let mut s = self.state.lock();
+        self.file.set_len(size)?;
+        for b in size.div_ceil(BLCKSZ) as u32..s.bits.nblocks {
+            s.dirty |= s.bits.clear(b);
+        }
+        Ok(())
+    }
+
+    /// Makes the file's data and its bitmap durable (see the module docs).
+    pub fn sync(&self) -> io::Result<()> {
+        let _order = self.persisting.lock();
+        let snapshot = {
+            let mut s = self.state.lock();
+            if s.deleted {
+                return Ok(());
+            }
+            let snap = s.dirty.then(|| (s.path.clone(), s.bits.to_bytes(), s.bits.remote));
+            s.dirty = false;
+            snap
+        };
+        self.file.sync_data()?;
+        let Some((path, bytes, remote)) = snapshot else { return Ok(()) };
+        let written = if remote == 0 {
+            match std::fs::remove_file(&self.pending_path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            self.write_pending(&path, &bytes)
+        };
+        if written.is_err() {
+            self.state.lock().dirty = true;
+        }
+        written
+    }
+
+    fn write_pending(&self, path: &str, bits: &[u8]) -> io::Result<()> {
+        let nblocks = self.state.lock().bits.nblocks;
+        let header = CloneFile { path: path.to_string(), source: self.source, first_block: self.first_block, nblocks }.to_line();
+        let tmp = self.pending_path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("{PENDING_MAGIC}\n{header}\n").as_bytes())?;
+        f.write_all(bits)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.pending_path)?;
+        if let Some(dir) = self.pending_path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// The lazy files of a store, by path relative to the store.
+pub struct Registry {
+    files: RwLock<HashMap<String, Arc<LazyFile>>>,
+    total_blocks: u64,
+}
+
+impl Registry {
+    /// Writes the `.pending` files for a freshly populated store.
+    pub fn create(lazy_dir: &Path, files: &[CloneFile]) -> io::Result<()> {
+        std::fs::create_dir_all(lazy_dir)?;
+        for (id, f) in files.iter().enumerate().filter(|(_, f)| f.nblocks > 0) {
+            let bits = Bits::all_remote(f.nblocks);
+            let mut out = format!("{PENDING_MAGIC}\n{}\n", f.to_line()).into_bytes();
+            out.extend_from_slice(&bits.to_bytes());
+            std::fs::write(lazy_dir.join(format!("{id}.pending")), out)?;
+        }
+        File::open(lazy_dir)?.sync_all()
+    }
+
+    /// Loads every `.pending` file. A bitmap longer than its file (the file
+    /// was truncated and the tool stopped before persisting) loses the bits
+    /// past the end.
+    pub fn load(store: &Path, lazy_dir: &Path) -> io::Result<Registry> {
+        let mut files = HashMap::new();
+        let mut total_blocks = 0u64;
+        for entry in std::fs::read_dir(lazy_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path())?;
+                continue;
+            }
+            if name.strip_suffix(".pending").is_none_or(|id| id.parse::<u64>().is_err()) {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path())?;
+            let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", entry.path().display()));
+            let mut parts = bytes.splitn(3, |b| *b == b'\n');
+            let (Some(magic), Some(header), Some(bits)) = (parts.next(), parts.next(), parts.next()) else { return Err(bad("truncated")) };
+            if magic != PENDING_MAGIC.as_bytes() {
+                return Err(bad("not a pending-blocks file"));
+            }
+            let cf = CloneFile::parse_line(std::str::from_utf8(header).map_err(|_| bad("header is not UTF-8"))?).map_err(|e| bad(&e))?;
+            let mut bits = Bits::from_bytes(cf.nblocks, bits).ok_or_else(|| bad("bitmap of the wrong length"))?;
+            let file = match std::fs::OpenOptions::new().read(true).write(true).open(store.join(&cf.path)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Unlinked before the tool stopped.
+                    std::fs::remove_file(entry.path())?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let len_blocks = file.metadata()?.len().div_ceil(BLCKSZ);
+            for b in len_blocks.min(u64::from(cf.nblocks)) as u32..cf.nblocks {
+                bits.clear(b);
+            }
+            total_blocks += u64::from(cf.nblocks);
+            let lazy = LazyFile {
+                source: cf.source,
+                first_block: cf.first_block,
+                file,
+                state: Mutex::new(State { path: cf.path.clone(), bits, dirty: false, deleted: false }),
+                persisting: Mutex::new(()),
+                pending_path: entry.path(),
+            };
+            files.insert(cf.path, Arc::new(lazy));
+        }
+        Ok(Registry { files: RwLock::new(files), total_blocks })
+    }
+
+    pub fn get(&self, path: &str) -> Option<Arc<LazyFile>> {
+        self.files.read().get(path).cloned()
+    }
+
+    /// The file at `path` was unlinked (or replaced by a rename).
+    pub fn remove(&self, path: &str) -> io::Result<()> {
+        let Some(lazy) = self.files.write().remove(path) else { return Ok(()) };
+        let _order = lazy.persisting.lock();
+        lazy.state.lock().deleted = true;
+        match std::fs::remove_file(&lazy.pending_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `from` was renamed to `to` (a directory: every file under it).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let moved: Vec<(String, String)> = {
+            let files = self.files.read();
+            files
+                .keys()
+                .filter_map(|p| {
+                    if p == from {
+                        Some((p.clone(), to.to_string()))
+                    } else {
+                        p.strip_prefix(from).filter(|rest| rest.starts_with('/')).map(|rest| (p.clone(), format!("{to}{rest}")))
+                    }
+                })
+                .collect()
+        };
+        for (old, new) in moved {
+            let lazy = self.files.write().remove(&old).expect("listed above");
+            {
+                let mut s = lazy.state.lock();
+                s.path = new.clone();
+                s.dirty = true;
+            }
+            lazy.sync()?;
+            self.files.write().insert(new, lazy);
+        }
+        Ok(())
+    }
+
+    /// Persists every file with changed bits.
+    pub fn sync_all(&self) -> io::Result<()> {
+        let files: Vec<Arc<LazyFile>> = self.files.read().values().cloned().collect();
+        for f in files {
+            if f.state.lock().dirty {
+                f.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (blocks still remote, blocks at the first mount).
+    pub fn remote_and_total(&self) -> (u64, u64) {
+        let remote = self.files.read().values().map(|f| u64::from(f.remote_blocks())).sum();
+        (remote, self.total_blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_round_trip_and_count() {
+        for n in [1u32, 63, 64, 65, 131072] {
+            let mut b = Bits::all_remote(n);
+            assert_eq!(b.remote, n);
+            assert!(b.is_remote(n - 1) && !b.is_remote(n));
+            assert!(b.clear(0) && !b.clear(0));
+            let back = Bits::from_bytes(n, &b.to_bytes()).unwrap();
+            assert_eq!((back.remote, back.is_remote(0), back.is_remote(n - 1)), (n - 1, false, n > 1));
+        }
+        assert!(Bits::from_bytes(9, &[0]).is_none());
+    }
+}

@@ -1,0 +1,101 @@
+//! The first population of a clone's store, from the page service's
+//! `clonebackup` at the clone's LSN: every file but relation data is
+//! written whole; each relation segment file of the manifest becomes a
+//! sparse file of its size with all its blocks remote ([`crate::lazy`]).
+//! Everything is owned by the clone directory's owner, who runs PostgreSQL.
+//! `store.ready` is written last: a store without it is populated again
+//! from scratch.
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use storage::backup::{CloneFile, CLONE_MANIFEST, CLONE_MANIFEST_HEADER};
+
+use crate::layout::CloneDir;
+use crate::lazy::{Registry, BLCKSZ};
+
+/// What a population wrote.
+#[derive(Debug, Default)]
+pub struct Populated {
+    pub files: u64,
+    pub tar_bytes: u64,
+    pub rel_files: u64,
+    pub rel_blocks: u64,
+}
+
+/// Fills `dir`'s store from the bytes of a `clonebackup` tar.
+pub fn populate(dir: &CloneDir, tar_bytes: &[u8]) -> Result<Populated> {
+    let store = dir.store();
+    for d in [store.clone(), dir.lazy()] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("removing the partial {}", d.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&store)?;
+    let owner = std::fs::metadata(&dir.root)?;
+    let mut done = Populated { tar_bytes: tar_bytes.len() as u64, ..Default::default() };
+    let mut manifest = None;
+    let mut archive = tar::Archive::new(tar_bytes);
+    archive.set_preserve_permissions(true);
+    for entry in archive.entries().context("reading the clonebackup tar")? {
+        let mut entry = entry.context("reading the clonebackup tar")?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if path == CLONE_MANIFEST {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            manifest = Some(text);
+            continue;
+        }
+        if !entry.unpack_in(&store).with_context(|| format!("unpacking {path}"))? {
+            bail!("the clonebackup tar has an entry outside the data directory: {path}");
+        }
+        done.files += 1;
+    }
+    let Some(manifest) = manifest else { bail!("the clonebackup tar has no {CLONE_MANIFEST}: is the page server older than this tool?") };
+    let mut lines = manifest.lines();
+    if lines.next() != Some(CLONE_MANIFEST_HEADER) {
+        bail!("{CLONE_MANIFEST} is of an unknown version");
+    }
+    let files: Vec<CloneFile> = lines.map(CloneFile::parse_line).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    for f in &files {
+        let path = store.join(&f.path);
+        let file =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.set_len(u64::from(f.nblocks) * BLCKSZ)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        done.rel_files += 1;
+        done.rel_blocks += u64::from(f.nblocks);
+    }
+    Registry::create(&dir.lazy(), &files)?;
+    chown_tree(&store, owner.uid(), owner.gid())?;
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700))?;
+    sync_tree(&store)?;
+    crate::layout::write_durably(&dir.store_ready(), b"")?;
+    Ok(done)
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs every file and directory under `path`.
+fn sync_tree(path: &Path) -> Result<()> {
+    let md = std::fs::symlink_metadata(path)?;
+    if md.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            sync_tree(&entry?.path())?;
+        }
+    }
+    if md.is_dir() || md.is_file() {
+        std::fs::File::open(path)?.sync_all()?;
+    }
+    Ok(())
+}
