@@ -2,6 +2,8 @@
 # Runs every benchmark and rewrites BENCHMARKS.md from their output.
 # Each benchmark prints its rows as `| name | value | unit | floor | ratio | command |`
 # lines on stdout; nothing in BENCHMARKS.md is written by hand.
+# BENCH_ONLY=<text> runs only the benchmarks whose command contains <text>
+# and keeps the other rows of the current BENCHMARKS.md (the header says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,9 +38,16 @@ BENCHES=(
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench"
   "cargo run --release -p tools --bin remote_bench"
   "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin restore_bench"
+  "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p pageserver_clone && cargo run --release -p tools --bin clone_bench"
 )
 
+only=${BENCH_ONLY:-}
+previous_date=$(grep -m1 '^Measured ' BENCHMARKS.md 2>/dev/null | awk '{print $2}' || true)
 for b in "${BENCHES[@]}"; do
+  if [ -n "$only" ] && [[ "$b" != *"$only"* ]]; then
+    grep -F "| $b |" BENCHMARKS.md >>"$rows" 2>/dev/null || true
+    continue
+  fi
   run bash -c "$b"
 done
 
@@ -47,6 +56,9 @@ done
   echo
   echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB," \
        "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), by \`bash scripts/bench.sh\`."
+  if [ -n "$only" ]; then
+    echo "Only the benchmarks whose command contains \`$only\` ran then; the other rows are from the run of ${previous_date:-an earlier date}."
+  fi
   echo "Ratios compare each figure with a floor measured in the same run."
   echo
   echo "| name | value | unit | floor | ratio | command |"

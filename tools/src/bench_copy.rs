@@ -56,6 +56,15 @@ fn connect_out_of_recovery(copy: &PgCluster) -> Result<postgres::Client> {
 /// recovery `check` runs the first query (and says whether the copy holds
 /// what it must).
 pub fn race(what: &str, fill: impl FnOnce(&Path) -> Result<()>, check: impl FnOnce(&mut postgres::Client) -> Result<()>) -> Result<f64> {
+    race_keep(what, fill, check).map(|(secs, _copy)| secs)
+}
+
+/// [`race`], keeping the copy running for more queries.
+pub fn race_keep(
+    what: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+    check: impl FnOnce(&mut postgres::Client) -> Result<()>,
+) -> Result<(f64, PgCluster)> {
     let started = Instant::now();
     let mut filled = None;
     let copy = PgCluster::start_on_data_dir(copy_config(), |dir| {
@@ -70,7 +79,7 @@ pub fn race(what: &str, fill: impl FnOnce(&Path) -> Result<()>, check: impl FnOn
     let secs = started.elapsed().as_secs_f64();
     let filled = filled.map_or(0.0, |d| d.as_secs_f64());
     eprintln!("{what}: first query after {secs:.1} s (directory filled after {filled:.1} s, server up after {:.1} s)", up.as_secs_f64());
-    Ok(secs)
+    Ok((secs, copy))
 }
 
 /// `fullbackup` of `timeline` (at `lsn`, or its latest) over psql, piped

@@ -2,6 +2,7 @@
 
 pub mod bench_copy;
 pub mod bench_host;
+pub mod pitr;
 /// The pagestream client lives with the clone tool, its main user.
 pub use pageserver_clone::pagestream_client;
 

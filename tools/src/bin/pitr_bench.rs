@@ -38,24 +38,22 @@
 //! run for a quick look. Needs the extension installed and `pgbackrest`
 //! (`scripts/bench.sh` installs it): see `COMMAND`.
 
-use std::path::{Path, PathBuf};
-
-/// Runs of each side of the `fullbackup.mb_s` comparison; the best counts.
-const FULLBACKUP_RUNS: usize = 3;
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result};
 use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, PgCluster};
 use tools::bench_copy::{fullbackup_into, race, run_as_postgres};
 use tools::bench_host::{
     first_text, parse_lsn, pgbench_timeline, primary_lsn, process_ticks, wait_caught_up, worker_pids, CLOCK_TICKS_PER_S,
 };
+use tools::pitr::{marker_at_x, write_window, PgBackRest, Window};
+
+/// Runs of each side of the `fullbackup.mb_s` comparison; the best counts.
+const FULLBACKUP_RUNS: usize = 3;
 
 const COMMAND: &str =
     "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo run --release -p tools --bin pitr_bench";
-const STANZA: &str = "bench";
-const MARKER: i32 = 42;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -63,65 +61,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn row(name: &str, value: f64, unit: &str, floor: Option<f64>) {
     tools::print_row(name, value, unit, floor, COMMAND);
-}
-
-/// pgBackRest with its own configuration, repository and spool directory.
-struct PgBackRest {
-    dir: tempfile::TempDir,
-}
-
-impl PgBackRest {
-    fn new() -> Result<PgBackRest> {
-        let version = Command::new("pgbackrest").arg("version").output();
-        match version {
-            Ok(out) if out.status.success() => eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim()),
-            _ => bail!("pgbackrest is not installed: scripts/bench.sh installs it (apt-get install pgbackrest)"),
-        }
-        let dir = tempfile::Builder::new().prefix("pitr-bench-").tempdir()?;
-        for sub in ["repo", "spool", "log", "lock"] {
-            std::fs::create_dir(dir.path().join(sub))?;
-        }
-        let this = PgBackRest { dir };
-        as_postgres::chown_to_postgres(this.dir.path())?;
-        for sub in ["repo", "spool", "log", "lock"] {
-            as_postgres::chown_to_postgres(&this.dir.path().join(sub))?;
-        }
-        Ok(this)
-    }
-
-    fn conf(&self) -> PathBuf {
-        self.dir.path().join("pgbackrest.conf")
-    }
-
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
-    }
-
-    fn archive_command(&self) -> String {
-        format!("pgbackrest --config={} --stanza={STANZA} archive-push %p", self.conf().display())
-    }
-
-    fn write_conf(&self, primary: &PgCluster) -> Result<()> {
-        let d = self.dir.path().display();
-        let text = format!(
-            "[global]\nrepo1-path={d}/repo\nrepo1-retention-full=1\ncompress-type=zst\nprocess-max=2\narchive-async=y\n\
-             spool-path={d}/spool\nlog-path={d}/log\nlock-path={d}/lock\nlog-level-console=warn\nlog-level-file=off\n\
-             start-fast=y\n\n[{STANZA}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
-            primary.data_dir().display(),
-            primary.port(),
-            primary.socket_dir().display(),
-        );
-        std::fs::write(self.conf(), text)?;
-        as_postgres::chown_to_postgres(&self.conf())
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        let conf = format!("--config={}", self.conf().display());
-        let stanza = format!("--stanza={STANZA}");
-        let mut all = vec![conf.as_str(), stanza.as_str()];
-        all.extend_from_slice(args);
-        run_as_postgres("pgbackrest", &all)
-    }
 }
 
 /// Bytes of the files under `dir` whose name passes `keep`.
@@ -137,16 +76,6 @@ fn dir_bytes(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// The copy holds the database as of X: the marker row committed before X
-/// is there and the table created after X is not.
-fn marker_at_x(client: &mut postgres::Client) -> Result<()> {
-    let marker = first_text(client, "SELECT v FROM pitr_marker")?;
-    ensure!(marker.as_deref() == Some(&MARKER.to_string()), "pitr_marker holds {marker:?}, not {MARKER}");
-    let later = first_text(client, "SELECT to_regclass('pitr_after') IS NULL")?;
-    ensure!(later.as_deref() == Some("t"), "pitr_after exists: the copy is past X");
-    Ok(())
 }
 
 /// (busy, all) ticks of all CPUs since boot, from `/proc/stat`.
@@ -251,46 +180,13 @@ fn main() -> Result<()> {
         (best_full, best_base)
     };
 
-    // About `wal_bytes` of WAL after the backup.
-    let started = Instant::now();
-    loop {
-        let lsn = primary_lsn(&mut pc)?;
-        let written = lsn.0 - backup_start.0;
-        if written >= wal_bytes {
-            eprintln!("pgbench: {} MiB of WAL after the backup in {:.1} s", written >> 20, started.elapsed().as_secs_f64());
-            break;
-        }
-        primary.run_as_postgres_checked("pgbench", &["-c", "4", "-j", "2", "-T", "10", "-n", "postgres"])?;
-    }
-    primary.sql("CREATE TABLE pitr_marker (v int); INSERT INTO pitr_marker VALUES (42)")?;
-    let x = primary_lsn(&mut pc)?;
-    primary.run_as_postgres_checked("pgbench", &["-c", "2", "-j", "2", "-T", "2", "-n", "postgres"])?;
-    primary.sql("CREATE TABLE pitr_after (v int)")?;
-    let end = primary_lsn(&mut pc)?;
-    let end_segment = first_text(&mut pc, &format!("SELECT pg_walfile_name('{end}')"))?.context("no segment")?;
-    primary.sql("SELECT pg_switch_wal()")?;
-    primary.wait_for("the WAL up to the end to be archived", Duration::from_secs(300), || {
-        let archived = primary.sql_one("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").ok()??;
-        (archived.len() >= 24 && archived[..24] >= *end_segment).then_some(())
-    })?;
+    let Window { x, end } = write_window(&primary, &mut pc, backup_start, wal_bytes)?;
     let mut hc = host.client("postgres")?;
     wait_caught_up(&mut hc, &timeline, end, "ingest of the workload")?;
     eprintln!("X = {x}; set-up done after {:.1} s", bench_started.elapsed().as_secs_f64());
 
     // The races, pgBackRest first.
-    let conf = backrest.conf();
-    let backrest_s = race(
-        "pgbackrest restore + replay",
-        |dir| {
-            as_postgres::chown_to_postgres(dir)?;
-            let target = format!("--target={x}");
-            let pg1 = format!("--pg1-path={}", dir.display());
-            let config = format!("--config={}", conf.display());
-            run_as_postgres("pgbackrest", &[&config, "--stanza=bench", &pg1, "--type=lsn", &target, "--target-action=promote", "restore"])
-                .map(|_| ())
-        },
-        marker_at_x,
-    )?;
+    let backrest_s = backrest.race_to(x)?;
     let fullbackup_s = with_worker_cpu(&host, "fullbackup at X", || {
         race("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir), marker_at_x)
     })?;
