@@ -8,7 +8,8 @@
 //! is fetched first); a truncation clears the bits past the new end. A
 //! fetched block is written only if its bit is still set, under the
 //! file's lock, so a fetch that loses a race with a write or a truncation
-//! changes nothing.
+//! changes nothing. Blocks being fetched are marked in flight: another
+//! reader of them waits for that fetch instead of fetching them again.
 //!
 //! The bitmap is persisted in `lazy/<id>.pending` (a header line in the
 //! format of a `clonebackup` manifest line, then the bits) whenever the file
@@ -18,14 +19,14 @@
 //! means a block is fetched again, over a copy that was not durable. When
 //! no bit is left, the `.pending` file goes and the file is a plain one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use storage::backup::CloneFile;
 use storage::key::RelTag;
 
@@ -101,6 +102,8 @@ struct State {
     dirty: bool,
     /// Unlinked: nothing more is persisted.
     deleted: bool,
+    /// Blocks some reader is fetching now.
+    in_flight: HashSet<u32>,
 }
 
 /// One relation segment file of the store with remote blocks.
@@ -110,6 +113,8 @@ pub struct LazyFile {
     /// The store's file, open for reading and writing.
     file: File,
     state: Mutex<State>,
+    /// Signalled when fetches end (blocks leave `in_flight`).
+    fetched: Condvar,
     /// Serialises persisting, so bit snapshots reach the disk in order.
     persisting: Mutex<()>,
     pending_path: PathBuf,
@@ -125,39 +130,61 @@ impl LazyFile {
     }
 
     /// Makes blocks `first..=last` local; with `read_ahead`, also up to that
-    /// many remote blocks after `last`. Returns the number of blocks fetched.
+    /// many remote blocks after `last`. Returns the number of blocks this
+    /// call fetched. A block another reader is fetching is waited for, not
+    /// fetched twice (and fetched here if that reader's fetch failed).
     pub fn ensure(&self, first: u32, last: u32, read_ahead: u32, fetcher: &Fetcher, stats: &Stats) -> Result<usize, LazyError> {
-        let (wanted, ahead) = {
-            let s = self.state.lock();
-            let end = last.min(s.bits.nblocks.saturating_sub(1));
-            let mut wanted: Vec<u32> = (first..=end).filter(|b| s.bits.is_remote(*b)).collect();
-            let mut ahead = 0;
-            if !wanted.is_empty() && read_ahead > 0 {
-                let stop = last.saturating_add(read_ahead).min(s.bits.nblocks.saturating_sub(1));
-                for b in last.saturating_add(1)..=stop {
-                    if s.bits.is_remote(b) {
-                        wanted.push(b);
-                        ahead += 1;
+        let mut fetched = 0;
+        loop {
+            let (wanted, ahead, waiting) = {
+                let mut s = self.state.lock();
+                let end = last.min(s.bits.nblocks.saturating_sub(1));
+                let remote: Vec<u32> = (first..=end).filter(|b| s.bits.is_remote(*b)).collect();
+                let (waiting, mut wanted): (Vec<u32>, Vec<u32>) = remote.into_iter().partition(|b| s.in_flight.contains(b));
+                let mut ahead = 0;
+                if !wanted.is_empty() && read_ahead > 0 {
+                    let stop = last.saturating_add(read_ahead).min(s.bits.nblocks.saturating_sub(1));
+                    for b in last.saturating_add(1)..=stop {
+                        if s.bits.is_remote(b) && !s.in_flight.contains(&b) {
+                            wanted.push(b);
+                            ahead += 1;
+                        }
                     }
                 }
+                s.in_flight.extend(&wanted);
+                (wanted, ahead, waiting)
+            };
+            if !wanted.is_empty() {
+                let absolute: Vec<u32> = wanted.iter().map(|b| self.first_block + b).collect();
+                let pages = fetcher.fetch(self.source, &absolute);
+                let mut s = self.state.lock();
+                for b in &wanted {
+                    s.in_flight.remove(b);
+                }
+                self.fetched.notify_all();
+                let pages = pages?;
+                for (&b, page) in wanted.iter().zip(&pages) {
+                    if s.bits.is_remote(b) {
+                        self.file.write_all_at(page, u64::from(b) * BLCKSZ)?;
+                        s.bits.clear(b);
+                        s.dirty = true;
+                    }
+                }
+                add(&stats.blocks_read_ahead, ahead);
+                fetched += wanted.len();
             }
-            (wanted, ahead)
-        };
-        if wanted.is_empty() {
-            return Ok(0);
-        }
-        let absolute: Vec<u32> = wanted.iter().map(|b| self.first_block + b).collect();
-        let pages = fetcher.fetch(self.source, &absolute)?;
-        add(&stats.blocks_read_ahead, ahead);
-        let mut s = self.state.lock();
-        for (&b, page) in wanted.iter().zip(&pages) {
-            if s.bits.is_remote(b) {
-                self.file.write_all_at(page, u64::from(b) * BLCKSZ)?;
-                s.bits.clear(b);
-                s.dirty = true;
+            if waiting.is_empty() {
+                return Ok(fetched);
             }
+            let mut s = self.state.lock();
+            while waiting.iter().any(|b| s.in_flight.contains(b)) {
+                self.fetched.wait(&mut s);
+            }
+            if !waiting.iter().any(|b| s.bits.is_remote(*b)) {
+                return Ok(fetched);
+            }
+            // The other reader's fetch failed: try ourselves.
         }
-        Ok(wanted.len())
     }
 
     /// Writes `data` at `offset` of the file.
@@ -302,7 +329,8 @@ impl Registry {
                 source: cf.source,
                 first_block: cf.first_block,
                 file,
-                state: Mutex::new(State { path: cf.path.clone(), bits, dirty: false, deleted: false }),
+                state: Mutex::new(State { path: cf.path.clone(), bits, dirty: false, deleted: false, in_flight: HashSet::new() }),
+                fetched: Condvar::new(),
                 persisting: Mutex::new(()),
                 pending_path: entry.path(),
             };
