@@ -6,7 +6,10 @@
 #     CI runs 10 stops);
 #   - the host SIGKILLed at 50 random moments of the backup to object
 #     storage (uploads, indexes, deletions) while pgbench writes, the bucket
-#     checked after each (pgrx-tests/tests/remote_crashes.rs; CI runs 5).
+#     checked after each (pgrx-tests/tests/remote_crashes.rs; CI runs 5);
+#   - live clones at three LSNs of a pgbench database of scale 20 with
+#     pgbench -T 30 on a clone (pgrx-tests/tests/clone_fs.rs; CI runs
+#     scale 5 and 10 s).
 # Expects the machine set up and the extension installed (scripts/test.sh
 # does both); prints each campaign's summary line.
 set -euo pipefail
@@ -22,3 +25,8 @@ kills="${REMOTE_KILLS:-50}"
 log "backup to object storage: the host SIGKILLed $kills times"
 REMOTE_KILLS="$kills" cargo test -p pageserver_harness --test remote_crashes -- --nocapture 2>&1 | tee /tmp/pageserver-campaign-remote.log |
   grep -E "kills \(|blocks:|test result"
+
+scale="${CLONE_SCALE:-20}"
+log "live clones: pgbench scale $scale, 30 s runs"
+E2E_SCALE="$scale" E2E_SECONDS=30 cargo test -p pageserver_harness --test clone_fs -- --nocapture --test-threads=1 2>&1 |
+  tee /tmp/pageserver-campaign-clones.log | grep -E "^clone|blocks fetched|pg_dumpall equal|pgbench -S|test result"

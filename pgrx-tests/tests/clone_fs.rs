@@ -283,7 +283,9 @@ fn reads_stall_and_resume_across_a_page_server_restart() -> Result<()> {
             cmd.map(|o| (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))))
         })
     };
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
+    let remote = clone.stats()?["blocks_remote"].as_u64().unwrap_or(0);
+    ensure!(remote > 1000, "only {remote} blocks still remote when the page server stops: the test proves nothing");
     host.stop()?;
     std::thread::sleep(Duration::from_secs(3));
     host.start_again()?;
