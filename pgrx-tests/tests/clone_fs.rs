@@ -9,6 +9,7 @@
 //!   of the relation blocks. pgbench then writes on the clone; afterwards a
 //!   second clone of the same LSN equals the primary's dump again (the page
 //!   server's pages, and the first clone's starting state, are untouched).
+//!   A clone made by time (`--time`) shows the state of the middle LSN.
 //! * `a_killed_tool_gives_io_errors_and_the_clone_resumes`: the tool is
 //!   SIGKILLed under a running clone: reads of blocks not fetched yet fail
 //!   with an I/O error (never wrong data); `unmount` clears the dead mount;
@@ -85,7 +86,7 @@ impl CloneDir {
     }
 
     /// The first mount, at `mountpoint`.
-    fn create(&self, host: &PgCluster, tenant: &str, timeline: &str, lsn: Option<Lsn>, mountpoint: &Path) -> Result<String> {
+    fn create(&self, host: &PgCluster, tenant: &str, timeline: &str, at: &At, mountpoint: &Path) -> Result<String> {
         let mut args = vec![
             "mount".to_string(),
             self.dir_arg(),
@@ -100,8 +101,10 @@ impl CloneDir {
             "--timeout-s".into(),
             "20".into(),
         ];
-        if let Some(lsn) = lsn {
-            args.extend(["--lsn".into(), lsn.to_string()]);
+        match at {
+            At::Lsn(lsn) => args.extend(["--lsn".into(), lsn.to_string()]),
+            At::Time(t) => args.extend(["--time".into(), t.clone()]),
+            At::Latest => {}
         }
         self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
@@ -119,16 +122,24 @@ impl CloneDir {
     }
 }
 
-/// A stock PostgreSQL 15 on a new clone of `timeline` at `lsn`.
-fn start_clone(tool: &Path, host: &PgCluster, tenant: &str, timeline: &str, lsn: Option<Lsn>) -> Result<(CloneDir, PgCluster)> {
+/// Which point of a timeline a clone shows.
+#[derive(Debug)]
+enum At {
+    Lsn(Lsn),
+    Time(String),
+    Latest,
+}
+
+/// A stock PostgreSQL 15 on a new clone of `timeline` at `at`.
+fn start_clone(tool: &Path, host: &PgCluster, tenant: &str, timeline: &str, at: At) -> Result<(CloneDir, PgCluster)> {
     let clone = CloneDir::new(tool)?;
     let started = Instant::now();
     // fsync on: a killed tool, like a power loss, keeps only what was fsynced.
     let pg = PgCluster::start_on_data_dir(ClusterConfig::default().setting("fsync", "on"), |data| {
-        clone.create(host, tenant, timeline, lsn, data)?;
+        clone.create(host, tenant, timeline, &at, data)?;
         Ok(())
     })?;
-    eprintln!("clone of {timeline} at {lsn:?}: mounted and started in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("clone of {timeline} at {at:?}: mounted and started in {:.1}s", started.elapsed().as_secs_f64());
     Ok((clone, pg))
 }
 
@@ -159,17 +170,27 @@ fn a_clone_matches_the_primary_at_three_lsns_and_on_a_branch() -> Result<()> {
     let pgbench = |args: &[&str]| primary.run_as_postgres_checked("pgbench", args);
     pgbench(&["-i", "-s", &scale, "-q", "postgres"])?;
     let mut points = Vec::new();
+    let mut middle_time = String::new();
     for round in 0..3 {
         if round > 0 {
             pgbench(&["-c", "4", "-j", "2", "-T", &seconds, "postgres"])?;
         }
         let lsn = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
         points.push((lsn, dump_all(&primary)?));
+        if round == 1 {
+            middle_time = primary.sql_one("SELECT clock_timestamp()::text")?.context("time")?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     wait_ingested(&host, &timeline, points[2].0)?;
 
+    // By time: the state after the last commit at or before it.
+    let (clone, pg) = start_clone(&tool, &host, &tenant, &timeline, At::Time(middle_time.clone()))?;
+    check_matches(&pg, &points[1].1, &format!("clone at the time {middle_time}"))?;
+    destroy(clone, pg)?;
+
     for (i, (lsn, expected)) in points.iter().enumerate() {
-        let (clone, pg) = start_clone(&tool, &host, &tenant, &timeline, Some(*lsn))?;
+        let (clone, pg) = start_clone(&tool, &host, &tenant, &timeline, At::Lsn(*lsn))?;
         check_matches(&pg, expected, &format!("clone at LSN {i} ({lsn})"))?;
         let stats = clone.stats()?;
         let (fetched, total) = (stats["blocks_fetched"].as_u64().unwrap_or(0), stats["blocks_total"].as_u64().unwrap_or(0));
@@ -183,7 +204,7 @@ fn a_clone_matches_the_primary_at_three_lsns_and_on_a_branch() -> Result<()> {
         pg.run_as_postgres_checked("pgbench", &["-c", "2", "-j", "2", "-T", &seconds, "postgres"])?;
         let changed = dump_all(&pg)?;
         ensure!(compare_dumps(&changed, expected, "after pgbench").is_err(), "pgbench on the clone changed nothing");
-        let (second, pg2) = start_clone(&tool, &host, &tenant, &timeline, Some(*lsn))?;
+        let (second, pg2) = start_clone(&tool, &host, &tenant, &timeline, At::Lsn(*lsn))?;
         check_matches(&pg2, expected, "a second clone of the same LSN")?;
         destroy(second, pg2)?;
         destroy(clone, pg)?;
@@ -194,7 +215,7 @@ fn a_clone_matches_the_primary_at_three_lsns_and_on_a_branch() -> Result<()> {
     let branch = host
         .sql_one(&format!("SELECT timeline_id FROM pageserver.branch_timeline('{tenant}', '{timeline}', '{middle}')"))?
         .context("branch")?;
-    let (clone, pg) = start_clone(&tool, &host, &tenant, &branch, None)?;
+    let (clone, pg) = start_clone(&tool, &host, &tenant, &branch, At::Latest)?;
     check_matches(&pg, &points[1].1, &format!("clone of the branch at {middle}"))?;
     destroy(clone, pg)?;
     // Every clone's branch is gone with its clone.
@@ -215,7 +236,7 @@ fn a_killed_tool_gives_io_errors_and_the_clone_resumes() -> Result<()> {
     let expected = dump_all(&primary)?;
     wait_ingested(&host, &timeline, lsn)?;
 
-    let (clone, mut pg) = start_clone(&tool, &host, &tenant, &timeline, Some(lsn))?;
+    let (clone, mut pg) = start_clone(&tool, &host, &tenant, &timeline, At::Lsn(lsn))?;
     // Committed on the clone (its WAL is fsynced into the local store).
     pg.sql("CREATE TABLE made_on_clone AS SELECT g AS n FROM generate_series(1, 1000) g")?;
     ensure!(pg.sql_one("SELECT count(*) FROM pgbench_branches")?.as_deref() == Some("3"), "branches");
@@ -271,7 +292,7 @@ fn reads_stall_and_resume_across_a_page_server_restart() -> Result<()> {
     let lsn = lsn_of(&primary, "SELECT pg_current_wal_lsn()")?;
     let expected_sum = primary.sql_one("SELECT sum(abalance) + count(*) FROM pgbench_accounts")?;
     wait_ingested(&host, &timeline, lsn)?;
-    let (clone, pg) = start_clone(&tool, &host, &tenant, &timeline, Some(lsn))?;
+    let (clone, pg) = start_clone(&tool, &host, &tenant, &timeline, At::Lsn(lsn))?;
 
     let bench = {
         let port = pg.port().to_string();
