@@ -147,9 +147,13 @@ fn mount(args: &MountArgs) -> Result<()> {
     check_fuse()?;
     let dir = CloneDir::new(&args.dir)?;
     std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
-    if dir.server_pid().is_some() && dir.is_mounted() {
-        println!("{} is already mounted", dir.mountpoint().display());
-        return Ok(());
+    match (dir.server_pid(), dir.is_mounted()) {
+        (Some(_), true) => {
+            println!("{} is already mounted", dir.mountpoint().display());
+            return Ok(());
+        }
+        (Some(pid), false) => bail!("a serving process of this clone (pid {pid}) is still starting; see {}", dir.log_path().display()),
+        _ => {}
     }
     if dir.is_mounted() {
         // A serving process that died: clear its dead mount first.
