@@ -9,8 +9,10 @@
 //! renamed while open reads and writes on as on a local disk. The kernel
 //! checks permissions (`default_permissions`) against the store's owners and
 //! modes; other users (PostgreSQL's) reach the mount through `allow_other`.
-//! The kernel's page cache is kept across opens: nothing but this file
-//! system changes the files.
+//! The kernel's page cache is kept across opens (nothing but this file
+//! system changes the files), and writes go through it (the writeback
+//! cache): the kernel sends dirty pages in large writes, and before any
+//! `fsync` it passes on.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -18,7 +20,7 @@ use std::fs::{File, FileTimes, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +32,7 @@ use fuser::{
 use parking_lot::RwLock;
 
 use crate::fetcher::Fetcher;
-use crate::lazy::{LazyError, LazyFile, Registry, BLCKSZ, MAX_READ_AHEAD};
+use crate::lazy::{LazyError, LazyFile, Registry, BLCKSZ};
 use crate::stats::{add, Stats};
 
 /// How long the kernel may cache names and attributes. Only this file
@@ -39,17 +41,8 @@ use crate::stats::{add, Stats};
 const TTL: Duration = Duration::from_secs(1);
 
 enum Handle {
-    File {
-        file: File,
-        lazy: Option<Arc<LazyFile>>,
-        /// Where the next read starts if the reader is sequential.
-        next_offset: AtomicU64,
-        /// Current read-ahead, in blocks (grows while reads are sequential).
-        read_ahead: AtomicU32,
-    },
-    Dir {
-        entries: Vec<(u64, FileType, OsString)>,
-    },
+    File { file: File, lazy: Option<Arc<LazyFile>> },
+    Dir { entries: Vec<(u64, FileType, OsString)> },
 }
 
 pub struct CloneFs {
@@ -177,7 +170,7 @@ impl CloneFs {
     }
 
     fn open_handle(&self, rel: &str, file: File) -> FileHandle {
-        self.add_handle(Handle::File { file, lazy: self.lazy.get(rel), next_offset: AtomicU64::new(0), read_ahead: AtomicU32::new(0) })
+        self.add_handle(Handle::File { file, lazy: self.lazy.get(rel) })
     }
 
     fn chown_to(&self, path: &Path, req: &Request) -> io::Result<()> {
@@ -241,22 +234,19 @@ impl CloneFs {
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let handle = self.handle(fh)?;
-        let Handle::File { file, lazy, next_offset, read_ahead } = &*handle else { return Err(Errno::EISDIR) };
+        let Handle::File { file, lazy } = &*handle else { return Err(Errno::EISDIR) };
         add(&self.stats.reads, 1);
         if let (Some(lazy), true) = (lazy, size > 0) {
             let (first, last) = ((offset / BLCKSZ) as u32, ((offset + u64::from(size) - 1) / BLCKSZ) as u32);
-            let sequential = next_offset.swap(offset + u64::from(size), Ordering::Relaxed) == offset && offset > 0;
-            let ahead = if sequential {
-                let grown = (read_ahead.load(Ordering::Relaxed) * 2).clamp(16, MAX_READ_AHEAD);
-                read_ahead.store(grown, Ordering::Relaxed);
-                grown
-            } else {
-                read_ahead.store(0, Ordering::Relaxed);
-                0
-            };
-            match lazy.ensure(first, last, ahead, &self.fetcher, &self.stats).map_err(lazy_errno)? {
+            match lazy.ensure(first, last, true, &self.fetcher, &self.stats).map_err(lazy_errno)? {
                 0 => add(&self.stats.lazy_reads_local, 1),
                 _ => add(&self.stats.lazy_reads_fetched, 1),
+            }
+            // A sequential reader's next window is fetched while it reads this one.
+            let next = lazy.next_window(first, last);
+            if !next.is_empty() {
+                let (lazy, fetcher, stats) = (lazy.clone(), self.fetcher.clone(), self.stats.clone());
+                std::thread::spawn(move || lazy.prefetch(&next, &fetcher, &stats));
             }
         }
         let mut buf = vec![0u8; size as usize];
@@ -289,7 +279,12 @@ impl CloneFs {
 impl fuser::Filesystem for CloneFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Best effort: a kernel that refuses keeps its defaults.
-        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_BIG_WRITES);
+        // The writeback cache lets the kernel gather PostgreSQL's 8 KiB
+        // writes into large ones; fsync still reaches the store (the kernel
+        // writes the dirty pages back first).
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_BIG_WRITES | InitFlags::FUSE_WRITEBACK_CACHE,
+        );
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
@@ -466,8 +461,15 @@ impl fuser::Filesystem for CloneFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = self.path(ino).and_then(|rel| {
+            // Read and write if at all possible: with the writeback cache the
+            // kernel may write dirty pages through any open handle.
+            let abs = self.abs(&rel);
             let writable = flags.0 & libc_o::ACCMODE != libc_o::RDONLY;
-            let file = OpenOptions::new().read(true).write(writable).open(self.abs(&rel)).map_err(errno)?;
+            let file = match OpenOptions::new().read(true).write(true).open(&abs) {
+                Ok(f) => f,
+                Err(_) if !writable => File::open(&abs).map_err(errno)?,
+                Err(e) => return Err(errno(e)),
+            };
             Ok(self.open_handle(&rel, file))
         });
         match opened {

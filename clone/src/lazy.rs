@@ -2,8 +2,10 @@
 //!
 //! A lazy file is a sparse file of the store with the segment's full size
 //! and a bitmap of the blocks still remote. A read fetches the remote
-//! blocks it touches (and, when reads run sequentially, the ones after
-//! them), writes them into the sparse file and clears their bits; a write
+//! blocks it touches (and, when it continues one of the file's recent
+//! streams of reads, up to 512 blocks after them: the kernel's own
+//! read-ahead, several processes of a parallel scan and several threads
+//! of the file system read one file at once), writes them into the sparse file and clears their bits; a write
 //! clears the bits of the blocks it covers (a block it covers only in part
 //! is fetched first); a truncation clears the bits past the new end. A
 //! fetched block is written only if its bit is still set, under the
@@ -37,8 +39,25 @@ pub const BLCKSZ: u64 = 8192;
 
 const PENDING_MAGIC: &str = "pageserver_clone pending v1";
 
-/// Blocks fetched ahead of a sequential reader, at most.
-pub const MAX_READ_AHEAD: u32 = 256;
+/// Blocks fetched ahead of a sequential reader: the first read-ahead, and
+/// the most it doubles to while the reader goes on.
+const MIN_READ_AHEAD: u32 = 32;
+const MAX_READ_AHEAD: u32 = 512;
+
+/// Streams remembered per file (parallel scans read several at once).
+const STREAMS: usize = 8;
+
+/// A read starting at most this many blocks past where a stream's last
+/// fetch ended continues that stream.
+const STREAM_GAP: u32 = 64;
+
+/// Where a run of fetches has got to: the block after its last fetch, and
+/// its read-ahead.
+#[derive(Clone, Copy, Default)]
+struct Stream {
+    end: u32,
+    read_ahead: u32,
+}
 
 /// Why a lazy file operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +123,32 @@ struct State {
     deleted: bool,
     /// Blocks some reader is fetching now.
     in_flight: HashSet<u32>,
+    /// Recent sequential runs of reads, newest last.
+    streams: Vec<Stream>,
+}
+
+impl State {
+    /// The read-ahead for a read of `first..=last` that must fetch: a read
+    /// continuing a stream (reaching its end, or starting a little past it) doubles
+    /// its read-ahead; any other starts a new stream without read-ahead.
+    /// The stream's end moves past the blocks the fetch will cover.
+    fn read_ahead(&mut self, first: u32, last: u32) -> u32 {
+        let continued = self.streams.iter().position(|s| last.saturating_add(1) >= s.end && first <= s.end.saturating_add(STREAM_GAP));
+        let mut stream = match continued {
+            Some(i) => {
+                let mut s = self.streams.remove(i);
+                s.read_ahead = (s.read_ahead * 2).clamp(MIN_READ_AHEAD, MAX_READ_AHEAD);
+                s
+            }
+            None => Stream::default(),
+        };
+        stream.end = last.saturating_add(1).saturating_add(stream.read_ahead);
+        if self.streams.len() == STREAMS {
+            self.streams.remove(0);
+        }
+        self.streams.push(stream);
+        stream.read_ahead
+    }
 }
 
 /// One relation segment file of the store with remote blocks.
@@ -129,11 +174,12 @@ impl LazyFile {
         self.state.lock().bits.nblocks
     }
 
-    /// Makes blocks `first..=last` local; with `read_ahead`, also up to that
-    /// many remote blocks after `last`. Returns the number of blocks this
+    /// Makes blocks `first..=last` local; for a read (`sequential_hint`),
+    /// also the blocks after them when the read continues a stream of
+    /// reads (see [`State::read_ahead`]). Returns the number of blocks this
     /// call fetched. A block another reader is fetching is waited for, not
     /// fetched twice (and fetched here if that reader's fetch failed).
-    pub fn ensure(&self, first: u32, last: u32, read_ahead: u32, fetcher: &Fetcher, stats: &Stats) -> Result<usize, LazyError> {
+    pub fn ensure(&self, first: u32, last: u32, sequential_hint: bool, fetcher: &Fetcher, stats: &Stats) -> Result<usize, LazyError> {
         let mut fetched = 0;
         loop {
             let (wanted, ahead, waiting) = {
@@ -142,7 +188,8 @@ impl LazyFile {
                 let remote: Vec<u32> = (first..=end).filter(|b| s.bits.is_remote(*b)).collect();
                 let (waiting, mut wanted): (Vec<u32>, Vec<u32>) = remote.into_iter().partition(|b| s.in_flight.contains(b));
                 let mut ahead = 0;
-                if !wanted.is_empty() && read_ahead > 0 {
+                if !wanted.is_empty() && sequential_hint {
+                    let read_ahead = s.read_ahead(first, last);
                     let stop = last.saturating_add(read_ahead).min(s.bits.nblocks.saturating_sub(1));
                     for b in last.saturating_add(1)..=stop {
                         if s.bits.is_remote(b) && !s.in_flight.contains(&b) {
@@ -155,21 +202,7 @@ impl LazyFile {
                 (wanted, ahead, waiting)
             };
             if !wanted.is_empty() {
-                let absolute: Vec<u32> = wanted.iter().map(|b| self.first_block + b).collect();
-                let pages = fetcher.fetch(self.source, &absolute);
-                let mut s = self.state.lock();
-                for b in &wanted {
-                    s.in_flight.remove(b);
-                }
-                self.fetched.notify_all();
-                let pages = pages?;
-                for (&b, page) in wanted.iter().zip(&pages) {
-                    if s.bits.is_remote(b) {
-                        self.file.write_all_at(page, u64::from(b) * BLCKSZ)?;
-                        s.bits.clear(b);
-                        s.dirty = true;
-                    }
-                }
+                self.fetch_and_install(&wanted, fetcher)?;
                 add(&stats.blocks_read_ahead, ahead);
                 fetched += wanted.len();
             }
@@ -187,6 +220,63 @@ impl LazyFile {
         }
     }
 
+    /// Fetches `blocks`, which the caller marked in flight, and writes
+    /// those still remote into the file; they leave `in_flight` either way.
+    fn fetch_and_install(&self, blocks: &[u32], fetcher: &Fetcher) -> Result<(), LazyError> {
+        let absolute: Vec<u32> = blocks.iter().map(|b| self.first_block + b).collect();
+        let pages = fetcher.fetch(self.source, &absolute);
+        let mut s = self.state.lock();
+        for b in blocks {
+            s.in_flight.remove(b);
+        }
+        self.fetched.notify_all();
+        let pages = pages?;
+        for (&b, page) in blocks.iter().zip(&pages) {
+            if s.bits.is_remote(b) {
+                self.file.write_all_at(page, u64::from(b) * BLCKSZ)?;
+                s.bits.clear(b);
+                s.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// For a read of `first..=last` in the second half of what a stream
+    /// has fetched ahead: the stream's next window (twice as long, up to
+    /// the most), its remote blocks marked in flight, for
+    /// [`prefetch`](Self::prefetch) to fetch while the reader goes on.
+    pub fn next_window(&self, first: u32, last: u32) -> Vec<u32> {
+        let mut s = self.state.lock();
+        let nblocks = s.bits.nblocks;
+        let Some(i) = s.streams.iter().position(|st| {
+            st.read_ahead > 0 && st.end < nblocks && first <= st.end && last.saturating_add(1).saturating_add(st.read_ahead / 2) >= st.end
+        }) else {
+            return Vec::new();
+        };
+        let mut stream = s.streams[i];
+        stream.read_ahead = (stream.read_ahead * 2).clamp(MIN_READ_AHEAD, MAX_READ_AHEAD);
+        let (start, end) = (stream.end, stream.end.saturating_add(stream.read_ahead).min(nblocks));
+        stream.end = end;
+        s.streams[i] = stream;
+        let blocks: Vec<u32> = (start..end).filter(|b| s.bits.is_remote(*b) && !s.in_flight.contains(b)).collect();
+        s.in_flight.extend(&blocks);
+        blocks
+    }
+
+    /// Fetches a window [`next_window`](Self::next_window) marked (on a
+    /// thread of its own). A failure only leaves the blocks remote: the
+    /// reader fetches them itself when it gets there.
+    pub fn prefetch(&self, blocks: &[u32], fetcher: &Fetcher, stats: &Stats) {
+        match self.fetch_and_install(blocks, fetcher) {
+            Ok(()) => add(&stats.blocks_read_ahead, blocks.len() as u64),
+            Err(e) => eprintln!(
+                "pageserver-clone: read-ahead of {} blocks of {} failed (the reader will fetch them): {e}",
+                blocks.len(),
+                self.source
+            ),
+        }
+    }
+
     /// Writes `data` at `offset` of the file.
     pub fn write(&self, offset: u64, data: &[u8], fetcher: &Fetcher, stats: &Stats) -> Result<(), LazyError> {
         if data.is_empty() {
@@ -196,10 +286,10 @@ impl LazyFile {
         let (first, last) = ((offset / BLCKSZ) as u32, ((end - 1) / BLCKSZ) as u32);
         // Blocks covered in part keep the rest of their remote contents.
         if !offset.is_multiple_of(BLCKSZ) {
-            self.ensure(first, first, 0, fetcher, stats)?;
+            self.ensure(first, first, false, fetcher, stats)?;
         }
         if !end.is_multiple_of(BLCKSZ) {
-            self.ensure(last, last, 0, fetcher, stats)?;
+            self.ensure(last, last, false, fetcher, stats)?;
         }
         let mut s = self.state.lock();
         self.file.write_all_at(data, offset)?;
@@ -213,7 +303,7 @@ impl LazyFile {
     pub fn set_len(&self, size: u64, fetcher: &Fetcher, stats: &Stats) -> Result<(), LazyError> {
         if !size.is_multiple_of(BLCKSZ) {
             let b = (size / BLCKSZ) as u32;
-            self.ensure(b, b, 0, fetcher, stats)?;
+            self.ensure(b, b, false, fetcher, stats)?;
         }
         let mut s = self.state.lock();
         self.file.set_len(size)?;
@@ -329,7 +419,14 @@ impl Registry {
                 source: cf.source,
                 first_block: cf.first_block,
                 file,
-                state: Mutex::new(State { path: cf.path.clone(), bits, dirty: false, deleted: false, in_flight: HashSet::new() }),
+                state: Mutex::new(State {
+                    path: cf.path.clone(),
+                    bits,
+                    dirty: false,
+                    deleted: false,
+                    in_flight: HashSet::new(),
+                    streams: Vec::new(),
+                }),
                 fetched: Condvar::new(),
                 persisting: Mutex::new(()),
                 pending_path: entry.path(),
@@ -403,6 +500,70 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state() -> State {
+        State {
+            path: String::new(),
+            bits: Bits::all_remote(10_000),
+            dirty: false,
+            deleted: false,
+            in_flight: HashSet::new(),
+            streams: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sequential_reads_grow_their_read_ahead_and_random_ones_get_none() {
+        let mut s = state();
+        // A scan from block 0 in reads of 16 blocks: none, then 32, 64, ... 512.
+        assert_eq!(s.read_ahead(0, 15), 0);
+        let mut at = 16;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let ahead = s.read_ahead(at, at + 15);
+            seen.push(ahead);
+            at += 16 + ahead;
+        }
+        assert_eq!(seen, [32, 64, 128, 256, 512, 512]);
+        // A read overlapping the end of what was fetched continues it too.
+        let ahead = s.read_ahead(at - 4, at + 11);
+        assert_eq!(ahead, 512);
+        // Random reads far apart start streams of their own, without read-ahead.
+        let mut s = state();
+        for b in [5000, 100, 9000, 2500, 7000] {
+            assert_eq!(s.read_ahead(b, b), 0);
+        }
+        // Two interleaved scans (a parallel scan's workers) keep their own streams.
+        let mut s = state();
+        assert_eq!((s.read_ahead(0, 7), s.read_ahead(4000, 4007)), (0, 0));
+        assert_eq!((s.read_ahead(8, 15), s.read_ahead(4008, 4015)), (32, 32));
+        assert_eq!((s.read_ahead(48, 55), s.read_ahead(4048, 4055)), (64, 64));
+    }
+
+    #[test]
+    fn a_reader_in_the_second_half_of_a_window_gets_the_next_one() {
+        let mut st = state();
+        assert_eq!(st.read_ahead(0, 15), 0);
+        assert_eq!(st.read_ahead(16, 31), 32); // fetched up to 63
+        let lazy = LazyFile {
+            source: RelTag::new(1663, 5, 16384, 0),
+            first_block: 0,
+            file: tempfile::tempfile().unwrap(),
+            state: Mutex::new(st),
+            fetched: Condvar::new(),
+            persisting: Mutex::new(()),
+            pending_path: PathBuf::from("/nonexistent"),
+        };
+        // In the first half of 32..64: nothing yet.
+        assert!(lazy.next_window(32, 39).is_empty());
+        // In the second half: the next 64 blocks, marked in flight.
+        let next = lazy.next_window(48, 55);
+        assert_eq!((next.first(), next.last(), next.len()), (Some(&64), Some(&127), 64));
+        assert!(lazy.state.lock().in_flight.contains(&100));
+        // Not twice; the one after comes in the second half of 64..128.
+        assert!(lazy.next_window(56, 63).is_empty());
+        assert_eq!(lazy.next_window(100, 107).first(), Some(&128));
+    }
 
     #[test]
     fn bits_round_trip_and_count() {

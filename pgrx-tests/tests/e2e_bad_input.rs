@@ -224,6 +224,33 @@ fn bad_input_gets_clear_messages_and_the_page_server_keeps_serving() -> Result<(
         Response::Error { message, .. } => expect("missing relation", &message, "does not exist")?,
         other => bail!("Nblocks of a missing relation got {other:?}"),
     }
+    // Many pipelined GetPage requests (answered as one bulk read) get the
+    // answers the same requests get one at a time: pages, zero pages past
+    // the end, an error for a missing fork and for a bad LSN pair, in order.
+    let missing = RelTag::new(1663, db, 999_999, 0);
+    let bad_lsns = RequestHeader { reqid: 9, request_lsn: Lsn(lsn.0 - 8), not_modified_since: lsn };
+    let mut batch = Vec::new();
+    for blkno in 0..60u32 {
+        batch.push(Request::GetPage { hdr: RequestHeader { reqid: u64::from(blkno), ..hdr }, rel, blkno: blkno % 45 });
+        match blkno {
+            10 => batch.push(Request::GetPage { hdr, rel: missing, blkno: 0 }),
+            20 => batch.push(Request::GetPage { hdr: bad_lsns, rel, blkno: 1 }),
+            30 => batch.push(Request::GetPage { hdr, rel, blkno: 1_000_000 }),
+            _ => {}
+        }
+    }
+    for request in &batch {
+        client.queue(*request);
+    }
+    client.flush()?;
+    let pipelined: Vec<Response> = batch.iter().map(|_| client.recv()).collect::<Result<_, _>>()?;
+    for (request, got) in batch.iter().zip(&pipelined) {
+        let alone = client.request(*request)?;
+        ensure!(*got == alone, "{request:?}: pipelined {got:?}, alone {alone:?}");
+    }
+    let errors = pipelined.iter().filter(|r| matches!(r, Response::Error { .. })).count();
+    ensure!(errors == 2, "{errors} errors among the pipelined answers, want 2");
+    eprintln!("{} pipelined GetPage requests answered as one at a time", batch.len());
     let out = host.run_as_postgres(
         "psql",
         &[

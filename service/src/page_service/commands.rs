@@ -12,10 +12,14 @@
 //! switching). A request ahead of ingest waits on tokio's blocking pool
 //! (`pageserver.wait_lsn_timeout`), so it never holds up the runtime.
 //! Requests are answered in order, a buffer-full at a time; a failed
-//! request gets an error response and the stream goes on. Backups run on
+//! request gets an error response and the stream goes on. A run of at
+//! least [`batch::MIN_BATCH`] pipelined GetPage requests for consecutive
+//! blocks that can be answered now is read as one batch on the blocking
+//! pool instead ([`batch`]). Backups run on
 //! the blocking pool.
 
 use super::auth::Session;
+use super::batch;
 use super::pq::{self, sqlstate, BackendWriter, ProtocolError};
 use super::stats::{PageServiceStats, RequestKind};
 use super::tls::ClientStream;
@@ -24,7 +28,7 @@ use crate::timeline_handle::TenantId;
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use storage::backup::BackupKind;
 use storage::key::{Key, RelTag, FSM_FORKNUM, VISIBILITYMAP_FORKNUM};
 use storage::lsn::Lsn;
@@ -40,7 +44,7 @@ const WRITE_BATCH: usize = 256 * 1024;
 const BACKUP_CHUNK: usize = 256 * 1024;
 /// `DEFAULTTABLESPACE_OID`: DbSize counts a database's relations there.
 const DEFAULT_TABLESPACE: u32 = pg_constants::DEFAULTTABLESPACE_OID;
-const ZERO_PAGE: [u8; pg_constants::BLCKSZ] = [0; pg_constants::BLCKSZ];
+pub(super) const ZERO_PAGE: [u8; pg_constants::BLCKSZ] = [0; pg_constants::BLCKSZ];
 
 /// Finds a timeline by tenant and timeline id (the manager implements it;
 /// the page service needs nothing else of it).
@@ -186,37 +190,43 @@ async fn serve_pagestream(
     let wait_timeout = ctx.wait_lsn_timeout();
     let mut input = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::with_capacity(WRITE_BATCH);
+    // Pipelined GetPage requests that can be answered now, in order.
+    let mut pending: Vec<(Request, Instant)> = Vec::new();
     loop {
         while let Some((tag, body)) = pq::take_message(&mut input)? {
-            match tag {
-                b'd' => {
-                    let started = std::time::Instant::now();
-                    let parsed = Request::parse(version, &body);
-                    let kind = parsed.as_ref().ok().map(request_kind);
-                    let response = match parsed {
-                        Ok(request) if is_ingested(&timeline, &request) => answer(&timeline, &request, wait_timeout),
-                        Ok(request) => {
-                            // Ahead of ingest: send what is ready, then wait off the runtime.
-                            send(stream, &mut out).await?;
-                            let timeline = timeline.clone();
-                            tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout))
-                                .await
-                                .unwrap_or_else(|e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") })
+            if tag == b'd' {
+                let started = Instant::now();
+                let parsed = Request::parse(version, &body);
+                if let Ok(request @ Request::GetPage { .. }) = parsed {
+                    if is_ingested(&timeline, &request) {
+                        pending.push((request, started));
+                        if pending.len() >= batch::MAX_BATCH {
+                            answer_pending(stream, &mut out, version, &timeline, ctx, &mut pending).await?;
                         }
-                        // Not a request we understand: answer with an error in
-                        // order; the stream stays usable.
-                        Err(e) => Response::Error { hdr: Default::default(), message: format!("malformed pagestream request: {e}") },
-                    };
-                    let before = out.len();
-                    BackendWriter(&mut out).copy_data_with(|b| response.encode(version, b));
-                    if let Some(kind) = kind {
-                        let error = matches!(response, Response::Error { .. });
-                        ctx.stats.request(kind, started.elapsed(), (out.len() - before) as u64, error);
-                    }
-                    if out.len() >= WRITE_BATCH {
-                        send(stream, &mut out).await?;
+                        continue;
                     }
                 }
+                answer_pending(stream, &mut out, version, &timeline, ctx, &mut pending).await?;
+                let kind = parsed.as_ref().ok().map(request_kind);
+                let response = match parsed {
+                    Ok(request) if is_ingested(&timeline, &request) => answer(&timeline, &request, wait_timeout),
+                    Ok(request) => {
+                        // Ahead of ingest: send what is ready, then wait off the runtime.
+                        send(stream, &mut out).await?;
+                        let timeline = timeline.clone();
+                        tokio::task::spawn_blocking(move || answer(&timeline, &request, wait_timeout))
+                            .await
+                            .unwrap_or_else(|e| Response::Error { hdr: Default::default(), message: format!("internal error: {e}") })
+                    }
+                    // Not a request we understand: answer with an error in
+                    // order; the stream stays usable.
+                    Err(e) => Response::Error { hdr: Default::default(), message: format!("malformed pagestream request: {e}") },
+                };
+                write_response(stream, &mut out, version, ctx, kind, started, &response).await?;
+                continue;
+            }
+            answer_pending(stream, &mut out, version, &timeline, ctx, &mut pending).await?;
+            match tag {
                 b'c' => {
                     // CopyBoth ends when both sides have sent CopyDone: ours
                     // follows the last answer; the caller then sends
@@ -246,12 +256,66 @@ async fn serve_pagestream(
                 }
             }
         }
+        answer_pending(stream, &mut out, version, &timeline, ctx, &mut pending).await?;
         send(stream, &mut out).await?;
         input.reserve(READ_BUFFER / 2);
         if stream.read_buf(&mut input).await? == 0 {
             return Err(ProtocolError::Closed);
         }
     }
+}
+
+/// Appends one response (and counts it); writes out a full batch.
+async fn write_response(
+    stream: &mut ClientStream,
+    out: &mut BytesMut,
+    version: ProtocolVersion,
+    ctx: &ServiceContext,
+    kind: Option<RequestKind>,
+    started: Instant,
+    response: &Response,
+) -> Result<(), ProtocolError> {
+    let before = out.len();
+    BackendWriter(out).copy_data_with(|b| response.encode(version, b));
+    if let Some(kind) = kind {
+        let error = matches!(response, Response::Error { .. });
+        ctx.stats.request(kind, started.elapsed(), (out.len() - before) as u64, error);
+    }
+    if out.len() >= WRITE_BATCH {
+        send(stream, out).await?;
+    }
+    Ok(())
+}
+
+/// Answers the pending GetPage requests, in order: one by one on this task,
+/// as always, unless they are a long run of consecutive blocks (a
+/// sequential reader's read-ahead), which is one batch read on the
+/// blocking pool ([`batch::answer_getpages`]).
+async fn answer_pending(
+    stream: &mut ClientStream,
+    out: &mut BytesMut,
+    version: ProtocolVersion,
+    timeline: &Arc<Timeline>,
+    ctx: &ServiceContext,
+    pending: &mut Vec<(Request, Instant)>,
+) -> Result<(), ProtocolError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let requests: Vec<Request> = pending.iter().map(|(r, _)| *r).collect();
+    let responses = if !batch::is_sequential_run(&requests) {
+        let wait_timeout = ctx.wait_lsn_timeout();
+        requests.iter().map(|r| answer(timeline, r, wait_timeout)).collect()
+    } else {
+        let (timeline, wait_timeout) = (timeline.clone(), ctx.wait_lsn_timeout());
+        tokio::task::spawn_blocking(move || batch::answer_getpages(&timeline, &requests, wait_timeout))
+            .await
+            .unwrap_or_else(|e| pending.iter().map(|(r, _)| r.error_response(format!("internal error: {e}"))).collect())
+    };
+    for ((_, started), response) in pending.drain(..).zip(responses) {
+        write_response(stream, out, version, ctx, Some(RequestKind::GetPage), started, &response).await?;
+    }
+    Ok(())
 }
 
 fn request_kind(request: &Request) -> RequestKind {
@@ -273,7 +337,7 @@ fn is_ingested(timeline: &Timeline, request: &Request) -> bool {
 /// Where a pagestream request reads, decided as Neon's page service decides
 /// it from the request's two LSNs and what the timeline has ingested.
 #[derive(Debug, PartialEq, Eq)]
-enum ReadAt {
+pub(super) enum ReadAt {
     /// Read at this LSN now.
     Ingested(Lsn),
     /// Wait until this LSN is ingested, then read there.
@@ -286,7 +350,7 @@ enum ReadAt {
 /// yet ingested waits for it and reads there; any other reads at
 /// `request_lsn` or at what is ingested, whichever is lower (`Lsn::MAX`, the
 /// latest, reads at what is ingested).
-fn read_at(hdr: &RequestHeader, last_record_lsn: Lsn) -> Result<ReadAt, String> {
+pub(super) fn read_at(hdr: &RequestHeader, last_record_lsn: Lsn) -> Result<ReadAt, String> {
     if hdr.request_lsn < hdr.not_modified_since {
         return Err(format!("invalid request with request LSN {} and not_modified_since {}", hdr.request_lsn, hdr.not_modified_since));
     }
@@ -301,7 +365,7 @@ fn read_at(hdr: &RequestHeader, last_record_lsn: Lsn) -> Result<ReadAt, String> 
 /// A fork's size for a request: a missing FSM or visibility-map fork has 0
 /// blocks (PostgreSQL may create one and ask its size before extending it;
 /// Neon answers 0 too), any other missing fork is an error.
-fn request_rel_size(timeline: &Timeline, rel: RelTag, lsn: Lsn) -> Result<u32, String> {
+pub(super) fn request_rel_size(timeline: &Timeline, rel: RelTag, lsn: Lsn) -> Result<u32, String> {
     match timeline.get_rel_size(rel, lsn).map_err(|e| e.to_string())? {
         Some(n) => Ok(n),
         None if rel.fork == FSM_FORKNUM || rel.fork == VISIBILITYMAP_FORKNUM => Ok(0),
@@ -310,7 +374,7 @@ fn request_rel_size(timeline: &Timeline, rel: RelTag, lsn: Lsn) -> Result<u32, S
 }
 
 /// Serves one request (blocking: may wait for ingest and redo).
-fn answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) -> Response {
+pub(super) fn answer(timeline: &Timeline, request: &Request, wait_timeout: Duration) -> Response {
     match try_answer(timeline, request, wait_timeout) {
         Ok(response) => response,
         Err(message) => request.error_response(message),

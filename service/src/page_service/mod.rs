@@ -10,6 +10,7 @@
 //! accepting connections when its cancellation token is cancelled.
 
 pub mod auth;
+mod batch;
 pub mod commands;
 pub mod pq;
 pub mod stats;
