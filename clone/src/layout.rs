@@ -85,7 +85,7 @@ impl CloneDir {
     }
 
     pub fn write_spec(&self, spec: &CloneSpec) -> Result<()> {
-        write_durably(&self.spec_path(), &serde_json::to_vec_pretty(spec)?)
+        Ok(write_durably(&self.spec_path(), &serde_json::to_vec_pretty(spec)?)?)
     }
 
     /// The pid of the serving process, if one is alive.
@@ -134,16 +134,19 @@ fn unescape_mountinfo(field: &str) -> String {
     out
 }
 
-/// Writes `path` as a whole: a temporary file, fsync, rename, fsync of the directory.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `path` as a whole: a temporary file, fsync, rename, fsync of the
+/// directory. An error names the file it is about.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    fn about(p: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
+        move |e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+    }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(about(&tmp))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(about(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(about(path))?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(about(dir))?;
     }
     Ok(())
 }

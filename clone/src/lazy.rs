@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use storage::backup::CloneFile;
 use storage::key::RelTag;
 
 use crate::fetcher::{FetchError, Fetcher};
+use crate::layout::write_durably;
 use crate::stats::{add, Stats};
 
 pub const BLCKSZ: u64 = 8192;
@@ -343,18 +344,17 @@ impl LazyFile {
 
     fn write_pending(&self, path: &str, bits: &[u8]) -> io::Result<()> {
         let nblocks = self.state.lock().bits.nblocks;
-        let header = CloneFile { path: path.to_string(), source: self.source, first_block: self.first_block, nblocks }.to_line();
-        let tmp = self.pending_path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(format!("{PENDING_MAGIC}\n{header}\n").as_bytes())?;
-        f.write_all(bits)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.pending_path)?;
-        if let Some(dir) = self.pending_path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let file = CloneFile { path: path.to_string(), source: self.source, first_block: self.first_block, nblocks };
+        write_durably(&self.pending_path, &pending_bytes(&file, bits))
     }
+}
+
+/// A `.pending` file's contents: the magic line, the file's manifest line,
+/// then the bitmap of its blocks still remote.
+fn pending_bytes(file: &CloneFile, bits: &[u8]) -> Vec<u8> {
+    let mut out = format!("{PENDING_MAGIC}\n{}\n", file.to_line()).into_bytes();
+    out.extend_from_slice(bits);
+    out
 }
 
 /// The lazy files of a store, by path relative to the store.
@@ -368,9 +368,7 @@ impl Registry {
     pub fn create(lazy_dir: &Path, files: &[CloneFile]) -> io::Result<()> {
         std::fs::create_dir_all(lazy_dir)?;
         for (id, f) in files.iter().enumerate().filter(|(_, f)| f.nblocks > 0) {
-            let bits = Bits::all_remote(f.nblocks);
-            let mut out = format!("{PENDING_MAGIC}\n{}\n", f.to_line()).into_bytes();
-            out.extend_from_slice(&bits.to_bytes());
+            let out = pending_bytes(f, &Bits::all_remote(f.nblocks).to_bytes());
             std::fs::write(lazy_dir.join(format!("{id}.pending")), out)?;
         }
         File::open(lazy_dir)?.sync_all()
@@ -563,6 +561,28 @@ mod tests {
         // Not twice; the one after comes in the second half of 64..128.
         assert!(lazy.next_window(56, 63).is_empty());
         assert_eq!(lazy.next_window(100, 107).first(), Some(&128));
+    }
+
+    #[test]
+    fn pending_files_survive_a_rename_and_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, lazy_dir) = (dir.path().join("store"), dir.path().join("lazy"));
+        std::fs::create_dir_all(store.join("base/1")).unwrap();
+        std::fs::File::create(store.join("base/1/100")).unwrap().set_len(4 * BLCKSZ).unwrap();
+        let file = CloneFile { path: "base/1/100".into(), source: RelTag::new(1663, 1, 100, 0), first_block: 0, nblocks: 4 };
+        Registry::create(&lazy_dir, &[file]).unwrap();
+        let registry = Registry::load(&store, &lazy_dir).unwrap();
+        assert_eq!(registry.remote_and_total(), (4, 4));
+
+        std::fs::rename(store.join("base/1/100"), store.join("base/1/200")).unwrap();
+        registry.rename("base/1/100", "base/1/200").unwrap();
+        let reloaded = Registry::load(&store, &lazy_dir).unwrap();
+        assert!(reloaded.get("base/1/100").is_none());
+        let moved = reloaded.get("base/1/200").expect("the renamed file keeps its pending blocks");
+        assert_eq!((moved.remote_blocks(), moved.source), (4, RelTag::new(1663, 1, 100, 0)));
+        let names: Vec<String> =
+            std::fs::read_dir(&lazy_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["0.pending"], "no temporary file is left behind");
     }
 
     #[test]
