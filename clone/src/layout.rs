@@ -6,6 +6,8 @@
 //! <dir>/data/          the mount point, PostgreSQL's data directory (or --mountpoint)
 //! <dir>/store/         the local copy-on-write store behind data/
 //! <dir>/store.ready    present once store/ is fully populated
+//! <dir>/wal/           the clone's pg_wal: store/pg_wal is a symlink to it,
+//!                      so PostgreSQL writes its WAL past FUSE, to local disk
 //! <dir>/lazy/<n>.pending  for each relation file with blocks not yet local
 //! <dir>/clone.pid      the serving process
 //! <dir>/clone.log      its log
@@ -59,6 +61,10 @@ impl CloneDir {
     }
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
+    }
+    /// The clone's WAL directory, outside the mount (`store/pg_wal` links here).
+    pub fn wal(&self) -> PathBuf {
+        self.root.join("wal")
     }
     pub fn store_ready(&self) -> PathBuf {
         self.root.join("store.ready")

@@ -3,7 +3,7 @@
 //! A lazy file is a sparse file of the store with the segment's full size
 //! and a bitmap of the blocks still remote. A read fetches the remote
 //! blocks it touches (and, when it continues one of the file's recent
-//! streams of reads, up to 512 blocks after them: the kernel's own
+//! streams of reads, up to 1024 blocks after them: the kernel's own
 //! read-ahead, several processes of a parallel scan and several threads
 //! of the file system read one file at once), writes them into the sparse file and clears their bits; a write
 //! clears the bits of the blocks it covers (a block it covers only in part
@@ -43,7 +43,12 @@ const PENDING_MAGIC: &str = "pageserver_clone pending v1";
 /// Blocks fetched ahead of a sequential reader: the first read-ahead, and
 /// the most it doubles to while the reader goes on.
 const MIN_READ_AHEAD: u32 = 32;
-const MAX_READ_AHEAD: u32 = 512;
+const MAX_READ_AHEAD: u32 = 1024;
+
+/// A fetch of more blocks than this is split into parts fetched at once
+/// (at most [`MAX_PARTS`]).
+const PART_BLOCKS: usize = 128;
+const MAX_PARTS: usize = 8;
 
 /// Streams remembered per file (parallel scans read several at once).
 const STREAMS: usize = 8;
@@ -223,7 +228,22 @@ impl LazyFile {
 
     /// Fetches `blocks`, which the caller marked in flight, and writes
     /// those still remote into the file; they leave `in_flight` either way.
+    /// Many blocks are fetched in parts at once, each on its own connection
+    /// (the page server answers one connection's requests in order, one
+    /// batch at a time) and installed as it arrives, so that a reader
+    /// waiting for the first blocks does not wait for the last.
     fn fetch_and_install(&self, blocks: &[u32], fetcher: &Fetcher) -> Result<(), LazyError> {
+        if blocks.len() <= PART_BLOCKS {
+            return self.fetch_and_install_part(blocks, fetcher);
+        }
+        let part = blocks.len().div_ceil(MAX_PARTS).max(PART_BLOCKS);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = blocks.chunks(part).map(|part| scope.spawn(move || self.fetch_and_install_part(part, fetcher))).collect();
+            parts.into_iter().try_for_each(|part| part.join().expect("a fetch thread panicked"))
+        })
+    }
+
+    fn fetch_and_install_part(&self, blocks: &[u32], fetcher: &Fetcher) -> Result<(), LazyError> {
         let absolute: Vec<u32> = blocks.iter().map(|b| self.first_block + b).collect();
         let pages = fetcher.fetch(self.source, &absolute);
         let mut s = self.state.lock();
@@ -232,25 +252,38 @@ impl LazyFile {
         }
         self.fetched.notify_all();
         let pages = pages?;
-        for (&b, page) in blocks.iter().zip(&pages) {
-            if s.bits.is_remote(b) {
-                self.file.write_all_at(page, u64::from(b) * BLCKSZ)?;
-                s.bits.clear(b);
-                s.dirty = true;
+        // Runs of consecutive blocks still remote, one pwritev each.
+        let mut i = 0;
+        while i < blocks.len() {
+            if !s.bits.is_remote(blocks[i]) {
+                i += 1;
+                continue;
             }
+            let mut end = i + 1;
+            while end < blocks.len() && blocks[end] == blocks[end - 1] + 1 && s.bits.is_remote(blocks[end]) {
+                end += 1;
+            }
+            write_all_vectored_at(&self.file, &pages[i..end], u64::from(blocks[i]) * BLCKSZ)?;
+            for &b in &blocks[i..end] {
+                s.bits.clear(b);
+            }
+            s.dirty = true;
+            i = end;
         }
         Ok(())
     }
 
-    /// For a read of `first..=last` in the second half of what a stream
-    /// has fetched ahead: the stream's next window (twice as long, up to
-    /// the most), its remote blocks marked in flight, for
-    /// [`prefetch`](Self::prefetch) to fetch while the reader goes on.
+    /// For a read of `first..=last` that reaches the last window a stream
+    /// fetched ahead: the stream's next window (twice as long, up to the
+    /// most), its remote blocks marked in flight, for
+    /// [`prefetch`](Self::prefetch) to fetch while the reader goes on. A
+    /// sequential reader thus has one to two windows fetched ahead of it:
+    /// the fetch of a window overlaps the reading of the one before.
     pub fn next_window(&self, first: u32, last: u32) -> Vec<u32> {
         let mut s = self.state.lock();
         let nblocks = s.bits.nblocks;
         let Some(i) = s.streams.iter().position(|st| {
-            st.read_ahead > 0 && st.end < nblocks && first <= st.end && last.saturating_add(1).saturating_add(st.read_ahead / 2) >= st.end
+            st.read_ahead > 0 && st.end < nblocks && first <= st.end && last.saturating_add(1).saturating_add(st.read_ahead) >= st.end
         }) else {
             return Vec::new();
         };
@@ -348,6 +381,26 @@ impl LazyFile {
         write_durably(&self.pending_path, &pending_bytes(&file, bits))
     }
 }
+
+/// Writes `pages` one after another at `offset` of `file`, with as few
+/// `pwritev` calls as the kernel allows.
+fn write_all_vectored_at(file: &File, pages: &[bytes::Bytes], mut offset: u64) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = pages.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let chunk = rest.len().min(IOV_MAX);
+        let written = nix::sys::uio::pwritev(file, &rest[..chunk], offset as i64)?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        offset += written as u64;
+        io::IoSlice::advance_slices(&mut rest, written);
+    }
+    Ok(())
+}
+
+/// The most buffers one `pwritev` takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 /// A `.pending` file's contents: the magic line, the file's manifest line,
 /// then the bitmap of its blocks still remote.
@@ -513,19 +566,19 @@ mod tests {
     #[test]
     fn sequential_reads_grow_their_read_ahead_and_random_ones_get_none() {
         let mut s = state();
-        // A scan from block 0 in reads of 16 blocks: none, then 32, 64, ... 512.
+        // A scan from block 0 in reads of 16 blocks: none, then 32, 64, ... 1024.
         assert_eq!(s.read_ahead(0, 15), 0);
         let mut at = 16;
         let mut seen = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..7 {
             let ahead = s.read_ahead(at, at + 15);
             seen.push(ahead);
             at += 16 + ahead;
         }
-        assert_eq!(seen, [32, 64, 128, 256, 512, 512]);
+        assert_eq!(seen, [32, 64, 128, 256, 512, 1024, 1024]);
         // A read overlapping the end of what was fetched continues it too.
         let ahead = s.read_ahead(at - 4, at + 11);
-        assert_eq!(ahead, 512);
+        assert_eq!(ahead, 1024);
         // Random reads far apart start streams of their own, without read-ahead.
         let mut s = state();
         for b in [5000, 100, 9000, 2500, 7000] {
@@ -539,10 +592,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_in_the_second_half_of_a_window_gets_the_next_one() {
+    fn a_reader_reaching_a_window_fetched_ahead_gets_the_next_one() {
         let mut st = state();
         assert_eq!(st.read_ahead(0, 15), 0);
-        assert_eq!(st.read_ahead(16, 31), 32); // fetched up to 63
+        assert_eq!(st.read_ahead(16, 31), 32); // fetched 16..64, 32..64 ahead
         let lazy = LazyFile {
             source: RelTag::new(1663, 5, 16384, 0),
             first_block: 0,
@@ -552,15 +605,16 @@ mod tests {
             persisting: Mutex::new(()),
             pending_path: PathBuf::from("/nonexistent"),
         };
-        // In the first half of 32..64: nothing yet.
-        assert!(lazy.next_window(32, 39).is_empty());
-        // In the second half: the next 64 blocks, marked in flight.
-        let next = lazy.next_window(48, 55);
+        // Before the window fetched ahead: nothing yet.
+        assert!(lazy.next_window(0, 15).is_empty());
+        // Reaching it: the next 64 blocks, marked in flight.
+        let next = lazy.next_window(16, 31);
         assert_eq!((next.first(), next.last(), next.len()), (Some(&64), Some(&127), 64));
         assert!(lazy.state.lock().in_flight.contains(&100));
-        // Not twice; the one after comes in the second half of 64..128.
-        assert!(lazy.next_window(56, 63).is_empty());
-        assert_eq!(lazy.next_window(100, 107).first(), Some(&128));
+        // Not twice; the one after comes when the reader reaches 64..128.
+        assert!(lazy.next_window(32, 47).is_empty());
+        let after = lazy.next_window(64, 71);
+        assert_eq!((after.first(), after.len()), (Some(&128), 128));
     }
 
     #[test]
@@ -583,6 +637,19 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(&lazy_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["0.pending"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn vectored_writes_put_every_page_in_place_past_the_iovec_limit() {
+        let file = tempfile::tempfile().unwrap();
+        let pages: Vec<bytes::Bytes> = (0..IOV_MAX + 300).map(|i| bytes::Bytes::from(vec![(i % 251) as u8; BLCKSZ as usize])).collect();
+        write_all_vectored_at(&file, &pages, BLCKSZ).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), (pages.len() as u64 + 1) * BLCKSZ);
+        let mut page = vec![0u8; BLCKSZ as usize];
+        for i in [0, 1, IOV_MAX - 1, IOV_MAX, pages.len() - 1] {
+            file.read_exact_at(&mut page, (i as u64 + 1) * BLCKSZ).unwrap();
+            assert!(page.iter().all(|b| *b == (i % 251) as u8), "page {i}");
+        }
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! `clonebackup` at the clone's LSN: every file but relation data is
 //! written whole; each relation segment file of the manifest becomes a
 //! sparse file of its size with all its blocks remote ([`crate::lazy`]).
+//! `pg_wal` is moved out of the store to `<dir>/wal` and replaced by a
+//! symlink to it, as `initdb --waldir` does: the kernel resolves the link,
+//! so the clone's WAL (a scan's hint-bit full-page images, every commit)
+//! is written to local disk without passing through the FUSE server. It is
+//! never fetched, so nothing is lost by keeping it out of the mount.
 //! Everything is owned by the clone directory's owner, who runs PostgreSQL.
 //! `store.ready` is written last: a store without it is populated again
 //! from scratch.
@@ -28,7 +33,7 @@ pub struct Populated {
 /// Fills `dir`'s store from the bytes of a `clonebackup` tar.
 pub fn populate(dir: &CloneDir, tar_bytes: &[u8]) -> Result<Populated> {
     let store = dir.store();
-    for d in [store.clone(), dir.lazy()] {
+    for d in [store.clone(), dir.lazy(), dir.wal()] {
         if d.exists() {
             std::fs::remove_dir_all(&d).with_context(|| format!("removing the partial {}", d.display()))?;
         }
@@ -69,13 +74,62 @@ pub fn populate(dir: &CloneDir, tar_bytes: &[u8]) -> Result<Populated> {
         done.rel_blocks += u64::from(f.nblocks);
     }
     Registry::create(&dir.lazy(), &files)?;
+    let store_wal = store.join("pg_wal");
+    if !store_wal.is_dir() {
+        bail!("the clonebackup tar has no pg_wal directory");
+    }
+    std::fs::rename(&store_wal, dir.wal()).with_context(|| format!("moving {} to {}", store_wal.display(), dir.wal().display()))?;
+    std::os::unix::fs::symlink(dir.wal(), &store_wal).with_context(|| format!("linking {}", store_wal.display()))?;
     chown_tree(&store, owner.uid(), owner.gid())?;
+    chown_tree(&dir.wal(), owner.uid(), owner.gid())?;
+    std::fs::set_permissions(dir.wal(), std::fs::Permissions::from_mode(0o700))?;
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o700))?;
-    // One syncfs for the whole tree (thousands of small files).
-    let root = std::fs::File::open(&store)?;
-    nix::unistd::syncfs(&root).with_context(|| format!("syncfs of {}", store.display()))?;
+    let mut to_sync = vec![dir.root.clone()]; // its new entries
+    for tree in [&store, &dir.wal(), &dir.lazy()] {
+        list_tree(tree, &mut to_sync)?;
+    }
+    sync_all(&to_sync)?;
     crate::layout::write_durably(&dir.store_ready(), b"")?;
     Ok(done)
+}
+
+/// Threads fsyncing the populated store at once.
+const SYNC_THREADS: usize = 16;
+
+/// fsyncs `paths` (files and directories). Thousands of small files:
+/// fsyncs on several threads at once share the file system's journal
+/// commits. Not `syncfs`, whose cost includes every other program's
+/// unwritten data on the same file system (a primary's dirty pages made a
+/// clone's mount take 2.3 s instead of 0.7 in `clone_bench`).
+fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..SYNC_THREADS)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while let Some(path) = paths.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        std::fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("fsync of {}", path.display()))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().expect("an fsync thread panicked"))
+    })
+}
+
+/// Every file and directory under `path`, `path` included (symlinks are not followed).
+fn list_tree(path: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    let md = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if md.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            list_tree(&entry?.path(), out)?;
+        }
+    }
+    if md.is_dir() || md.is_file() {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {

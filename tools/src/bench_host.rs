@@ -138,3 +138,62 @@ pub fn process_ticks(pid: u32) -> u64 {
     let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     ticks(14) + ticks(15)
 }
+
+/// Waits until the host's workers have used under 5% of a CPU for a whole
+/// second (the layers worker compacting what a workload left, say), so
+/// that a measurement after it does not share the CPU with them; gives up
+/// after `limit`, saying so.
+pub fn wait_host_quiet(host: &PgCluster, limit: Duration) -> Result<()> {
+    let mut pids = Vec::new();
+    for kind in ["main", "layers", "redo"] {
+        pids.extend(worker_pids(host, kind)?);
+    }
+    let ticks = || pids.iter().map(|p| process_ticks(*p)).sum::<u64>();
+    let started = Instant::now();
+    let mut before = ticks();
+    while started.elapsed() < limit {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = ticks();
+        if (now - before) as f64 / CLOCK_TICKS_PER_S < 0.05 {
+            eprintln!("host workers quiet after {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        before = now;
+    }
+    eprintln!("host workers still busy after {limit:?}: measuring anyway");
+    Ok(())
+}
+
+/// (pid, command line, utime + stime in ticks) of every process on the
+/// machine: what took the CPU while a benchmark ran, whichever cluster or
+/// tool it belongs to.
+pub fn all_process_ticks() -> Vec<(u32, String, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let title = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
+        out.push((pid, title, process_ticks(pid)));
+    }
+    out
+}
+
+/// Prints the processes that used at least 1% of a CPU between two
+/// [`all_process_ticks`] snapshots, busiest first.
+pub fn print_process_cpu(what: &str, before: &[(u32, String, u64)], after: &[(u32, String, u64)], secs: f64) {
+    let mut rows: Vec<(f64, u32, &str)> = after
+        .iter()
+        .map(|(pid, title, t)| {
+            let t0 = before.iter().find(|(b, _, _)| b == pid).map_or(0, |(_, _, t0)| *t0);
+            (t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S / secs * 100.0, *pid, title.as_str())
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    eprintln!("{what}: {total:.0}% CPU over {secs:.1} s; busiest processes:");
+    for (pct, pid, title) in rows.iter().take(12).filter(|r| r.0 >= 1.0) {
+        let title: String = title.chars().take(100).collect();
+        eprintln!("  {pct:6.1}%  pid {pid:<8} {title}");
+    }
+}

@@ -21,6 +21,9 @@
 //! pgbench_accounts` on the clone just started (no block of the table
 //! fetched yet) in MB/s of the table, against the same scan on the
 //! `fullbackup` copy after a restart of its server (floor; target ≥ 0.5).
+//! Each scan starts once the host's workers are idle (compaction of the
+//! workload's layers would otherwise share the CPU with one of them) and
+//! prints the CPU each process used during it.
 //!
 //! `CLONE_BENCH_SCALES` (default `64,256`) and `CLONE_BENCH_WAL_MIB`
 //! (default 1024) shrink the run. Needs the extension installed, the tool
@@ -29,12 +32,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, PgCluster};
 use tools::bench_copy::{fullbackup_into, race_keep};
-use tools::bench_host::{pgbench_timeline, primary_lsn, wait_caught_up};
+use tools::bench_host::{all_process_ticks, pgbench_timeline, primary_lsn, print_process_cpu, wait_caught_up, wait_host_quiet};
 use tools::pitr::{marker_at_x, write_window, PgBackRest, Window};
 
 const COMMAND: &str = "cargo pgrx install --release -p pageserver_ext -c /usr/lib/postgresql/15/bin/pg_config && cargo build --release -p pageserver_clone && cargo run --release -p tools --bin clone_bench";
@@ -67,9 +70,10 @@ fn run_tool(tool: &Path, args: &[&str]) -> Result<()> {
 /// Seconds of `SELECT count(*) FROM pgbench_accounts` on `copy`, and the table's MB.
 fn scan(copy: &PgCluster, what: &str) -> Result<f64> {
     let mb: f64 = copy.sql_one("SELECT pg_relation_size('pgbench_accounts')")?.context("size")?.parse::<f64>()? / 1e6;
-    let started = Instant::now();
+    let (cpu_before, started) = (all_process_ticks(), Instant::now());
     let count = copy.sql_one("SELECT count(*) FROM pgbench_accounts")?;
     let secs = started.elapsed().as_secs_f64();
+    print_process_cpu(what, &cpu_before, &all_process_ticks(), secs);
     eprintln!("{what}: count(*) = {count:?} over {mb:.0} MB in {secs:.2} s: {:.0} MB/s", mb / secs);
     Ok(mb / secs)
 }
@@ -113,6 +117,7 @@ fn one_size(tool: &Path, scale: u64, wal_bytes: u64, with_scan: bool) -> Result<
         race_keep("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir), marker_at_x)?;
     let full_scan = if with_scan {
         full_copy.stop()?;
+        wait_host_quiet(&host, Duration::from_secs(120))?;
         eprintln!("{}", drop_os_cache());
         full_copy.start_again()?;
         Some(scan(&full_copy, "local copy (fullbackup), cold server")?)
@@ -136,7 +141,12 @@ fn one_size(tool: &Path, scale: u64, wal_bytes: u64, with_scan: bool) -> Result<
         },
         marker_at_x,
     )?;
-    let clone_scan = if with_scan { Some(scan(&clone_copy, "clone, nothing of the table fetched")?) } else { None };
+    let clone_scan = if with_scan {
+        wait_host_quiet(&host, Duration::from_secs(120))?;
+        Some(scan(&clone_copy, "clone, nothing of the table fetched")?)
+    } else {
+        None
+    };
     let status = Command::new(tool).arg("status").arg(clone_dir.path()).output()?;
     eprintln!("{}", String::from_utf8_lossy(&status.stdout));
     clone_copy.stop()?;
