@@ -24,8 +24,12 @@ use pageserver_clone::fetcher::{FetchTarget, Fetcher};
 use pageserver_clone::fs::CloneFs;
 use pageserver_clone::layout::{CloneDir, CloneSpec};
 use pageserver_clone::lazy::Registry;
-use pageserver_clone::pagestream_client::{self, ConnectOptions};
+use pageserver_clone::pagestream_client::{self, BlockingClient, ClientError, ConnectOptions};
 use pageserver_clone::stats::{Stats, StatsReport};
+use storage::pagestream::ProtocolVersion;
+
+/// The page service's token (a JWT), if it needs one.
+const TOKEN_VAR: &str = "PAGESERVER_CLONE_TOKEN";
 
 #[derive(Parser)]
 #[command(name = "pageserver-clone", version, about = "Live clones: a stock PostgreSQL 15 on a FUSE view of a timeline at an LSN")]
@@ -159,6 +163,7 @@ fn mount(args: &MountArgs) -> Result<()> {
         // A serving process that died: clear its dead mount first.
         fusermount(&["-u", "-z"], &dir.mountpoint())?;
     }
+    let mut created = false;
     let spec = match dir.read_spec()? {
         Some(spec) => {
             let differs = |given: &Option<String>, have: &str| given.as_deref().is_some_and(|g| g != have);
@@ -174,8 +179,40 @@ fn mount(args: &MountArgs) -> Result<()> {
             }
             spec
         }
-        None => create_clone(&dir, args)?,
+        None => {
+            created = true;
+            create_clone(&dir, args)?
+        }
     };
+    let started = Instant::now();
+    if let Err(e) = start_serving(&dir, args) {
+        if !created {
+            return Err(e);
+        }
+        // A first mount that failed leaves no clone behind: nothing to
+        // destroy, and the next mount of this directory starts afresh.
+        return Err(match undo_create(&dir, &spec) {
+            Ok(()) => e.context(format!("the clone was not created (its branch {} is dropped again)", spec.branch_timeline_id)),
+            Err(undo) => e.context(format!(
+                "the clone was not created, and undoing it failed: {undo:#}; run pageserver-clone destroy {}",
+                dir.root.display()
+            )),
+        });
+    }
+    println!(
+        "mounted {} (tenant {}, timeline {} at {}, branch {}) in {:.2}s",
+        dir.mountpoint().display(),
+        spec.tenant_id,
+        spec.parent_timeline_id,
+        spec.lsn,
+        spec.branch_timeline_id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts the serving process and waits until its mount is ready.
+fn start_serving(dir: &CloneDir, args: &MountArgs) -> Result<()> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.log_path())?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("serve")
@@ -197,24 +234,42 @@ fn mount(args: &MountArgs) -> Result<()> {
             bail!(
                 "the serving process ended ({status}) before the mount was ready; its log {}:\n{}",
                 dir.log_path().display(),
-                log_tail(&dir, 20)
+                log_tail(dir, 20)
             );
         }
         if started.elapsed() > Duration::from_secs(600) {
             let _ = child.kill();
-            bail!("the mount was not ready after 10 minutes; log {}:\n{}", dir.log_path().display(), log_tail(&dir, 20));
+            let _ = child.wait();
+            bail!("the mount was not ready after 10 minutes; log {}:\n{}", dir.log_path().display(), log_tail(dir, 20));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!(
-        "mounted {} (tenant {}, timeline {} at {}, branch {}) in {:.2}s",
-        dir.mountpoint().display(),
-        spec.tenant_id,
-        spec.parent_timeline_id,
-        spec.lsn,
-        spec.branch_timeline_id,
-        started.elapsed().as_secs_f64()
-    );
+    Ok(())
+}
+
+/// Undoes [`create_clone`] after a first mount failed: drops the branch and
+/// removes what the serving process made, keeping `clone.log`.
+fn undo_create(dir: &CloneDir, spec: &CloneSpec) -> Result<()> {
+    let default_mountpoint = dir.root.join("data");
+    if dir.is_mounted() {
+        // A serving process killed just as it mounted.
+        fusermount(&["-u", "-z"], &dir.mountpoint())?;
+    }
+    admin::drop_branch(&spec.admin_conninfo, &spec.tenant_id, &spec.branch_timeline_id)?;
+    for path in [dir.store(), dir.lazy()] {
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("deleting {}", path.display())),
+            _ => {}
+        }
+    }
+    for path in [dir.store_ready(), dir.pid_path(), dir.stats_path(), dir.spec_path()] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("deleting {}", path.display())),
+            _ => {}
+        }
+    }
+    // Only if the serving process made it, so only if empty.
+    let _ = std::fs::remove_dir(default_mountpoint);
     Ok(())
 }
 
@@ -233,6 +288,8 @@ fn create_clone(dir: &CloneDir, args: &MountArgs) -> Result<CloneSpec> {
         Some(addr) => addr.clone(),
         None => admin::page_service_addr(conninfo, &admin::conninfo_host(conninfo).unwrap_or_else(|| "127.0.0.1".into()))?,
     };
+    // Before the branch: a page service that refuses us must not leave one.
+    check_page_service(&pageserver, tenant, timeline, &connect_options(&args.user))?;
     let target = match (&args.lsn, &args.time) {
         (_, Some(t)) => Target::Time(t.clone()),
         (Some(lsn), None) => Target::Lsn(lsn.clone()),
@@ -260,13 +317,34 @@ fn create_clone(dir: &CloneDir, args: &MountArgs) -> Result<CloneSpec> {
     Ok(spec)
 }
 
-fn connect_options(spec: &CloneSpec) -> ConnectOptions {
+fn connect_options(user: &str) -> ConnectOptions {
     ConnectOptions {
-        user: spec.user.clone(),
-        password: std::env::var("PAGESERVER_CLONE_TOKEN").ok(),
+        user: user.to_string(),
+        password: std::env::var(TOKEN_VAR).ok(),
         application_name: "pageserver-clone".into(),
         connect_timeout: Duration::from_secs(30),
     }
+}
+
+/// Opens (and closes) a pagestream on the timeline to be cloned: whether the
+/// page service lets us in, with the token of PAGESERVER_CLONE_TOKEN if any,
+/// and grants that token the tenant.
+fn check_page_service(addr: &str, tenant: &str, timeline: &str, options: &ConnectOptions) -> Result<()> {
+    let client = match BlockingClient::connect_with(addr, ProtocolVersion::V3, tenant, timeline, options) {
+        Ok(client) => client,
+        Err(ClientError::PasswordRequired) => bail!(
+            "authentication to the page service at {addr} failed: it asks for a token (JWT) and {TOKEN_VAR} is not set; set it to a token for tenant {tenant}"
+        ),
+        Err(ClientError::Server(_, e)) if e.code.starts_with("28") => {
+            bail!("authentication to the page service at {addr} failed with the token in {TOKEN_VAR}: {e}")
+        }
+        Err(ClientError::Server(_, e)) if e.code == "42501" => {
+            bail!("the page service at {addr} refused access to tenant {tenant} with the token in {TOKEN_VAR}: {e}")
+        }
+        Err(e) => bail!("cannot open a pagestream on tenant {tenant} timeline {timeline} at {addr}: {e}"),
+    };
+    let _ = client.close();
+    Ok(())
 }
 
 /// The serving process: populates the store at the first mount, then serves
@@ -276,7 +354,7 @@ fn serve(dir: &Path, timeout: Duration) -> Result<()> {
     let spec = dir.read_spec()?.expect("checked");
     std::fs::write(dir.pid_path(), std::process::id().to_string())?;
     let lsn: storage::lsn::Lsn = spec.lsn.parse().map_err(|_| anyhow::anyhow!("bad LSN {} in clone.json", spec.lsn))?;
-    let options = connect_options(&spec);
+    let options = connect_options(&spec.user);
     if !dir.store_ready().exists() {
         let started = Instant::now();
         let query = format!("clonebackup {} {} {}", spec.tenant_id, spec.branch_timeline_id, spec.lsn);

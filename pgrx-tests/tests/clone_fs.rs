@@ -22,133 +22,14 @@
 //! without them the tests fail saying so. `E2E_SCALE` (default 5) and
 //! `E2E_SECONDS` (default 10) size the pgbench runs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use common::clone::{destroy, start_clone, tool, At};
 use common::e2e::{compare_dumps, dump_all, lsn_of, wait_ingested};
-use pageserver_harness::{as_postgres, ClusterConfig, PgCluster};
-use storage::lsn::Lsn;
+use pageserver_harness::{as_postgres, PgCluster};
 
 mod common;
-
-/// The tool's binary, built for this test run if needed.
-fn tool() -> Result<PathBuf> {
-    ensure!(
-        Path::new("/dev/fuse").exists(),
-        "live clone tests need FUSE: /dev/fuse is missing on this machine (load the fuse module, or give the container --device /dev/fuse)"
-    );
-    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()));
-    ensure!(found, "live clone tests need fusermount3: install Debian's fuse3 (scripts/setup.sh does)");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace")?.to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "pageserver_clone", "--bin", "pageserver-clone"])
-        .current_dir(&workspace)
-        .status()?;
-    ensure!(status.success(), "building pageserver-clone failed");
-    // This test runs as target/<profile>/deps/clone_fs-<hash>.
-    let bin = std::env::current_exe()?.parent().and_then(Path::parent).context("target dir")?.join("pageserver-clone");
-    ensure!(bin.exists(), "{} was not built", bin.display());
-    Ok(bin)
-}
-
-/// A clone directory owned by postgres, with the tool's commands.
-struct CloneDir {
-    tool: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl CloneDir {
-    fn new(tool: &Path) -> Result<CloneDir> {
-        let dir = tempfile::Builder::new().prefix("clone-test.").tempdir()?;
-        as_postgres::chown_to_postgres(dir.path())?;
-        Ok(CloneDir { tool: tool.to_path_buf(), dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.tool).args(args).output()?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            let log = std::fs::read_to_string(self.path().join("clone.log")).unwrap_or_default();
-            bail!("pageserver-clone {}: {text}\nclone.log:\n{log}", args.join(" "));
-        }
-        Ok(text)
-    }
-
-    fn dir_arg(&self) -> String {
-        self.path().display().to_string()
-    }
-
-    /// The first mount, at `mountpoint`.
-    fn create(&self, host: &PgCluster, tenant: &str, timeline: &str, at: &At, mountpoint: &Path) -> Result<String> {
-        let mut args = vec![
-            "mount".to_string(),
-            self.dir_arg(),
-            "--admin".into(),
-            host.connstr("postgres"),
-            "--tenant".into(),
-            tenant.into(),
-            "--timeline".into(),
-            timeline.into(),
-            "--mountpoint".into(),
-            mountpoint.display().to_string(),
-            "--timeout-s".into(),
-            "20".into(),
-        ];
-        match at {
-            At::Lsn(lsn) => args.extend(["--lsn".into(), lsn.to_string()]),
-            At::Time(t) => args.extend(["--time".into(), t.clone()]),
-            At::Latest => {}
-        }
-        self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    }
-
-    fn status(&self) -> Result<String> {
-        self.run(&["status", &self.dir_arg()])
-    }
-
-    fn stats(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::from_slice(&std::fs::read(self.path().join("stats.json"))?)?)
-    }
-
-    fn serving_pid(&self) -> Result<i32> {
-        Ok(std::fs::read_to_string(self.path().join("clone.pid"))?.trim().parse()?)
-    }
-}
-
-/// Which point of a timeline a clone shows.
-#[derive(Debug)]
-enum At {
-    Lsn(Lsn),
-    Time(String),
-    Latest,
-}
-
-/// A stock PostgreSQL 15 on a new clone of `timeline` at `at`.
-fn start_clone(tool: &Path, host: &PgCluster, tenant: &str, timeline: &str, at: At) -> Result<(CloneDir, PgCluster)> {
-    let clone = CloneDir::new(tool)?;
-    let started = Instant::now();
-    // fsync on: a killed tool, like a power loss, keeps only what was fsynced.
-    let pg = PgCluster::start_on_data_dir(ClusterConfig::default().setting("fsync", "on"), |data| {
-        clone.create(host, tenant, timeline, &at, data)?;
-        Ok(())
-    })?;
-    eprintln!("clone of {timeline} at {at:?}: mounted and started in {:.1}s", started.elapsed().as_secs_f64());
-    Ok((clone, pg))
-}
-
-/// Stops the clone's PostgreSQL and destroys the clone (its branch too).
-fn destroy(clone: CloneDir, mut pg: PgCluster) -> Result<()> {
-    pg.stop()?;
-    clone.run(&["destroy", &clone.dir_arg()])?;
-    Ok(())
-}
 
 fn check_matches(pg: &PgCluster, expected: &str, what: &str) -> Result<()> {
     let ahead = compare_dumps(&dump_all(pg)?, expected, what)?;

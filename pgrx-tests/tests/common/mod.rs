@@ -1,8 +1,9 @@
 //! Helpers shared by the tests against real servers: capturing a primary's
 //! WAL and decoding it with the storage crate's decoder; the end-to-end
-//! checks in [`e2e`].
+//! checks in [`e2e`]; the live-clone tool in [`clone`].
 #![allow(dead_code)]
 
+pub mod clone;
 pub mod e2e;
 
 use anyhow::{Context, Result};
