@@ -33,7 +33,7 @@ use storage::backup::CloneFile;
 use storage::key::RelTag;
 
 use crate::fetcher::{FetchError, Fetcher};
-use crate::layout::write_durably;
+use crate::layout::{remove_if_present, write_durably};
 use crate::stats::{add, Stats};
 
 pub const BLCKSZ: u64 = 8192;
@@ -361,14 +361,7 @@ impl LazyFile {
         };
         self.file.sync_data()?;
         let Some((path, bytes, remote)) = snapshot else { return Ok(()) };
-        let written = if remote == 0 {
-            match std::fs::remove_file(&self.pending_path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        } else {
-            self.write_pending(&path, &bytes)
-        };
+        let written = if remote == 0 { remove_if_present(&self.pending_path) } else { self.write_pending(&path, &bytes) };
         if written.is_err() {
             self.state.lock().dirty = true;
         }
@@ -496,10 +489,7 @@ impl Registry {
         let Some(lazy) = self.files.write().remove(path) else { return Ok(()) };
         let _order = lazy.persisting.lock();
         lazy.state.lock().deleted = true;
-        match std::fs::remove_file(&lazy.pending_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_if_present(&lazy.pending_path)
     }
 
     /// `from` was renamed to `to` (a directory: every file under it).

@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use pageserver_clone::admin::{self, Target};
 use pageserver_clone::fetcher::{FetchTarget, Fetcher};
 use pageserver_clone::fs::CloneFs;
-use pageserver_clone::layout::{CloneDir, CloneSpec};
+use pageserver_clone::layout::{remove_if_present, CloneDir, CloneSpec};
 use pageserver_clone::lazy::Registry;
 use pageserver_clone::pagestream_client::{self, BlockingClient, ClientError, ConnectOptions};
 use pageserver_clone::stats::{Stats, StatsReport};
@@ -256,17 +256,8 @@ fn undo_create(dir: &CloneDir, spec: &CloneSpec) -> Result<()> {
         fusermount(&["-u", "-z"], &dir.mountpoint())?;
     }
     admin::drop_branch(&spec.admin_conninfo, &spec.tenant_id, &spec.branch_timeline_id)?;
-    for path in [dir.store(), dir.lazy()] {
-        match std::fs::remove_dir_all(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("deleting {}", path.display())),
-            _ => {}
-        }
-    }
-    for path in [dir.store_ready(), dir.pid_path(), dir.stats_path(), dir.spec_path()] {
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("deleting {}", path.display())),
-            _ => {}
-        }
+    for path in [dir.store(), dir.lazy(), dir.wal(), dir.store_ready(), dir.pid_path(), dir.stats_path(), dir.spec_path()] {
+        remove_if_present(&path)?;
     }
     // Only if the serving process made it, so only if empty.
     let _ = std::fs::remove_dir(default_mountpoint);

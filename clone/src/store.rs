@@ -33,10 +33,8 @@ pub struct Populated {
 /// Fills `dir`'s store from the bytes of a `clonebackup` tar.
 pub fn populate(dir: &CloneDir, tar_bytes: &[u8]) -> Result<Populated> {
     let store = dir.store();
-    for d in [store.clone(), dir.lazy(), dir.wal()] {
-        if d.exists() {
-            std::fs::remove_dir_all(&d).with_context(|| format!("removing the partial {}", d.display()))?;
-        }
+    for partial in [&store, &dir.lazy(), &dir.wal()] {
+        crate::layout::remove_if_present(partial)?;
     }
     std::fs::create_dir_all(&store)?;
     let owner = std::fs::metadata(&dir.root)?;

@@ -110,16 +110,27 @@ pub fn thread_times(pid: i32) -> Vec<(i32, String, u64)> {
     out
 }
 
-/// Prints each thread's CPU use between two snapshots, busiest first.
-pub fn print_thread_cpu(what: &str, before: &[(i32, String, u64)], after: &[(i32, String, u64)], secs: f64) {
-    let mut rows: Vec<(f64, i32, &str)> = after
+/// Per id (a thread's or a process's), the share of a CPU used between two
+/// snapshots of (id, name, ticks), in percent, busiest first.
+fn cpu_shares<'a, Id: PartialEq + Copy>(
+    before: &[(Id, String, u64)],
+    after: &'a [(Id, String, u64)],
+    secs: f64,
+) -> Vec<(f64, Id, &'a str)> {
+    let mut rows: Vec<(f64, Id, &str)> = after
         .iter()
-        .map(|(tid, name, t)| {
-            let t0 = before.iter().find(|(b, _, _)| b == tid).map_or(0, |(_, _, t0)| *t0);
-            (t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S / secs * 100.0, *tid, name.as_str())
+        .map(|(id, name, t)| {
+            let t0 = before.iter().find(|(b, _, _)| b == id).map_or(0, |(_, _, t0)| *t0);
+            (t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S / secs * 100.0, *id, name.as_str())
         })
         .collect();
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    rows
+}
+
+/// Prints each thread's CPU use between two snapshots, busiest first.
+pub fn print_thread_cpu(what: &str, before: &[(i32, String, u64)], after: &[(i32, String, u64)], secs: f64) {
+    let rows = cpu_shares(before, after, secs);
     let total: f64 = rows.iter().map(|r| r.0).sum();
     eprintln!("{what}: {total:.0}% CPU over {secs:.1} s in {} threads; busiest:", rows.len());
     for (pct, tid, name) in rows.iter().take(10).filter(|r| r.0 >= 0.5) {
@@ -180,16 +191,10 @@ pub fn all_process_ticks() -> Vec<(u32, String, u64)> {
 }
 
 /// Prints the processes that used at least 1% of a CPU between two
-/// [`all_process_ticks`] snapshots, busiest first.
+/// [`all_process_ticks`] snapshots, busiest first (one that ended in
+/// between, such as a parallel query's worker, is missing or untitled).
 pub fn print_process_cpu(what: &str, before: &[(u32, String, u64)], after: &[(u32, String, u64)], secs: f64) {
-    let mut rows: Vec<(f64, u32, &str)> = after
-        .iter()
-        .map(|(pid, title, t)| {
-            let t0 = before.iter().find(|(b, _, _)| b == pid).map_or(0, |(_, _, t0)| *t0);
-            (t.saturating_sub(t0) as f64 / CLOCK_TICKS_PER_S / secs * 100.0, *pid, title.as_str())
-        })
-        .collect();
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let rows = cpu_shares(before, after, secs);
     let total: f64 = rows.iter().map(|r| r.0).sum();
     eprintln!("{what}: {total:.0}% CPU over {secs:.1} s; busiest processes:");
     for (pct, pid, title) in rows.iter().take(12).filter(|r| r.0 >= 1.0) {

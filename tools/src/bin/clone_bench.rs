@@ -21,7 +21,8 @@
 //! pgbench_accounts` on the clone just started (no block of the table
 //! fetched yet) in MB/s of the table, against the same scan on the
 //! `fullbackup` copy after a restart of its server (floor; target ≥ 0.5).
-//! Each scan starts once the host's workers are idle (compaction of the
+//! Three scans of each kind, each on a fresh copy; the row has the
+//! medians. Each scan starts once the host's workers are idle (compaction of the
 //! workload's layers would otherwise share the CPU with one of them) and
 //! prints the CPU each process used during it.
 //!
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use pageserver_harness::{as_postgres, cluster::check_pageserver_installed, PgCluster};
+use storage::lsn::Lsn;
 use tools::bench_copy::{fullbackup_into, race_keep};
 use tools::bench_host::{all_process_ticks, pgbench_timeline, primary_lsn, print_process_cpu, wait_caught_up, wait_host_quiet};
 use tools::pitr::{marker_at_x, write_window, PgBackRest, Window};
@@ -87,6 +89,63 @@ fn drop_os_cache() -> &'static str {
     }
 }
 
+/// Cold scans of each kind on the 1 GiB set, each on a copy of its own
+/// (the first scan sets hint bits the next would find set); the row takes
+/// the medians.
+const SCAN_ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// What a clone at X is made of.
+struct CloneTarget<'a> {
+    tool: &'a Path,
+    admin: String,
+    tenant: &'a str,
+    timeline: &'a str,
+    x: Lsn,
+}
+
+impl CloneTarget<'_> {
+    /// Races a new clone at X to its first query (seconds), runs `then` on
+    /// it, prints its `status` and destroys it.
+    fn race(&self, what: &str, then: impl FnOnce(&PgCluster) -> Result<()>) -> Result<f64> {
+        let clone_dir = tempfile::Builder::new().prefix("clone-bench.").tempdir()?;
+        as_postgres::chown_to_postgres(clone_dir.path())?;
+        let (cd, x) = (clone_dir.path().display().to_string(), self.x.to_string());
+        let (secs, mut copy) = race_keep(
+            what,
+            |dir| {
+                let mp = dir.display().to_string();
+                let args = [
+                    "mount",
+                    &cd,
+                    "--admin",
+                    &self.admin,
+                    "--tenant",
+                    self.tenant,
+                    "--timeline",
+                    self.timeline,
+                    "--lsn",
+                    &x,
+                    "--mountpoint",
+                    &mp,
+                ];
+                run_tool(self.tool, &args)
+            },
+            marker_at_x,
+        )?;
+        let result = then(&copy);
+        let status = Command::new(self.tool).arg("status").arg(&cd).output()?;
+        eprintln!("{}", String::from_utf8_lossy(&status.stdout));
+        copy.stop()?;
+        run_tool(self.tool, &["destroy", &cd])?;
+        result.map(|()| secs)
+    }
+}
+
 struct SizeResult {
     backrest_s: f64,
     fullbackup_s: f64,
@@ -113,46 +172,36 @@ fn one_size(tool: &Path, scale: u64, wal_bytes: u64, with_scan: bool) -> Result<
     eprintln!("scale {scale}: X = {x}");
 
     let backrest_s = backrest.race_to(x)?;
-    let (fullbackup_s, mut full_copy) =
+    let (fullbackup_s, full_copy) =
         race_keep("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir), marker_at_x)?;
-    let full_scan = if with_scan {
-        full_copy.stop()?;
-        wait_host_quiet(&host, Duration::from_secs(120))?;
-        eprintln!("{}", drop_os_cache());
-        full_copy.start_again()?;
-        Some(scan(&full_copy, "local copy (fullbackup), cold server")?)
-    } else {
-        None
-    };
     drop(full_copy);
-
-    let clone_dir = tempfile::Builder::new().prefix("clone-bench.").tempdir()?;
-    as_postgres::chown_to_postgres(clone_dir.path())?;
-    let admin = host.connstr("postgres");
-    let x_text = x.to_string();
-    let (clone_s, mut clone_copy) = race_keep(
-        "clone at X",
-        |dir| {
-            let (cd, mp) = (clone_dir.path().display().to_string(), dir.display().to_string());
-            run_tool(
-                tool,
-                &["mount", &cd, "--admin", &admin, "--tenant", &tenant, "--timeline", &timeline, "--lsn", &x_text, "--mountpoint", &mp],
-            )
-        },
-        marker_at_x,
-    )?;
-    let clone_scan = if with_scan {
-        wait_host_quiet(&host, Duration::from_secs(120))?;
-        Some(scan(&clone_copy, "clone, nothing of the table fetched")?)
+    let target = CloneTarget { tool, admin: host.connstr("postgres"), tenant: &tenant, timeline: &timeline, x };
+    let clone_s = target.race("clone at X", |_| Ok(()))?;
+    let scan = if with_scan {
+        let (mut clone_rounds, mut local_rounds) = (Vec::new(), Vec::new());
+        for round in 1..=SCAN_ROUNDS {
+            eprintln!("scan round {round} of {SCAN_ROUNDS}");
+            let (_, mut local) = race_keep("fullbackup at X", |dir| fullbackup_into(&host, &tenant, &timeline, Some(x), dir), marker_at_x)?;
+            local.stop()?;
+            wait_host_quiet(&host, Duration::from_secs(120))?;
+            eprintln!("{}", drop_os_cache());
+            local.start_again()?;
+            local_rounds.push(scan(&local, "local copy (fullbackup), cold server")?);
+            drop(local);
+            let mut clone_mb_s = 0.0;
+            target.race("clone at X", |clone| {
+                wait_host_quiet(&host, Duration::from_secs(120))?;
+                clone_mb_s = scan(clone, "clone, nothing of the table fetched")?;
+                Ok(())
+            })?;
+            clone_rounds.push(clone_mb_s);
+        }
+        eprintln!("scans in MB/s: clone {clone_rounds:.0?}, local copy {local_rounds:.0?}");
+        Some((median(clone_rounds), median(local_rounds)))
     } else {
         None
     };
-    let status = Command::new(tool).arg("status").arg(clone_dir.path()).output()?;
-    eprintln!("{}", String::from_utf8_lossy(&status.stdout));
-    clone_copy.stop()?;
-    run_tool(tool, &["destroy", &clone_dir.path().display().to_string()])?;
-    drop(clone_copy);
-    Ok(SizeResult { backrest_s, fullbackup_s, clone_s, scan: clone_scan.zip(full_scan) })
+    Ok(SizeResult { backrest_s, fullbackup_s, clone_s, scan })
 }
 
 fn main() -> Result<()> {
