@@ -22,7 +22,7 @@
 //! without them the tests fail saying so. `E2E_SCALE` (default 5) and
 //! `E2E_SECONDS` (default 10) size the pgbench runs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use common::clone::{destroy, start_clone, tool, At};
@@ -188,17 +188,19 @@ fn reads_stall_and_resume_across_a_page_server_restart() -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let remote = clone.stats()?["blocks_remote"].as_u64().unwrap_or(0);
     ensure!(remote > 1000, "only {remote} blocks still remote when the page server stops: the test proves nothing");
+    let stopping = Instant::now();
     host.stop()?;
     std::thread::sleep(Duration::from_secs(3));
     host.start_again()?;
+    let restarted = stopping.elapsed();
     let (ok, output) = bench.join().expect("pgbench thread")?;
-    ensure!(ok, "read-only pgbench on the clone failed across the restart:\n{output}");
+    ensure!(ok, "read-only pgbench on the clone failed across the restart (the host was back after {restarted:?}):\n{output}");
     let stats = clone.stats()?;
     ensure!(stats["fetch_retries"].as_u64().unwrap_or(0) > 0, "no fetch waited for the page server: {stats}");
     ensure!(stats["fetch_failures"].as_u64() == Some(0), "fetches failed: {stats}");
     ensure!(pg.sql_one("SELECT sum(abalance) + count(*) FROM pgbench_accounts")? == expected_sum, "wrong sum after the restart");
     eprintln!(
-        "pgbench -S through a page server restart: {}",
+        "pgbench -S through a page server restart ({restarted:?}): {}",
         output.lines().filter(|l| l.starts_with("tps")).collect::<Vec<_>>().join("; ")
     );
     destroy(clone, pg)?;

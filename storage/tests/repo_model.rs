@@ -379,3 +379,32 @@ fn owner_refuses_swaps_that_no_longer_fit() {
     model.check_all(&repo, &keys);
     assert_no_leftovers(&repo);
 }
+
+#[test]
+fn a_branch_knows_when_its_ancestor_is_behind_its_branch_point_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_pool();
+    let mut rng = Rng::new(7);
+    let mut model = Model::default();
+    let (root, child) = (TimelineId(1), TimelineId(2));
+    let bp = {
+        let repo = open(dir.path(), small_config());
+        repo.create_timeline(root).unwrap();
+        model.timelines.insert(root, ModelTimeline::default());
+        for _ in 0..3 {
+            model.random_put(&mut rng, &repo, root, &keys).unwrap();
+        }
+        // Not flushed: after a reopen the root is back at its disk-consistent LSN.
+        let bp = model.timelines[&root].last_lsn;
+        let branch = repo.branch_timeline(root, child, bp).unwrap();
+        assert!(branch.ancestors_caught_up(bp), "before the reopen the root has everything");
+        bp
+    };
+    let repo = open(dir.path(), small_config());
+    let (parent, branch) = (repo.get_timeline(root).unwrap(), repo.get_timeline(child).unwrap());
+    let behind = parent.last_record_lsn();
+    assert!(behind < bp, "the root re-ingests from {behind}, below the branch point {bp}");
+    assert!(!branch.ancestors_caught_up(bp) && !branch.ancestors_caught_up(Lsn(bp.0 + 100)));
+    assert!(branch.ancestors_caught_up(behind), "a read at or below what the root has needs no wait");
+    assert!(parent.ancestors_caught_up(bp), "a timeline without ancestors never waits for one");
+}

@@ -139,6 +139,24 @@ impl CloneDir {
     }
 }
 
+/// A clone still served when its test ends (the test failed before
+/// `destroy`): its log goes to the test's output, and it is unmounted, so
+/// that no mount or serving process outlives the test.
+impl Drop for CloneDir {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.path().join("clone.pid")).unwrap_or_default();
+        let Ok(pid) = pid.trim().parse::<i32>() else { return };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        let log = std::fs::read_to_string(self.path().join("clone.log")).unwrap_or_default();
+        eprintln!("clone {} is still served; its log:\n{log}", self.path().display());
+        if let Err(e) = self.run(&["unmount", &self.dir_arg()]) {
+            eprintln!("unmounting it failed: {e}");
+        }
+    }
+}
+
 /// Whether anything is mounted at `path` (from `/proc/self/mountinfo`).
 pub fn is_mount_point(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

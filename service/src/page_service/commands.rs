@@ -331,7 +331,14 @@ fn request_kind(request: &Request) -> RequestKind {
 /// True if the request can be answered without waiting for WAL (a request
 /// that breaks the LSN rules is answered at once too, with an error).
 fn is_ingested(timeline: &Timeline, request: &Request) -> bool {
-    !matches!(read_at(request.header(), timeline.last_record_lsn()), Ok(ReadAt::After(_)))
+    match read_at(request.header(), timeline.last_record_lsn()) {
+        // A branch's read also waits for its ancestors to reach the branch
+        // point (they re-ingest after a restart): that wait must not hold a
+        // runtime thread, which WAL ingest needs to make the progress waited for.
+        Ok(ReadAt::Ingested(lsn)) => timeline.ancestors_caught_up(lsn),
+        Ok(ReadAt::After(_)) => false,
+        Err(_) => true,
+    }
 }
 
 /// Where a pagestream request reads, decided as Neon's page service decides

@@ -261,6 +261,22 @@ impl Timeline {
         TimelineWriter { timeline: self, state: self.writer.lock() }
     }
 
+    /// Whether every ancestor has ingested what a read at `lsn` needs from
+    /// it (each up to the branch point below it), so that such a read never
+    /// waits. After a restart an ancestor re-ingests from its
+    /// `disk_consistent_lsn`, which may lie below a child's branch point.
+    pub fn ancestors_caught_up(&self, lsn: Lsn) -> bool {
+        let (mut timeline, mut lsn) = (self, lsn);
+        while let Some(ancestor) = &timeline.ancestor {
+            lsn = lsn.min(timeline.ancestor_lsn);
+            if ancestor.last_record_lsn() < lsn {
+                return false;
+            }
+            timeline = ancestor;
+        }
+        true
+    }
+
     /// Waits until `last_record_lsn >= lsn`.
     pub fn wait_lsn(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
