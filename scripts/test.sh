@@ -11,6 +11,11 @@ source scripts/lib.sh
 
 bash scripts/setup.sh
 
+# One build, run once: cargo's incremental caches would only take disk.
+export CARGO_INCREMENTAL=0
+warn_if_disk_short "${CARGO_TARGET_DIR:-$PWD/target}" 5
+warn_if_disk_short /tmp 3
+
 log "gates: cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
