@@ -14,7 +14,7 @@ warn_if_disk_short() {
   while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
   free_kb=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
   if [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
-    echo "warning: $((free_kb / 1024)) MB free under $dir; this step needs about ${need_gb} GB" >&2
+    echo "warning: $((free_kb / 1024)) MB free under $dir; a test run needs about ${need_gb} GB there" >&2
   else
     echo "disk: $((free_kb / 1024 / 1024)) GB free under $dir (about ${need_gb} GB needed)"
   fi
